@@ -1,0 +1,26 @@
+# Two commands for a new user: `make demo` and `make test` (both set up .venv first).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/sctd3d: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q -e ".[dev]"
+	# image-reward 1.5 pins timm==0.6.13 (open-clip needs timm>=1.0.17): install without its deps.
+	$(BIN)/pip install -q --no-deps image-reward==1.5
+	touch $(BIN)/sctd3d
+
+setup: $(BIN)/sctd3d
+
+demo: setup
+	$(BIN)/sctd3d demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

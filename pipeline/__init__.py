@@ -1,0 +1,1 @@
+"""sctd3d pipeline: CLI, configs, inputs, storage, manifest, executors."""

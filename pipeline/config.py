@@ -1,0 +1,502 @@
+"""Typed configuration: YAML (safe_load) -> nested dataclasses, validated before any work starts.
+
+Every constant of SCTD-SPEC.md is a field here with the spec's value as default. A YAML file may
+name a `base:` file (relative to itself) that it overrides key by key; command-line overrides are
+explicit dotted `--set section.key=value` pairs. Nothing else changes a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the source, key path, value and a fix."""
+
+
+def _f(default: Any, *, lo: float | None = None, hi: float | None = None,
+       choices: tuple | None = None, doc: str = "") -> Any:
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PriorConfig:
+    name: str = _f("stable_diffusion", choices=("stable_diffusion", "toy_sd", "toy_exact"))
+    # hub id, local diffusers directory, or a single .safetensors file
+    model: str = _f("stabilityai/stable-diffusion-2-1-base")
+    dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), doc="CUDA only; CPU always fp32")
+    device: str = _f("auto", doc="auto | cpu | cuda | cuda:N")
+    image_size: int = _f(512, lo=8, hi=2048, doc="render resolution fed to the prior")
+    guidance_scale: float = _f(7.5, lo=0.0, hi=100.0, doc="omega")
+    negative_prompt: str = _f("")
+    view_dependent_prompt: bool = _f(True, doc="append ', front view' / ', side view' / ', back view'")
+    front_angle_deg: float = _f(60.0, lo=0.0, hi=360.0)
+    back_angle_deg: float = _f(60.0, lo=0.0, hi=360.0)
+    perp_neg: bool = _f(False)
+    perp_neg_weight: float = _f(-2.0, doc="negative weight of Perp-Neg")
+    perp_neg_front_decay: float = _f(2.0, lo=0.0)
+    perp_neg_side_decay: float = _f(10.0, lo=0.0)
+    channels_last: bool = _f(True)
+    num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+
+
+@dataclass
+class InitConfig:
+    method: str = _f("point_e", choices=("point_e", "ball", "toy_shape"))
+    num_points: int = _f(4096, lo=1, doc="Point-E points")
+    gaussians_per_point: int = _f(20, lo=1)
+    point_radius: float = _f(0.05, lo=0.0, doc="ball around each Point-E point")
+    ball_num_gaussians: int = _f(81920, lo=1, doc="ball / toy_shape init size")
+    ball_radius: float = _f(0.5, lo=0.0)
+    shape_scale: float = _f(1.0, lo=0.0, doc="Point-E/toy shape scale into the scene")
+    shape_noise: float = _f(0.05, lo=0.0, doc="toy_shape: positional noise (coarse shape)")
+    initial_opacity: float = _f(0.1, lo=0.0, hi=1.0)
+    initial_scale: float = _f(0.0, lo=0.0, doc="0 = from nearest-neighbour distance")
+    sh_degree: int = _f(0, lo=0, hi=3)
+
+
+@dataclass
+class SCTDConfig:
+    n_segments: int = _f(5, lo=1, hi=100, doc="N_s")
+    segments: str = _f("uniform", choices=("uniform", "mono"))
+    min_step: int = _f(20, lo=0, hi=999)
+    max_step: int = _f(980, lo=1, hi=999)
+    t_tau: int = _f(150, lo=0, hi=999, doc="two-step inversion when t >= t_tau")
+    warmup_iters: int = _f(1500, lo=0, doc="t_warm decays to 0 over this many iterations")
+    warmup_span: int = _f(480, lo=0, doc="t_warm at iteration 0")
+    t_low: int = _f(20, lo=0, hi=999)
+    t_high: int = _f(500, lo=1, hi=999)
+    min_gap: int = _f(80, lo=0, doc="t = max(t, s_m + min_gap)")
+    s_margin: int = _f(10, lo=0, doc="s ~ randint(s_m + s_margin, t - s_margin)")
+    t_cap: int = _f(999, lo=1, hi=999, doc="deviation: cap t here; s_m from the first N_s edges")
+    weight_lambda: float = _f(0.1, lo=0.0, doc="b(t) = lambda * sqrt((1-a_t)/a_t)")
+    consistency_approx: bool = _f(True, doc="G(x_t, t, null) ~= z_sm")
+    cross_term: str = _f("guided", choices=("guided", "conditional"),
+                         doc="guided = authors' code (default); conditional = paper")
+    eps_star_offset: float = _f(0.1, lo=0.0, doc="per-channel offset of the fixed noise")
+
+
+@dataclass
+class BaselineConfig:
+    """SDS / ISM / CDS / GCS settings (same renderer, cameras and prior as SCTD)."""
+
+    sds_min_step: int = _f(20, lo=0, hi=999)
+    sds_max_step: int = _f(980, lo=1, hi=999)
+    ism_delta_t: int = _f(50, lo=1, hi=500, doc="LucidDreamer: s = t - delta_t")
+    ism_delta_s: int = _f(200, lo=1, hi=999, doc="LucidDreamer: inversion step size")
+    weight_lambda: float = _f(1.0, lo=0.0)
+
+
+@dataclass
+class CameraConfig:
+    radius_range: list = _f([5.2, 5.5])
+    fovy_range: list = _f([0.32, 0.60])
+    polar_range_deg: list = _f([45.0, 105.0])
+    azimuth_range_deg: list = _f([-180.0, 180.0])
+    widen_start: int = _f(500, lo=0)
+    widen_every: int = _f(500, lo=1)
+    radius_range_final: list = _f([3.5, 5.0])
+    fovy_range_final: list = _f([0.16, 0.60])
+    jitter_center: float = _f(0.2, lo=0.0)
+    jitter_target: float = _f(0.1, lo=0.0)
+    jitter_up: float = _f(0.02, lo=0.0)
+
+
+@dataclass
+class OptimConfig:
+    position_lr_init: float = _f(1.6e-4, lo=0.0)
+    position_lr_final: float = _f(1.6e-6, lo=0.0)
+    scene_extent: float = _f(3.5, lo=0.0)
+    color_lr_init: float = _f(5e-3, lo=0.0)
+    color_lr_final: float = _f(3e-3, lo=0.0)
+    opacity_lr: float = _f(0.05, lo=0.0)
+    scale_lr_init: float = _f(5e-3, lo=0.0)
+    scale_lr_final: float = _f(1e-3, lo=0.0)
+    rotation_lr_init: float = _f(1e-3, lo=0.0)
+    rotation_lr_final: float = _f(2e-4, lo=0.0)
+    adam_eps: float = _f(1e-15, lo=0.0)
+    grad_clip_start: float = _f(2.0, lo=0.0)
+    grad_clip_end: float = _f(8.0, lo=0.0)
+    grad_clip_ramp_iters: int = _f(1000, lo=0)
+
+
+@dataclass
+class DensifyConfig:
+    start: int = _f(100, lo=0)
+    end: int = _f(3000, lo=0)
+    every: int = _f(100, lo=1)
+    grad_threshold: float = _f(7.5e-4, lo=0.0)
+    percent_dense: float = _f(0.003, lo=0.0)
+    prune_opacity: float = _f(0.005, lo=0.0, hi=1.0)
+    prune_screen_size_px: float = _f(20.0, lo=0.0)
+    prune_screen_after: int = _f(300, lo=0)
+    prune_world_size: float = _f(0.35, lo=0.0)
+    opacity_reset_every: int = _f(300, lo=0, doc="0 = never")
+    max_gaussians: int = _f(1_000_000, lo=1)
+
+
+@dataclass
+class LossConfig:
+    tv_rgb: float = _f(1.0, lo=0.0)
+    tv_depth: float = _f(1.0, lo=0.0)
+    mean_scale: float = _f(1.0, lo=0.0)
+
+
+@dataclass
+class AugmentConfig:
+    background_random_p: float = _f(0.66, lo=0.0, hi=1.0, doc="else black")
+    flip_p: float = _f(0.5, lo=0.0, hi=1.0)
+    depth_input_p: float = _f(0.2, lo=0.0, hi=1.0)
+
+
+@dataclass
+class GenerateConfig:
+    method: str = _f("sctd", choices=("sctd", "sds", "ism", "cds", "gcs"))
+    iterations: int = _f(5000, lo=1)
+    batch_views: int = _f(4, lo=1, hi=64)
+    seed: int = _f(0, lo=0)
+    save_ply_at: list = _f([2500, 5000], doc="intermediate .ply iterations (final always saved)")
+    checkpoint_every: int = _f(500, lo=0, doc="0 = no checkpoints")
+    nan_retries: int = _f(3, lo=0)
+    render_backend: str = _f("auto", choices=("auto", "torch", "gsplat"))
+    sctd: SCTDConfig = field(default_factory=SCTDConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class RenderConfig:
+    backend: str = _f("auto", choices=("auto", "torch", "gsplat"))
+    num_views: int = _f(120, lo=1)
+    elevation_deg: float = _f(15.0, lo=-90.0, hi=90.0)
+    radius: float = _f(3.5, lo=0.0)
+    fovy: float = _f(0.6, lo=0.01, hi=3.0)
+    resolution: int = _f(512, lo=8, hi=4096)
+    background: list = _f([1.0, 1.0, 1.0])
+    video: bool = _f(True)
+    fps: int = _f(30, lo=1)
+    sheet_views: int = _f(8, lo=1)
+
+
+@dataclass
+class MetricsConfig:
+    metrics: list = _f(["clip_l", "image_reward"], doc="per-asset metrics to compute")
+    metric_views: int = _f(0, lo=0, doc="0 = all evaluation frames")
+    clip_model: str = _f("ViT-L-14")
+    clip_pretrained: str = _f("openai", doc="open_clip tag or a local checkpoint path")
+    image_reward_checkpoint: str = _f("ImageReward-v1.0", doc="hub name or local .pt path")
+    image_reward_med_config: str = _f("", doc="local med_config.json (offline)")
+    fid: bool = _f(True)
+    fid_reference: str = _f("prior", doc="'prior' (sampled from the 2D prior), 'toy' or a folder/URI")
+    fid_reference_per_prompt: int = _f(4, lo=1)
+    batch_size: int = _f(16, lo=1)
+    device: str = _f("auto")
+
+
+@dataclass
+class PipelineConfig:
+    executor: str = _f("local", choices=("local", "ray"))
+    num_workers: int = _f(0, lo=0, doc="0 = one per GPU (ray) / 1 (local)")
+    gpus_per_worker: float = _f(1.0, lo=0.0)
+    cpus_per_worker: float = _f(1.0, lo=0.0)
+    max_attempts: int = _f(3, lo=1)
+    backoff_s: float = _f(5.0, lo=0.0)
+    timeout_s: float = _f(3600.0, lo=0.0, doc="per-asset timeout; 0 = none")
+    render: bool = _f(True, doc="run the evaluation render stage per asset")
+    score: bool = _f(True, doc="run per-asset metrics")
+    report: bool = _f(True, doc="write the report at the end of a run")
+
+
+@dataclass
+class ReportConfig:
+    n_boot: int = _f(2000, lo=10)
+    confidence: float = _f(0.95, lo=0.5, hi=0.9999)
+    seed: int = _f(0, lo=0)
+    # regression when the CI of (run - baseline) lies beyond -threshold (higher-is-better metrics)
+    # (signed so that negative = worse; FID is lower-is-better). Metrics without a threshold are
+    # reported but never gate. done_rate: fraction of shared assets that finished `done`.
+    thresholds: dict = _f({"clip_l": 0.5, "image_reward": 0.02, "toy_psnr": 0.5,
+                           "toy_rprec": 0.05, "fid": 2.0, "done_rate": 0.1})
+    top_movers: int = _f(8, lo=0)
+    rule: str = _f("ci_beyond_threshold", choices=("ci_beyond_threshold", "significant_and_material"),
+                   doc="see stages/regression.py: decide()")
+    min_pairs: int = _f(3, lo=1, doc="fewer shared assets: 'insufficient', never gates")
+    thumb_px: int = _f(320, lo=16, hi=2048, doc="contact-sheet image width in the HTML")
+    max_prompt_rows: int = _f(500, lo=1, doc="per-prompt table rows shown (worst first)")
+
+
+@dataclass
+class ToyConfig:
+    catalogue: str = _f("", doc="empty = the shipped catalogue")
+    views_per_object: int = _f(256, lo=1)
+    resolution: int = _f(32, lo=8, hi=512)
+    cache_dir: str = _f("", doc="empty = $SCTD3D_CACHE or ~/.cache/sctd3d")
+    camera_radius_range: list = _f([2.6, 2.9], doc="toy objects fit in radius ~1")
+    camera_fovy_range: list = _f([0.55, 0.75])
+    eval_radius: float = _f(2.75, lo=0.0)
+    eval_fovy: float = _f(0.65, lo=0.01, hi=3.0)
+    heldout_seed: int = _f(12345, lo=0)
+
+
+@dataclass
+class Config:
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    deviations: list = _f([], doc="named deviations from SCTD-SPEC.md in this config")
+    source: str = _f("", doc="set by the loader: the file(s) this config came from")
+
+
+# Sections that do not change what an asset looks like: excluded from the config hash so
+# retries, worker counts or report thresholds never change asset ids.
+_HASH_EXCLUDE = ("pipeline", "report", "source", "deviations")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where, meta)
+    if dataclasses.is_dataclass(tp):
+        raise AssertionError("nested dataclasses are handled by _build")
+    bad = None
+    if tp is bool:
+        if not isinstance(value, bool):
+            bad = "a boolean (true/false)"
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad = "an integer"
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad = "a number"
+        else:
+            value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            bad = "a string"
+    elif tp is list or origin is list:
+        if not isinstance(value, list):
+            bad = "a list"
+    elif tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            bad = "a mapping"
+    if bad:
+        raise ConfigError(f"{where}: expected {bad}, got {value!r} ({type(value).__name__})")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _build(cls: type, data: dict, source: str, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; nearest valid key: '{prefix}{near[0]}'" if near else \
+                f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (value {data[key]!r}){hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        tp = hints[name]
+        where = f"{source}: {prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name] or {}, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(data[name], tp, where, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _check_cross_field(cfg: Config, source: str) -> None:
+    s = cfg.generate.sctd
+    if s.min_step >= s.max_step:
+        raise ConfigError(f"{source}: generate.sctd.min_step ({s.min_step}) must be < max_step ({s.max_step})")
+    if s.t_low >= s.t_high:
+        raise ConfigError(f"{source}: generate.sctd.t_low ({s.t_low}) must be < t_high ({s.t_high})")
+    for name in ("radius_range", "fovy_range", "polar_range_deg", "azimuth_range_deg",
+                 "radius_range_final", "fovy_range_final"):
+        v = getattr(cfg.generate.cameras, name)
+        if len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]:
+            raise ConfigError(f"{source}: generate.cameras.{name}: expected [low, high] numbers "
+                              f"with low <= high, got {v!r}")
+    for name in ("camera_radius_range", "camera_fovy_range"):
+        v = getattr(cfg.toy, name)
+        if len(v) != 2 or v[0] > v[1]:
+            raise ConfigError(f"{source}: toy.{name}: expected [low, high], got {v!r}")
+    if len(cfg.render.background) != 3:
+        raise ConfigError(f"{source}: render.background: expected [r, g, b], got {cfg.render.background!r}")
+    known = {"clip_l", "image_reward", "toy_psnr", "toy_rprec"}
+    for m in cfg.metrics.metrics:
+        if m not in known:
+            near = difflib.get_close_matches(str(m), sorted(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{source}: metrics.metrics: unknown metric {m!r}{hint}; "
+                              f"known: {sorted(known)}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (shipped configs: "
+                          f"{', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML (python object tags and other unsafe constructs "
+                          f"are refused): {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "thresholds":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or the name of a shipped config (`toy.yaml`, `ablations/sds.yaml`)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = CONFIG_DIR / p
+    if shipped.exists():
+        return shipped
+    if p.parts and p.parts[0] == "configs" and (CONFIG_DIR / Path(*p.parts[1:])).exists():
+        return CONFIG_DIR / Path(*p.parts[1:])
+    return p
+
+
+def _load_raw(path: Path, seen: tuple = ()) -> tuple[dict, list[str]]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain {[str(s) for s in seen]}")
+    data = _read_yaml(path)
+    sources = [str(path)]
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+        base_path = (path.parent / base)
+        if not base_path.exists():
+            base_path = resolve_config_path(base)
+        base_data, base_sources = _load_raw(base_path, seen + (path,))
+        # deviations accumulate along the chain
+        devs = list(base_data.get("deviations", [])) + list(data.get("deviations", []) or [])
+        data = _merge(base_data, data)
+        if devs:
+            data["deviations"] = devs
+        sources = base_sources + sources
+    return data, sources
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set generate.iterations=200")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}; use dotted keys like generate.iterations")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: cannot parse value {raw!r}: {e}") from None
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a config; `path=None` gives the spec defaults."""
+    data: dict = {}
+    sources: list[str] = []
+    if path is not None:
+        data, sources = _load_raw(resolve_config_path(path))
+    source = " <- ".join(Path(s).name for s in sources) or "<defaults>"
+    data.pop("source", None)
+    cfg = _build(Config, data, source)
+    _check_cross_field(cfg, source)
+    if overrides:
+        for item in overrides:
+            keys, value = parse_override(item)
+            patch: dict = value
+            for k in reversed(keys):
+                patch = {k: patch}
+            data = _merge(data, patch)
+            cfg = _build(Config, data, f"--set {item}")
+        _check_cross_field(cfg, "--set")
+    cfg.source = ";".join(sources)
+    if overrides:
+        cfg.source += ";--set " + " ".join(overrides)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable hash of everything that changes an asset (not executors, thresholds or provenance)."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in _HASH_EXCLUDE}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
