@@ -1,2 +1,194 @@
-def main() -> None:
-    raise SystemExit("placeholder")
+"""The `sctd3d` command. Each subcommand parses its arguments and calls one stage/pipeline function.
+
+Stage modules are imported lazily so `sctd3d --help` and cheap commands start fast.
+Only explicit `--set key=value` overrides change a config value; flags never carry hidden defaults
+that override YAML (a flag given on the command line is applied as an explicit override and logged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, dump_yaml, load_config
+
+log = logging.getLogger("sctd3d")
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml") -> None:
+    p.add_argument("--config", default=default,
+                   help=f"YAML config (path, or a shipped name like toy.yaml, sd21.yaml; default {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="explicit dotted override, e.g. --set generate.iterations=200 (repeatable)")
+
+
+def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
+    return load_config(args.config, list(args.overrides) + list(extra or []))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from stages.generate import generate
+
+    extra = [f"generate.seed={args.seed}"] if args.seed is not None else []
+    cfg = _cfg(args, extra)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = generate(cfg, args.prompt, cfg.generate.seed, str(out), progress=not args.quiet)
+    print(f"asset: {out / 'asset.ply'}")
+    print(f"meta:  {out / 'meta.json'}")
+    return 0 if getattr(res, "ok", True) else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_batch
+
+    extra = []
+    if args.executor is not None:
+        extra.append(f"pipeline.executor={args.executor}")
+    if args.num_workers is not None:
+        extra.append(f"pipeline.num_workers={args.num_workers}")
+    cfg = _cfg(args, extra)
+    summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
+                        address=args.address, num_workers=cfg.pipeline.num_workers or None)
+    print(summary if isinstance(summary, str) else _fmt_summary(summary))
+    failed = summary.get("failed", 0) if isinstance(summary, dict) else 0
+    return 1 if failed else 0
+
+
+def _fmt_summary(summary) -> str:
+    if isinstance(summary, dict):
+        return "\n".join(f"{k}: {v}" for k, v in summary.items())
+    return str(summary)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.run import demo
+
+    summary = demo(args.out, executor=args.executor)
+    print(_fmt_summary(summary))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from stages.evaluate import evaluate
+
+    cfg = _cfg(args)
+    result = evaluate(args.target, cfg)
+    print(_fmt_summary(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stages.report import build_report
+
+    cfg = _cfg(args) if args.config else None
+    code = build_report(args.manifest, args.out, baseline=args.baseline, history=args.history, cfg=cfg)
+    print(f"report: {args.out}")
+    return int(code)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from pipeline import manifest
+
+    if args.action == "compact":
+        print(manifest.compact(args.uri))
+    else:
+        print(manifest.show(args.uri))
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        from stages.toyworld.catalogue import format_catalogue
+
+        print(format_catalogue(args.catalogue or None))
+        return 0
+    from stages.toyworld.train_prior import main as train_main
+
+    return int(train_main(args.rest) or 0)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import config_hash
+
+    cfg = _cfg(args)
+    print(dump_yaml(cfg), end="")
+    print(f"# config_hash: {config_hash(cfg)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sctd3d", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="generate one asset from a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--out", required=True, help="asset directory")
+    p.add_argument("--seed", type=int, default=None, help="same as --set generate.seed=N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("run", help="batch: prompts file/URI -> assets, renders, metrics, manifest")
+    p.add_argument("prompts", help="txt / jsonl / parquet, local path or fsspec URL")
+    p.add_argument("--out", required=True, help="output root (local path, s3://, gs://)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="same as --set pipeline.executor=...")
+    p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
+    p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="the embedded demo: toy prompts through Ray on local CPUs")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--executor", choices=("local", "ray"), default="ray")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="re-score existing assets (asset dir or manifest URI)")
+    p.add_argument("target")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("report", help="static HTML quality report + regression decision")
+    p.add_argument("manifest", help="run output root or manifest URI")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--baseline", default=None, help="manifest URI to compare with")
+    g.add_argument("--history", default=None, help="directory/URI of earlier runs for trends")
+    p.add_argument("--out", required=True, help="report.html path or URI")
+    _add_config_args(p, default=None)
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("manifest", help="manifest tools")
+    p.add_argument("action", choices=("compact", "show"))
+    p.add_argument("uri", help="run output root")
+    p.set_defaults(fn=cmd_manifest)
+
+    p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")
+    p.add_argument("action", choices=("list", "train-prior"))
+    p.add_argument("--catalogue", default=None, help="catalogue YAML (default: shipped)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="train-prior arguments (see --help)")
+    p.set_defaults(fn=cmd_toy)
+
+    p = sub.add_parser("config", help="print the resolved config and its hash")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = args.fn(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
