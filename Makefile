@@ -20,6 +20,7 @@ demo: setup
 	$(BIN)/sctd3d demo --out runs/demo
 
 test: setup
+	bash scripts/install_test_deps.sh
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -81,12 +81,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stages.report import build_report
+    from stages.report import run_cli
 
-    cfg = _cfg(args) if args.config else None
-    code = build_report(args.manifest, args.out, baseline=args.baseline, history=args.history, cfg=cfg)
-    print(f"report: {args.out}")
-    return int(code)
+    return int(run_cli(args))
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
@@ -152,13 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("report", help="static HTML quality report + regression decision")
-    p.add_argument("manifest", help="run output root or manifest URI")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--baseline", default=None, help="manifest URI to compare with")
-    g.add_argument("--history", default=None, help="directory/URI of earlier runs for trends")
-    p.add_argument("--out", required=True, help="report.html path or URI")
-    _add_config_args(p, default=None)
+    p = sub.add_parser("report", help="static HTML quality report + regression decision (exit 1 on regression)")
+    from stages.report import add_arguments as add_report_arguments
+
+    add_report_arguments(p)
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("manifest", help="manifest tools")

@@ -1,0 +1,82 @@
+"""Synthetic run directories for the report tests (manifest parts in the DESIGN.md v1 schema).
+
+Metric values are drawn from a seeded generator: a per-prompt "difficulty" shared by all runs
+(so pairing matters) plus per-run noise plus an optional shift, exactly what a nightly sees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+SCHEMA = pa.schema([
+    ("asset_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("method", pa.string()),
+    ("prior", pa.string()), ("config_hash", pa.string()), ("code_version", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int32()),
+    ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("wall_s", pa.float64()), ("gpu_s", pa.float64()), ("device", pa.string()),
+    ("num_gaussians", pa.int64()), ("asset_uri", pa.string()), ("frames_uri", pa.string()),
+    ("video_uri", pa.string()), ("clip_l", pa.float64()), ("image_reward", pa.float64()),
+    ("toy_psnr", pa.float64()), ("toy_rprec", pa.float64()), ("schema_version", pa.int32()),
+])
+
+
+def make_run(root: str, *, n_prompts: int = 24, methods=("sctd",), seeds=(0,), day: int = 0,
+             shift: dict | None = None, noise: float = 0.3, noise_seed: int = 1,
+             fail: set | None = None, images: bool = True, compact: bool = False,
+             metric_cols=("clip_l", "toy_psnr", "toy_rprec")) -> str:
+    """Write a run at `root` (manifest/parts/*.parquet, sheet.png per done asset); return root."""
+    shift = shift or {}
+    fail = fail or set()
+    rng = np.random.default_rng(noise_seed)
+    difficulty = np.random.default_rng(12345).normal(0.0, 3.0, size=n_prompts)  # shared by runs
+    t0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.timezone.utc) + dt.timedelta(days=day)
+    rows = []
+    for p in range(n_prompts):
+        for s in seeds:
+            for m in methods:
+                prompt = f"toy object {p:02d}"
+                aid = hashlib.sha1(f"{prompt}|{s}|{m}".encode()).hexdigest()[:16]
+                failed = (p, s, m) in fail or p in fail
+                rel = f"assets/{aid[:2]}/{aid}"
+                base = {"clip_l": 25.0 + difficulty[p], "image_reward": 0.1 * difficulty[p],
+                        "toy_psnr": 20.0 + difficulty[p], "toy_rprec": 0.5 + 0.05 * difficulty[p]}
+                scale = {"clip_l": 1.0, "image_reward": 0.1, "toy_psnr": 1.0, "toy_rprec": 0.03}
+                vals = {}
+                for k in ("clip_l", "image_reward", "toy_psnr", "toy_rprec"):
+                    v = base[k] + noise * scale[k] * rng.normal() + shift.get(k, 0.0)
+                    vals[k] = None if (failed or k not in metric_cols) else float(v)
+                start = t0 + dt.timedelta(minutes=3 * len(rows))
+                rows.append({
+                    "asset_id": aid, "prompt": prompt, "seed": s, "method": m, "prior": "toy_sd",
+                    "config_hash": "cafe0000", "code_version": f"v{day}", "status": "failed" if failed else "done",
+                    "error": "RuntimeError: NaN loss at iteration 120\ntraceback..." if failed else None,
+                    "attempts": 3 if failed else 1, "started_at": start,
+                    "finished_at": start + dt.timedelta(seconds=150), "wall_s": 150.0, "gpu_s": 0.0,
+                    "device": "cpu", "num_gaussians": 2000, "asset_uri": None if failed else f"{rel}/asset.ply",
+                    "frames_uri": None if failed else f"{rel}/frames", "video_uri": None,
+                    "schema_version": 1, **vals})
+                if images and not failed:
+                    d = os.path.join(root, rel)
+                    os.makedirs(d, exist_ok=True)
+                    arr = np.zeros((32, 256, 3), np.uint8)
+                    arr[..., 0] = (np.arange(256) * (p + 1)) % 256
+                    arr[8:24, 16 * (p % 8):16 * (p % 8) + 48, 1] = 200
+                    Image.fromarray(arr).save(os.path.join(d, "sheet.png"))
+    parts = os.path.join(root, "manifest", "parts")
+    os.makedirs(parts, exist_ok=True)
+    if compact:
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), os.path.join(root, "manifest", "manifest.parquet"))
+    else:
+        for r in rows:
+            pq.write_table(pa.Table.from_pylist([r], schema=SCHEMA), os.path.join(parts, f"{r['asset_id']}.parquet"))
+    with open(os.path.join(root, "run.json"), "w") as fh:
+        json.dump({"started_at": t0.isoformat(), "config_hash": "cafe0000"}, fh)
+    return root

@@ -1,0 +1,268 @@
+"""`sctd3d report`: regression decision, summary.json, history trends, HTML content (no browser)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import ReportConfig
+from report_fixtures import make_run
+from stages import regression
+from stages.report import ReportError, build_report, load_run, main
+
+
+def _cfg(**kw) -> ReportConfig:
+    kw.setdefault("n_boot", 500)
+    return ReportConfig(**kw)
+
+
+def _report(tmp_path, run, **kw):
+    out = str(tmp_path / "out" / "report.html")
+    code = build_report(run, out, cfg=kw.pop("cfg", _cfg()), **kw)
+    with open(tmp_path / "out" / "summary.json") as fh:
+        summary = json.load(fh)
+    with open(out, encoding="utf-8") as fh:
+        page = fh.read()
+    return code, summary, page
+
+
+def _png_std(data_uri: str) -> float:
+    raw = base64.b64decode(data_uri.split(",", 1)[1])
+    return float(np.asarray(Image.open(io.BytesIO(raw)).convert("L"), dtype=float).std())
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    x = np.random.default_rng(0).normal(1.0, 2.0, size=40)
+    a = regression.bootstrap_mean_ci(x, 1000, 0.95, seed=7)
+    b = regression.bootstrap_mean_ci(x, 1000, 0.95, seed=7)
+    c = regression.bootstrap_mean_ci(x, 1000, 0.95, seed=8)
+    assert a == b and a != c
+    mean, lo, hi = a
+    assert lo < mean < hi
+    se = x.std(ddof=1) / np.sqrt(x.size)
+    assert abs((hi - lo) - 2 * 1.96 * se) < 0.35 * (2 * 1.96 * se)  # close to the normal interval
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        regression.bootstrap_mean_ci([1.0, float("nan")], 10, 0.95, 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        regression.bootstrap_mean_ci([], 10, 0.95, 0)
+
+
+def test_decide_direction_and_rules():
+    base = np.linspace(0, 10, 30)
+    worse = base - 1.0 + np.random.default_rng(1).normal(0, 0.1, 30)
+    d = regression.decide("clip_l", worse, base, threshold=0.5, n_boot=500, confidence=0.95, seed=0)
+    assert d.status == "regressed" and d.regressed and d.n == 30
+    # FID: lower is better, so the same numbers are an improvement
+    d = regression.decide("fid", worse, base, threshold=0.5, n_boot=500, confidence=0.95, seed=0)
+    assert d.status == "improved" and not d.regressed and d.direction == "lower"
+    # a drop smaller than the threshold is not a regression under either rule
+    small = base - 0.3
+    for rule in regression.RULES:
+        d = regression.decide("clip_l", small, base, threshold=0.5, n_boot=200, confidence=0.95, seed=0, rule=rule)
+        assert not d.regressed, rule
+    # too few pairs never gate
+    d = regression.decide("clip_l", base[:2] - 5, base[:2], threshold=0.5, n_boot=200, confidence=0.95,
+                          seed=0, min_pairs=3)
+    assert d.status == "insufficient" and not d.regressed
+    with pytest.raises(ValueError, match="rule"):
+        regression.decide("clip_l", base, base, threshold=0.5, n_boot=10, confidence=0.9, seed=0, rule="vibes")
+
+
+# ---------------------------------------------------------------------------------------------
+# end-to-end decisions on synthetic manifests
+# ---------------------------------------------------------------------------------------------
+def test_known_shift_is_flagged(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"clip_l": -2.0})
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert code == 1
+    assert s["regressed"] is True and s["regressed_metrics"] == ["clip_l"]
+    m = s["metrics"]["clip_l"]
+    assert m["status"] == "regressed" and m["n"] == 24
+    assert m["ci"][0] <= m["mean_diff"] <= m["ci"][1] < -0.5
+    assert abs(m["mean_diff"] + 2.0) < 0.3
+    assert s["metrics"]["toy_psnr"]["regressed"] is False
+
+
+@pytest.mark.parametrize("noise_seed", [2, 3, 4, 5, 6])
+def test_unshifted_run_is_not_flagged(tmp_path, noise_seed):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=noise_seed, day=1, images=False)
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert code == 0 and s["regressed"] is False and s["regressed_metrics"] == []
+    assert all(not m["regressed"] for m in s["metrics"].values())
+
+
+@pytest.mark.parametrize("rule", regression.RULES)
+@pytest.mark.parametrize("noise_seed", [11, 12, 13])
+def test_small_noisy_unshifted_run_is_not_flagged(tmp_path, rule, noise_seed):
+    # 6 prompts, paired differences with a spread several times the threshold
+    base = make_run(str(tmp_path / "base"), n_prompts=6, noise=1.5, noise_seed=10, images=False)
+    run = make_run(str(tmp_path / "run"), n_prompts=6, noise=1.5, noise_seed=noise_seed, day=1, images=False)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(rule=rule))
+    assert code == 0 and not s["regressed"]
+    m = s["metrics"]["clip_l"]
+    assert m["n"] == 6 and m["ci"][1] - m["ci"][0] > 0.5, "the case must be noisy relative to the threshold"
+
+
+def test_improvement_is_not_a_regression(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"toy_psnr": 2.0}, images=False)
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert code == 0 and s["metrics"]["toy_psnr"]["status"] == "improved"
+
+
+def test_pairs_only_shared_assets_and_failures_lower_done_rate(tmp_path):
+    base = make_run(str(tmp_path / "base"), n_prompts=20, noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), n_prompts=24, noise_seed=2, day=1, images=False,
+                   fail={0, 1, 2, 3, 4, 5, 6, 7})
+    code, s, page = _report(tmp_path, run, baseline=base)
+    assert s["n_paired"] == 20
+    assert s["metrics"]["clip_l"]["n"] == 12          # 20 shared minus 8 failed
+    assert s["run"]["counts"] == {"done": 16, "failed": 8, "rejected": 0, "total": 24}
+    assert s["metrics"]["done_rate"]["regressed"] is True and code == 1
+    assert "NaN loss at iteration 120" in page and 'id="failure-reasons"' in page
+
+
+def test_metric_missing_in_run_is_flagged(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False, metric_cols=("clip_l", "toy_psnr"))
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert s["metrics"]["toy_rprec"]["status"] == "missing" and code == 1
+
+
+def test_run_level_fid_lower_is_better(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False)
+    for root, fid in ((base, 20.0), (run, 30.0)):
+        os.makedirs(os.path.join(root, "metrics"), exist_ok=True)
+        with open(os.path.join(root, "metrics", "fid.json"), "w") as fh:
+            json.dump({"fid": fid}, fh)
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert code == 1 and s["metrics"]["fid"]["regressed"] and s["metrics"]["fid"]["mean_diff"] == 10.0
+    with open(os.path.join(run, "metrics", "fid.json"), "w") as fh:
+        json.dump({"fid": 15.0}, fh)
+    code, s, _ = _report(tmp_path, run, baseline=base)
+    assert code == 0 and s["metrics"]["fid"]["status"] == "improved"
+
+
+# ---------------------------------------------------------------------------------------------
+# history, summary.json, HTML
+# ---------------------------------------------------------------------------------------------
+def test_history_draws_a_trend_and_uses_the_newest_earlier_run_as_baseline(tmp_path):
+    hist = tmp_path / "runs"
+    # names sort differently from run times: ordering must follow run time
+    days = {"c-night": 0, "a-night": 1, "b-night": 2}
+    for name, day in days.items():
+        make_run(str(hist / name), day=day, noise_seed=day, images=False, shift={"clip_l": 0.5 * day})
+    run = make_run(str(hist / "today"), day=3, noise_seed=9, images=False, shift={"clip_l": 1.5})
+    code, s, page = _report(tmp_path, run, history=str(hist))
+    assert [t["label"].split(" ")[0] for t in s["trend"]] == ["c-night", "a-night", "b-night", "today"]
+    means = [t["methods"]["sctd"]["clip_l"]["mean"] for t in s["trend"]]
+    assert np.all(np.diff(means) > 0.2)                          # the upward trend is recorded
+    assert s["baseline"]["label"].startswith("b-night") and code == 0
+    uris = re.findall(r'id="plot-trend-clip_l"[^>]*src="(data:image/png;base64,[^"]+)"', page)
+    assert len(uris) == 1 and _png_std(uris[0]) > 10.0
+    assert 'id="plot-trend-done_rate"' in page
+
+
+def test_summary_json_content(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"toy_rprec": -0.2}, images=False)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(seed=3, n_boot=300))
+    assert s["schema_version"] == 1 and s["report_html"] == "report.html"
+    assert s["decision"]["n_boot"] == 300 and s["decision"]["seed"] == 3
+    assert s["decision"]["thresholds"]["toy_rprec"] == 0.05
+    assert set(s["metrics"]) == {"clip_l", "toy_psnr", "toy_rprec", "done_rate"}
+    for name, m in s["metrics"].items():
+        assert {"mean_diff", "ci", "n", "regressed", "threshold", "status", "direction"} <= set(m)
+        assert m["ci"][0] <= m["mean_diff"] <= m["ci"][1], name
+        assert m["regressed"] == (m["status"] == "regressed")
+    assert s["regressed_metrics"] == ["toy_rprec"] and code == 1
+    r = s["run"]
+    assert r["counts"]["done"] == 24 and r["asset_wall_s"] == 24 * 150.0 and r["gpu_hours"] == 0.0
+    # deterministic: the same inputs give the same decisions
+    _, s2, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(seed=3, n_boot=300))
+    assert s2["metrics"] == s["metrics"]
+
+
+def test_page_is_self_contained_with_thumbnails(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"clip_l": -2.0})
+    _, _, page = _report(tmp_path, run, baseline=base, cfg=_cfg(top_movers=3))
+    assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)\s*=\s*"(?!data:)', page), "every resource must be inline"
+    thumbs = re.findall(r'class="thumb" id="thumb-(?:run|base)-\d+"[^>]*src="(data:[^"]+)"', page)
+    assert len(thumbs) == 6 and all(_png_std(t) > 10 for t in thumbs)
+    assert 'id="regression-table"' in page and 'id="method-table"' in page and 'id="prompt-table"' in page
+
+
+def test_placeholders_when_renders_are_absent(tmp_path):
+    run = make_run(str(tmp_path / "run"), noise_seed=2, images=False)
+    code, s, page = _report(tmp_path, run, cfg=_cfg(top_movers=2))
+    assert code == 0 and s["baseline"] is None and s["metrics"] == {}
+    assert page.count('class="placeholder"') == 2 and 'class="thumb"' not in page
+    assert 'id="plot-dist-clip_l"' in page                # a plot even without a baseline
+
+
+def test_manifest_locations(tmp_path):
+    run = make_run(str(tmp_path / "run"), noise_seed=2, images=False, compact=True)
+    a = load_run(run)
+    b = load_run(os.path.join(run, "manifest"))
+    c = load_run(os.path.join(run, "manifest", "manifest.parquet"))
+    assert len(a.df) == len(b.df) == len(c.df) == 24
+    assert a.root == b.root == c.root == run
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(ReportError, match="manifest not found"):
+        build_report(str(tmp_path / "nope"), str(tmp_path / "r.html"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no manifest under"):
+        build_report(str(tmp_path / "empty"), str(tmp_path / "r.html"))
+    run = make_run(str(tmp_path / "run"), images=False)
+    with pytest.raises(ReportError, match="expected an .html path"):
+        build_report(run, str(tmp_path / "r.txt"))
+    with pytest.raises(ReportError, match="thresholds.clip_l"):
+        build_report(run, str(tmp_path / "r.html"), cfg=_cfg(thresholds={"clip_l": -1}))
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(ReportError, match="cannot read manifest part"):
+        build_report(str(bad), str(tmp_path / "r.html"))
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"clip_l": -2.0}, images=False)
+    out = str(tmp_path / "o" / "report.html")
+    assert main([run, "--baseline", base, "--out", out, "--set", "report.n_boot=200"]) == 1
+    assert main([run, "--baseline", base, "--out", out, "--set", "report.thresholds={clip_l: 5.0}"]) == 0
+    assert main([str(tmp_path / "missing"), "--out", out]) == 2
+    assert "manifest not found" in capsys.readouterr().out
+
+
+def test_nightly_toy_config_gates_toy_metrics(tmp_path):
+    from pipeline.config import load_config
+
+    cfg = load_config("configs/nightly_toy.yaml")
+    assert cfg.prior.name == "toy_sd" and cfg.generate.seed == 0
+    assert {"toy_psnr", "toy_rprec", "done_rate"} <= set(cfg.report.thresholds)
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"toy_psnr": -1.5}, images=False)
+    out = str(tmp_path / "o" / "report.html")
+    assert build_report(run, out, baseline=base, cfg=cfg) == 1
+    with open(tmp_path / "o" / "summary.json") as fh:
+        assert json.load(fh)["regressed_metrics"] == ["toy_psnr"]
