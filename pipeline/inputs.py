@@ -1,0 +1,297 @@
+"""Prompt lists in, validated asset requests out.
+
+Why: every row is checked before any GPU time is spent, so a batch of thousands never dies (or
+burns a GPU hour) on row 4,812. Bad rows become `rejected` records with the reason; the rest run.
+Assets are identified by a stable hash of (normalised prompt, seed, config hash), so prompts never
+become paths and re-running the same input finds the same assets.
+
+Formats (any fsspec URL): `.txt` (one prompt per line), `.jsonl` (`prompt`, optional `seed`,
+`config` overrides as a nested mapping or dotted keys, `tags`), `.parquet` (a `prompt` column,
+optional `seed`/`tags`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import fsspec
+
+from pipeline import config as config_mod
+from pipeline.config import Config, ConfigError, config_hash
+
+MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
+
+
+class InputError(ValueError):
+    """The prompt file as a whole cannot be read (missing, unknown format, no prompt column)."""
+
+
+@dataclass
+class AssetRequest:
+    """One validated, deduplicated asset to generate."""
+
+    asset_id: str
+    prompt: str          # normalised
+    seed: int
+    config_hash: str
+    overrides: dict      # per-row config overrides (nested mapping), {} if none
+    tags: list = field(default_factory=list)
+    line: int = 0        # 1-based row number in the input
+    slug: str = ""
+
+
+@dataclass
+class RejectedRow:
+    """A row that failed validation; becomes a `rejected` manifest record."""
+
+    asset_id: str        # "r" + hash of the raw row: stable, never a path from the prompt
+    prompt: str          # printable rendering of what was given (truncated)
+    reason: str
+    line: int
+    seed: Optional[int] = None
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class PromptBatch:
+    requests: list[AssetRequest]
+    rejected: list[RejectedRow]
+    duplicates: int      # rows that collapsed into an earlier identical request
+
+
+def normalise_prompt(prompt: str) -> str:
+    """NFC, trimmed, inner whitespace collapsed: formatting differences never make a new asset."""
+    return " ".join(unicodedata.normalize("NFC", prompt).split())
+
+
+def slugify(prompt: str, max_len: int = 40) -> str:
+    """Readable ASCII label for humans (never used alone as a path)."""
+    s = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode().lower()
+    s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+    return s[:max_len].rstrip("-") or "prompt"
+
+
+def asset_id_for(prompt: str, seed: int, cfg_hash: str) -> str:
+    """Stable id of (normalised prompt, seed, config hash): 20 hex chars."""
+    blob = json.dumps([normalise_prompt(prompt), int(seed), cfg_hash], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def _rejected_id(raw: bytes | str, line: int) -> str:
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return "r" + hashlib.sha256(data).hexdigest()[:19]
+
+
+def _printable(raw: bytes | str, limit: int = 200) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def apply_overrides(cfg: Config, overrides: dict) -> Config:
+    """A copy of `cfg` with a nested (or dotted-key) mapping applied, validated like a YAML file."""
+    if not overrides:
+        return cfg
+    nested: dict = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"row config: bad key {key!r}")
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"row config: key {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    data = config_mod._merge(config_mod.to_dict(cfg), nested)
+    new = config_mod._build(Config, data, "row config")
+    config_mod._check_cross_field(new, "row config")
+    return new
+
+
+def _check_prompt(prompt: str, count_tokens: Optional[Callable[[str], int]],
+                  max_tokens: Optional[int]) -> Optional[str]:
+    """None if the prompt is usable, else the reason it is rejected."""
+    if not prompt.strip():
+        return "empty or whitespace-only prompt"
+    bad = [c for c in prompt if unicodedata.category(c) == "Cc"]
+    if bad:
+        return (f"prompt contains control characters {sorted({f'U+{ord(c):04X}' for c in bad})}; "
+                f"remove them")
+    if any(unicodedata.category(c) == "Cs" for c in prompt):
+        return "prompt contains lone surrogates (invalid Unicode)"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"prompt is {len(prompt)} characters (limit {MAX_PROMPT_CHARS}); shorten it"
+    if count_tokens is not None and max_tokens is not None:
+        n = int(count_tokens(normalise_prompt(prompt)))
+        if n > max_tokens:
+            return f"prompt is {n} tokens, over the prior's limit of {max_tokens}; shorten it"
+    return None
+
+
+def _rows_from_text(data: bytes) -> list[tuple[int, Any, Optional[str]]]:
+    """(line, raw, decode error) per non-empty-file line; blank lines are kept (and rejected)."""
+    out = []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for i, raw in enumerate(lines, 1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        out.append((i, raw, None))
+    return out
+
+
+def _read_parquet(data: bytes) -> list[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    if "prompt" not in table.column_names:
+        raise InputError(f"Parquet input has no 'prompt' column (columns: {table.column_names})")
+    cols = [c for c in ("prompt", "seed", "tags", "config") if c in table.column_names]
+    rows = table.select(cols).to_pylist()
+    return [(i, r) for i, r in enumerate(rows, 1)]
+
+
+def _detect_format(uri: str) -> str:
+    u = uri.lower().split("?")[0]
+    if u.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if u.endswith((".parquet", ".pq")):
+        return "parquet"
+    if u.endswith((".txt", ".prompts", ".text")):
+        return "txt"
+    raise InputError(f"cannot tell the format of {uri!r} from its name; use .txt (one prompt per "
+                     f"line), .jsonl or .parquet")
+
+
+def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str], int]] = None,
+                 max_tokens: Optional[int] = None, storage_options: Optional[dict] = None
+                 ) -> PromptBatch:
+    """Read, validate and deduplicate a prompt list. `count_tokens`/`max_tokens`: the prior's limit."""
+    fmt = _detect_format(uri)
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"prompt file not found: {uri!r}") from None
+    base_hash = config_hash(cfg)
+    requests: list[AssetRequest] = []
+    rejected: list[RejectedRow] = []
+    seen: dict[str, AssetRequest] = {}
+    seen_rejected: set[str] = set()
+    duplicates = 0
+
+    def reject(raw: Any, line: int, reason: str, seed=None, tags=None) -> None:
+        raw_b = raw if isinstance(raw, bytes) else json.dumps(raw, default=str,
+                                                              sort_keys=True).encode()
+        rid = _rejected_id(raw_b + b"\x00" + reason.encode(), line)
+        if rid in seen_rejected:
+            return
+        seen_rejected.add(rid)
+        shown = raw.get("prompt", raw) if isinstance(raw, dict) else raw
+        rejected.append(RejectedRow(asset_id=rid, prompt=_printable(shown if isinstance(shown, (str, bytes))
+                                                                    else repr(shown)),
+                                    reason=reason, line=line, seed=seed, tags=list(tags or [])))
+
+    def accept(prompt: str, seed: int, overrides: dict, tags: list, line: int) -> None:
+        nonlocal duplicates
+        if overrides:
+            try:
+                row_cfg = apply_overrides(cfg, overrides)
+            except ConfigError as e:
+                reject({"prompt": prompt, "config": overrides}, line, f"bad config override: {e}",
+                       seed, tags)
+                return
+            h = config_hash(row_cfg)
+        else:
+            h = base_hash
+        aid = asset_id_for(prompt, seed, h)
+        if aid in seen:
+            duplicates += 1
+            return
+        req = AssetRequest(asset_id=aid, prompt=normalise_prompt(prompt), seed=seed, config_hash=h,
+                           overrides=overrides, tags=tags, line=line, slug=slugify(prompt))
+        seen[aid] = req
+        requests.append(req)
+
+    default_seed = int(cfg.generate.seed)
+    if fmt == "parquet":
+        items: list[tuple[int, Any]] = [(i, r) for i, r in _read_parquet(data)]
+    else:
+        items = [(i, raw) for i, raw, _ in _rows_from_text(data)]
+
+    for line, raw in items:
+        # --- decode -----------------------------------------------------------------------
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8", "strict")
+            except UnicodeDecodeError as e:
+                reject(raw, line, f"invalid UTF-8 at byte {e.start}: {raw[e.start:e.start + 4]!r}")
+                continue
+            if fmt == "txt":
+                row: dict = {"prompt": text}
+            else:
+                if not text.strip():
+                    continue  # blank JSONL lines separate nothing; skip silently
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    reject(raw, line, f"malformed JSON: {e.msg} at column {e.colno}")
+                    continue
+                if not isinstance(row, dict):
+                    reject(raw, line, f"JSONL row is a {type(row).__name__}, expected an object "
+                                      f"with a 'prompt' key")
+                    continue
+        else:
+            row = dict(raw)
+        # --- fields -----------------------------------------------------------------------
+        unknown = set(row) - {"prompt", "seed", "config", "tags"}
+        if unknown:
+            reject(row, line, f"unknown keys {sorted(unknown)}; allowed: prompt, seed, config, tags")
+            continue
+        prompt = row.get("prompt")
+        if isinstance(prompt, bytes):
+            try:
+                prompt = prompt.decode("utf-8", "strict")
+            except UnicodeDecodeError as e:
+                reject(row["prompt"], line, f"invalid UTF-8 at byte {e.start}")
+                continue
+        if not isinstance(prompt, str):
+            reject(row, line, f"'prompt' must be a string, got {type(prompt).__name__}")
+            continue
+        seed = row.get("seed")
+        if seed is None:
+            seed = default_seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            reject(row, line, f"'seed' must be a non-negative integer, got {seed!r}")
+            continue
+        tags = row.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            reject(row, line, f"'tags' must be a list of strings, got {tags!r}", seed)
+            continue
+        overrides = row.get("config") or {}
+        if not isinstance(overrides, dict):
+            reject(row, line, f"'config' must be a mapping of overrides, got {overrides!r}", seed, tags)
+            continue
+        reason = _check_prompt(prompt, count_tokens, max_tokens)
+        if reason:
+            reject(prompt, line, reason, seed, tags)
+            continue
+        accept(prompt, seed, overrides, tags, line)
+    return PromptBatch(requests=requests, rejected=rejected, duplicates=duplicates)
+
+
+def request_config(cfg: Config, req: AssetRequest) -> Config:
+    """The config one asset runs with (the run's config plus the row's overrides)."""
+    return apply_overrides(cfg, req.overrides) if req.overrides else cfg
+
+
+def request_to_dict(req: AssetRequest) -> dict:
+    return dataclasses.asdict(req)

@@ -1,0 +1,555 @@
+"""One batch run: prompts -> validated requests -> per-asset stages on an executor -> manifest.
+
+Why the order of writes matters (exactly-once in effect): an asset's artifacts are made durable
+first, its manifest record (one atomic part file) last, and only by the driver. So a crash at any
+moment leaves either no record (the asset is redone on the re-run; generation resumes from its
+last checkpoint) or a complete one (skipped). Execution is at-least-once; records are exactly-once.
+
+Per asset (in a worker): init + generate (stages.generate.generate), then the evaluation render
+(stages.render.render_asset) and per-asset metrics (stages.metrics.score_asset) when those stages
+are installed and enabled. Per run: FID (stages.metrics.fid) and the report (stages.report).
+On object stores an asset is produced in a local staging folder seeded from what is already at
+its URI (so checkpoints survive preemption) and uploaded before its record is committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pipeline import manifest
+from pipeline.config import Config, config_hash, load_config, to_dict
+from pipeline.executors import Outcome, make_executor
+from pipeline.inputs import AssetRequest, PromptBatch, read_prompts, request_config
+from pipeline.lock import RunLock
+from pipeline.storage import Storage, asset_dir, open_storage, safe_relpath
+
+log = logging.getLogger(__name__)
+
+GenerateFn = Callable[..., Any]   # generate(cfg, prompt, seed, asset_dir, progress=False) -> result
+
+
+# ----------------------------------------------------------------------------------------------
+# Capabilities: which optional stages exist in this installation
+# ----------------------------------------------------------------------------------------------
+def _stage(module: str, attr: str) -> Optional[Callable]:
+    """`module.attr` if the module is installed; an installed module that fails to import is an
+    error (a broken stage must not be silently skipped)."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return None
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    fn = getattr(importlib.import_module(module), attr, None)
+    return fn if callable(fn) else None
+
+
+def capabilities() -> dict[str, bool]:
+    """Which stages this installation has (reported in run.json and by `demo`)."""
+    return {"generate": _stage("stages.generate", "generate") is not None,
+            "render": _stage("stages.render", "render_asset") is not None,
+            "metrics": _stage("stages.metrics", "score_asset") is not None,
+            "fid": _stage("stages.metrics.fid", "run_fid") is not None,
+            "report": _stage("stages.report", "build_report") is not None}
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("sctd3d")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / ".git").exists():
+        try:
+            sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-uno"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            if sha:
+                v += f"+g{sha}" + (".dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError) as e:
+            log.debug("git version lookup failed: %s", e)
+    return v
+
+
+def token_limit(cfg: Config) -> tuple[Optional[Callable[[str], int]], Optional[int]]:
+    """The prior's prompt-token counter and limit, from its tokenizer alone (no model load).
+
+    Stable Diffusion priors (and the toy SD, which uses the same CLIP tokenizer format) have a
+    `tokenizer/` folder; toy_exact has no tokenizer. When the tokenizer cannot be read here (e.g. a
+    hub id not cached on the driver), prompts are still checked against the character cap and the
+    prior's own truncation warning applies; the reason is logged."""
+    if cfg.prior.name not in ("stable_diffusion", "toy_sd"):
+        return None, None
+    sd = _stage("stages.priors.stable_diffusion", "toy_sd_model")
+    if sd is None:
+        log.warning("token-limit check skipped: stages.priors.stable_diffusion is not installed")
+        return None, None
+    from stages.priors import stable_diffusion as sdmod
+
+    model = sdmod.toy_sd_model(cfg.prior.model) if cfg.prior.name == "toy_sd" else cfg.prior.model
+    local = Path(model).expanduser()
+    if local.is_file():
+        log.warning("token-limit check skipped: prior.model %s is a single file", model)
+        return None, None
+    if cfg.prior.name == "toy_sd" and not local.is_dir():
+        log.warning("token-limit check skipped: the toy SD directory %s does not exist", model)
+        return None, None
+    if local.is_dir() and not (local / "tokenizer").is_dir():
+        log.warning("token-limit check skipped: %s has no tokenizer/ folder", model)
+        return None, None
+    from transformers import CLIPTokenizer
+
+    try:
+        tok = CLIPTokenizer.from_pretrained(str(local) if local.is_dir() else model,
+                                            subfolder="tokenizer",
+                                            local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (OSError, ValueError) as e:
+        log.warning("token-limit check skipped: cannot read the tokenizer of %s (%s)", model,
+                    (str(e).splitlines()[0] if str(e) else type(e).__name__)[:120])
+        return None, None
+    return (lambda p: len(tok(p, truncation=False).input_ids)), int(tok.model_max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# One asset (runs in a worker)
+# ----------------------------------------------------------------------------------------------
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _result_fields(res: Any) -> dict:
+    if res is None:
+        return {}
+    if dataclasses.is_dataclass(res):
+        return dataclasses.asdict(res)
+    if isinstance(res, dict):
+        return dict(res)
+    return {k: getattr(res, k) for k in dir(res) if not k.startswith("_")}
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+_PRIORS: dict[str, Any] = {}   # per worker process: a loaded prior is reused across assets
+
+
+def _real_generate(cfg: Config, prompt: str, seed: int, asset_dir: str, progress: bool = False):
+    """stages.generate.generate with the prior loaded once per worker process (actors stay warm)."""
+    gen = _stage("stages.generate", "generate")
+    if gen is None:
+        raise RuntimeError("stages.generate is not installed; cannot generate assets")
+    load_prior = _stage("stages.priors.base", "load_prior")
+    key = json.dumps(dataclasses.asdict(cfg.prior), sort_keys=True)
+    if load_prior is not None and key not in _PRIORS:
+        _PRIORS.clear()
+        _PRIORS[key] = load_prior(cfg.prior, cfg.prior.device)
+    return gen(cfg, prompt, seed, asset_dir, progress=progress, prior=_PRIORS.get(key))
+
+
+class _CheckpointSync:
+    """Object-store outputs: upload an asset's committed checkpoints while it runs, so a preempted
+    worker's successor resumes from them. Only files renamed into place are uploaded (never *.tmp),
+    tensors before their JSON commit marker."""
+
+    def __init__(self, st: Storage, local_dir: str, rel: str, every_s: float):
+        self.st, self.local_dir, self.rel, self.every_s = st, Path(local_dir), rel, every_s
+        self.sent: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="ckpt-sync")
+        if every_s > 0:
+            self._thread.start()
+
+    def sync(self) -> int:
+        ck = self.local_dir / "checkpoints"
+        if not ck.is_dir():
+            return 0
+        files = sorted((f for f in ck.iterdir() if f.is_file() and not _is_temp(f.name)),
+                       key=lambda f: (f.suffix == ".json", f.name))
+        n = 0
+        for f in files:
+            mtime = f.stat().st_mtime
+            if self.sent.get(f.name) == mtime:
+                continue
+            self.st.put_file(str(f), f"{self.rel}/checkpoints/{f.name}")
+            self.sent[f.name] = mtime
+            n += 1
+        return n
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.sync()
+            except (OSError, FileNotFoundError) as e:  # a checkpoint rotated away mid-upload
+                log.warning("checkpoint sync of %s: %s", self.rel, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+def _is_temp(name: str) -> bool:
+    from pipeline.storage import is_temp_name
+
+    return is_temp_name(name)
+
+
+def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
+    """Run every per-asset stage for one request; return its (uncommitted) manifest fields.
+
+    `task`: {"request": AssetRequest as dict, "cfg": Config, "out": output URI}. Raises on failure
+    (the executor records the reason)."""
+    req = AssetRequest(**task["request"])
+    cfg: Config = request_config(task["cfg"], req)
+    st = open_storage(task["out"])
+    rel = safe_relpath("assets", req.asset_id[:2], req.asset_id)
+    gen = generate_fn or _real_generate
+    render = _stage("stages.render", "render_asset") if cfg.pipeline.render else None
+    score = _stage("stages.metrics", "score_asset") if cfg.pipeline.score else None
+
+    started = _now()
+    t0 = time.perf_counter()
+    if st.local:
+        local_dir = st.path(rel)
+        os.makedirs(local_dir, exist_ok=True)
+        fields = _run_stages(cfg, req, local_dir, gen, render, score)
+        uri_of = _uri_mapper(local_dir, lambda sub: os.path.join(local_dir, sub))
+    else:
+        with tempfile.TemporaryDirectory(prefix="sctd3d-asset-") as tmp:
+            n = st.get_dir(rel, tmp)
+            if n:
+                log.info("asset %s: staged %d existing file(s) from %s", req.asset_id, n, st.uri(rel))
+            syncer = _CheckpointSync(st, tmp, rel, cfg.pipeline.checkpoint_sync_s)
+            try:
+                fields = _run_stages(cfg, req, tmp, gen, render, score)
+            finally:
+                syncer.stop()
+                syncer.sync()  # also on failure: the next attempt resumes from here
+            for f in Path(tmp).rglob("*"):
+                if f.is_file() and not _is_temp(f.name):
+                    st.put_file(str(f), f"{rel}/{f.relative_to(tmp).as_posix()}")
+        uri_of = _uri_mapper(tmp, lambda sub: st.uri(rel, sub))
+    wall = time.perf_counter() - t0
+    g = fields["generate"]
+    r = fields.get("render") or {}
+    m = fields.get("metrics") or {}
+    meta = g.get("meta") or {}
+    device = g.get("device") or meta.get("device") or _device_name()
+    gen_wall = g.get("wall_s")
+    return {
+        "asset_id": req.asset_id,
+        "prompt": req.prompt,
+        "seed": req.seed,
+        "method": cfg.generate.method,
+        "prior": cfg.prior.name,
+        "config_hash": req.config_hash,
+        "started_at": started,
+        "finished_at": _now(),
+        "wall_s": wall,
+        "gpu_s": g.get("gpu_s") if "gpu_s" in g else (gen_wall if str(device).startswith("cuda")
+                                                       else None),
+        "device": str(device),
+        "num_gaussians": g.get("num_gaussians"),
+        "resumed_from_iter": g.get("resumed_from_iter", g.get("resumed_from")),
+        "asset_uri": uri_of(g.get("asset_ply") or "asset.ply"),
+        "frames_uri": uri_of(r.get("frames_uri")),
+        "video_uri": uri_of(r.get("video_uri")),
+        "sheet_uri": uri_of(r.get("sheet_uri")),
+        **{k: m.get(k) for k in ("clip_l", "image_reward", "toy_psnr", "toy_rprec")},
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _uri_mapper(adir: str, to_uri: Callable[[str], str]) -> Callable[[Optional[str]], Optional[str]]:
+    """Map a stage's output path (absolute inside `adir`, or relative to it) to its final URI."""
+    def uri_of(p: Optional[str]) -> Optional[str]:
+        if p is None:
+            return None
+        p = str(p)
+        if "://" in p:
+            return p
+        sub = os.path.relpath(p, adir) if os.path.isabs(p) else p
+        if sub.startswith(".."):
+            raise RuntimeError(f"stage output {p!r} lies outside the asset folder {adir!r}")
+        return to_uri(sub)
+    return uri_of
+
+
+def _run_stages(cfg: Config, req: AssetRequest, adir: str, gen: GenerateFn,
+                render: Optional[Callable], score: Optional[Callable]) -> dict:
+    res = _result_fields(gen(cfg, req.prompt, req.seed, adir, progress=False))
+    if res.get("ok") is False:  # the stage reports a failed asset (e.g. NaN guard gave up)
+        raise RuntimeError(f"generation failed: {res.get('error') or 'no reason given'}")
+    fields: dict = {"generate": res}
+    if render is not None:
+        fields["render"] = render(cfg, adir, req.prompt) or {}
+    if score is not None:
+        fields["metrics"] = score(cfg, adir, req.prompt) or {}
+    return fields
+
+
+# ----------------------------------------------------------------------------------------------
+# One run (the driver)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    out: str
+    total: int            # valid, deduplicated requests
+    skipped: int          # already committed before this run
+    done: int             # committed `done` in this run
+    failed: int
+    rejected: int
+    duplicates: int
+    wall_s: float
+    report_exit_code: Optional[int] = None
+
+    def where(self) -> str:
+        """What a user should open after a run (paths under the output root)."""
+        root = self.out.rstrip("/")
+        return "\n".join([
+            f"assets:   {root}/assets/<id[:2]>/<id>/ (asset.ply, meta.json, frames/, turntable.mp4)",
+            f"manifest: {root}/manifest/parts/*.parquet  (sctd3d manifest show {root})",
+            f"report:   {root}/report/report.html",
+            f"run info: {root}/run.json"])
+
+    def line(self) -> str:
+        return (f"{self.out}: {self.done} done, {self.failed} failed, {self.rejected} rejected, "
+                f"{self.skipped} already done, {self.duplicates} duplicate rows collapsed "
+                f"({self.wall_s:.1f} s)")
+
+
+class _Progress:
+    """One run-level bar (done / failed / running / ETA) on stderr; per-asset lines via logging."""
+
+    def __init__(self, total: int, enabled: bool, running: Callable[[], int]):
+        self.done = self.failed = 0
+        self.running = running
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="asset", dynamic_ncols=True, desc="assets")
+            self.bar.set_postfix_str(self._postfix())
+
+    def _postfix(self) -> str:
+        return f"done={self.done} failed={self.failed} running={self.running()}"
+
+    def update(self, ok: bool) -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(self._postfix())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _failed_record(req: AssetRequest, cfg: Config, error: str, attempts: int, wall: float,
+                   worker: str) -> dict:
+    return {"asset_id": req.asset_id, "prompt": req.prompt, "seed": req.seed,
+            "method": cfg.generate.method, "prior": cfg.prior.name, "config_hash": req.config_hash,
+            "status": "failed", "error": error, "attempts": attempts, "finished_at": _now(),
+            "wall_s": wall, "worker": worker}
+
+
+def _write_run_json(st: Storage, data: dict) -> None:
+    st.write_text("run.json", json.dumps(data, indent=2, default=str))
+
+
+def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "local",
+              address: Optional[str] = None, num_workers: Optional[int] = None, *,
+              generate_fn: Optional[GenerateFn] = None, progress: bool = True,
+              stop_after: Optional[int] = None, executor_options: Optional[dict] = None
+              ) -> RunSummary:
+    """Run (or resume) a batch. Re-running the same command skips committed assets.
+
+    generate_fn: replaces stages.generate.generate (tests, benchmarks). stop_after: stop
+    scheduling after this many commits (simulates an interrupted run; the rest resume later).
+    """
+    t_run = time.perf_counter()
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = load_config(cfg)
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
+    st = open_storage(out)
+    lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
+    try:
+        return _run_locked(prompts_uri, cfg, st, executor, address, num_workers, generate_fn,
+                           progress, stop_after, executor_options or {}, t_run)
+    finally:
+        lock.release()
+
+
+def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, address: Optional[str],
+                num_workers: Optional[int], generate_fn: Optional[GenerateFn], progress: bool,
+                stop_after: Optional[int], executor_options: dict, t_run: float) -> RunSummary:
+    count_tokens, max_tokens = token_limit(cfg)
+    batch: PromptBatch = read_prompts(prompts_uri, cfg, count_tokens=count_tokens,
+                                      max_tokens=max_tokens)
+    version = code_version()
+    caps = capabilities()
+    prev = json.loads(st.read_text("run.json")) if st.exists("run.json") else {}
+    run_info = {
+        "status": "running",
+        "started_at": prev.get("started_at") or _now().isoformat(),
+        "resumed_at": (prev.get("resumed_at") or []) + ([_now().isoformat()] if prev else []),
+        "prompts": prompts_uri, "out": st.root, "executor": executor,
+        "config_hash": config_hash(cfg), "config_source": cfg.source, "config": to_dict(cfg),
+        "code_version": version, "host": socket.gethostname(), "capabilities": caps,
+        "counts": {"requests": len(batch.requests), "rejected": len(batch.rejected),
+                   "duplicates": batch.duplicates},
+    }
+    _write_run_json(st, run_info)
+
+    # rejected rows: one part for this input's rejects (ids are hashes of the raw rows)
+    now = _now()
+    rej_records = [{"asset_id": r.asset_id, "prompt": r.prompt, "seed": r.seed, "status": "rejected",
+                    "error": r.reason, "attempts": 0, "finished_at": now, "tags": r.tags,
+                    "input_line": r.line, "code_version": version, "method": cfg.generate.method,
+                    "prior": cfg.prior.name, "config_hash": config_hash(cfg)}
+                   for r in batch.rejected]
+    if rej_records:
+        import hashlib
+
+        stem = "rejected-" + hashlib.sha256(
+            "\n".join(sorted(r["asset_id"] for r in rej_records)).encode()).hexdigest()[:16]
+        manifest.commit_many(st, rej_records, stem)
+        for r in batch.rejected:
+            log.warning("rejected input line %d: %s (%s)", r.line, r.reason, r.prompt[:80])
+
+    existing = manifest.records_by_id(st)
+    todo = [r for r in batch.requests if (existing.get(r.asset_id) or {}).get("status") != "done"]
+    skipped = len(batch.requests) - len(todo)
+    if skipped:
+        log.info("%d of %d assets already committed; %d to do", skipped, len(batch.requests), len(todo))
+    prior_attempts = {r.asset_id: int((existing.get(r.asset_id) or {}).get("attempts") or 0)
+                      for r in todo}
+    by_id = {r.asset_id: r for r in todo}
+
+    p = cfg.pipeline
+    if executor == "ray":
+        opts = dict(address=address, num_workers=num_workers or p.num_workers or None,
+                    gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
+                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
+    else:
+        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s)
+    opts.update(executor_options)
+    ex = make_executor(executor, **opts)
+    fn = functools.partial(process_asset, generate_fn=generate_fn)
+    items = [{"request": dataclasses.asdict(r), "cfg": cfg, "out": st.root} for r in todo]
+    bar = _Progress(len(todo), progress, ex.running)
+    n_done = n_failed = 0
+    interrupted = False
+    try:
+        for o in ex.map(items, fn):
+            req = by_id[o.item["request"]["asset_id"]]
+            attempts = prior_attempts[req.asset_id] + o.attempts
+            if o.ok:
+                rec = dict(o.value)
+                rec.update(status="done", attempts=attempts, code_version=version, tags=req.tags,
+                           slug=req.slug, input_line=req.line, error=None)
+                manifest.commit(st, rec)
+                n_done += 1
+                log.info("done   %s %-40.40s %6.1f s attempts=%d %s", req.asset_id, req.prompt,
+                         rec.get("wall_s") or o.wall_s, attempts, o.worker)
+            else:
+                rec = _failed_record(req, request_config(cfg, req), o.error or "unknown error",
+                                     attempts, o.wall_s, o.worker)
+                rec.update(code_version=version, tags=req.tags, slug=req.slug, input_line=req.line)
+                manifest.commit(st, rec)
+                n_failed += 1
+                log.error("failed %s %-40.40s attempts=%d: %s", req.asset_id, req.prompt, attempts,
+                          o.error)
+            bar.update(o.ok)
+            if stop_after is not None and n_done + n_failed >= stop_after:
+                interrupted = True
+                log.warning("stopping after %d commits (stop_after)", stop_after)
+                break
+    finally:
+        bar.close()
+        ex.close()
+
+    report_code = None
+    if not interrupted:
+        report_code = _run_level(cfg, st)
+    summary = RunSummary(out=st.root, total=len(batch.requests), skipped=skipped, done=n_done,
+                         failed=n_failed, rejected=len(batch.rejected), duplicates=batch.duplicates,
+                         wall_s=time.perf_counter() - t_run, report_exit_code=report_code)
+    c = manifest.counts(manifest.read(st))
+    run_info.update(status="interrupted" if interrupted else "finished",
+                    finished_at=_now().isoformat(), manifest_counts=c,
+                    this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
+    _write_run_json(st, run_info)
+    log.info("run %s", summary.line())
+    return summary
+
+
+def _run_level(cfg: Config, st: Storage) -> Optional[int]:
+    """FID and the report, when those stages exist and are enabled."""
+    fid = _stage("stages.metrics.fid", "run_fid") if cfg.metrics.fid else None
+    if fid is not None:
+        fid(cfg, st.root)
+    elif cfg.metrics.fid:
+        log.info("run-level FID skipped: stages.metrics.fid.run_fid is not installed")
+    build = _stage("stages.report", "build_report") if cfg.pipeline.report else None
+    if build is None:
+        return None
+    return int(build(st.root, st.uri("report", "report.html"), cfg=cfg))
+
+
+# ----------------------------------------------------------------------------------------------
+# The embedded demo
+# ----------------------------------------------------------------------------------------------
+DEMO_CONFIG = "demo.yaml"
+
+
+def demo(out: str = "runs/demo", num_workers: Optional[int] = None, n_prompts: int = 4,
+         progress: bool = True) -> RunSummary:
+    """Toy-world prompts through the Ray executor on local CPUs (no GPU, no downloads).
+
+    Re-running resumes (committed assets are skipped). `summary.where()` says what to look at."""
+    from pipeline.config import resolve_config_path
+    from stages.toyworld.catalogue import list_objects
+
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts={n_prompts}: must be >= 1")
+    cfg = load_config(resolve_config_path(DEMO_CONFIG))
+    workers = num_workers or cfg.pipeline.num_workers or 2
+    prompts = [o.prompt for o in list_objects()][:n_prompts]
+    st = open_storage(out)
+    st.write_text("prompts.txt", "\n".join(prompts) + "\n")
+    return run_batch(st.uri("prompts.txt"), cfg, out, executor="ray", num_workers=workers,
+                     progress=progress,
+                     executor_options={"num_cpus": max(workers, 1), "backoff_s": cfg.pipeline.backoff_s})

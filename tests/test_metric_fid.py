@@ -1,0 +1,109 @@
+"""FID: the shipped Inception loads offline; identical sets ~0; shifted sets larger; our Frechet
+distance equals clean-fid's own on the same features; reference statistics are cached.
+
+Sets here are tiny (8 images): FID of small sets is biased upward, so only relations are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.fid import frechet_distance as cleanfid_frechet
+from PIL import Image
+
+from pipeline.config import load_config
+from stages.metrics.errors import MetricWeightsError
+from stages.metrics.fid import (file_features, frechet_distance, load_inception, run_fid,
+                                statistics)
+
+
+def make_set(folder, n=8, shift=0, seed=0):
+    """Blobs of varying colour/position on white; `shift` brightens and recolours them."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        im = np.full((48, 48, 3), 255, np.uint8)
+        cy, cx, r = rng.integers(14, 34), rng.integers(14, 34), rng.integers(6, 12)
+        yy, xx = np.mgrid[:48, :48]
+        col = np.clip(rng.integers(0, 200, 3) + shift, 0, 255)
+        im[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = col
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(im).save(p)
+        files.append(str(p))
+    return files
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return load_inception()
+
+
+@pytest.fixture(scope="module")
+def feats(inception, tmp_path_factory):
+    base = tmp_path_factory.mktemp("fid")
+    a = file_features(make_set(base / "a"), inception)
+    b = file_features(make_set(base / "b", shift=120, seed=1), inception)
+    return a, b
+
+
+def test_shipped_inception_loads_offline(inception, feats):
+    a, _ = feats
+    assert a.shape == (8, 2048) and np.isfinite(a).all()
+    assert a.min() >= 0.0 and a.std() > 0  # pool3 features are post-ReLU averages
+    with torch.no_grad():
+        y = inception(torch.full((1, 3, 299, 299), 128.0))  # clean-fid's [0, 255] contract
+    assert y.shape == (1, 2048)
+
+
+def test_identical_sets_give_zero_and_shifted_sets_more(feats):
+    a, b = feats
+    mu, s = statistics(a)
+    assert abs(frechet_distance(mu, s, mu, s)) < 1e-3
+    mu_b, s_b = statistics(b)
+    assert frechet_distance(mu, s, mu_b, s_b) > 10.0
+
+
+def test_equals_cleanfid_frechet_distance(feats):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 32)), rng.normal(0.3, 1.2, size=(300, 32)) @ rng.normal(size=(32, 32))
+    m1, s1 = statistics(x)
+    m2, s2 = statistics(y)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(cleanfid_frechet(m1, s1, m2, s2), rel=1e-8)
+    a, b = feats  # real Inception features of tiny sets (rank-deficient covariances)
+    m1, s1 = statistics(a)
+    m2, s2 = statistics(b)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(float(np.real(cleanfid_frechet(m1, s1, m2, s2))),
+                                                             rel=1e-3)
+
+
+def test_run_fid_folder_reference_and_cache(tmp_path):
+    ref = tmp_path / "ref"
+    files = make_set(ref)
+    asset = tmp_path / "run" / "assets" / "aa" / "aa11"
+    for f in files:  # the assets' frames are the reference images themselves
+        (asset / "frames").mkdir(parents=True, exist_ok=True)
+        (asset / "frames" / f.split("/")[-1]).write_bytes(open(f, "rb").read())
+    cfg = load_config("toy.yaml", [f"metrics.fid_reference={ref}", "metrics.batch_size=4"])
+    out = str(tmp_path / "run")
+    r1 = run_fid(cfg, [str(asset)], ["a red cube"], out)
+    assert r1["n_generated"] == r1["n_reference"] == 8 and abs(r1["fid"]) < 1e-3
+    assert r1["reference_cached"] is False
+    assert list((tmp_path / "run" / "metrics" / "fid_reference").glob("*.npz"))
+    r2 = run_fid(cfg, [str(asset)], ["a red cube"], out)
+    assert r2["reference_cached"] is True and r2["fid"] == pytest.approx(r1["fid"], abs=1e-6)
+    assert json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())["fid"] == r2["fid"]
+
+
+def test_fid_off_writes_null_with_reason(tmp_path):
+    cfg = load_config("toy.yaml", ["metrics.fid=false"])
+    r = run_fid(cfg, [], [], str(tmp_path))
+    assert r["fid"] is None and "metrics.fid" in r["reason"]
+
+
+def test_missing_inception_fails_fast(tmp_path):
+    with pytest.raises(MetricWeightsError, match=r"fid.*nope\.pt.*metrics\.fid_inception"):
+        load_inception(str(tmp_path / "nope.pt"))

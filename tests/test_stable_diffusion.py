@@ -1,0 +1,163 @@
+"""The Stable Diffusion prior on a tiny random SD saved in diffusers format (no pretrained weights here)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pipeline.config import PriorConfig
+from stages.priors.base import load_prior, make_guided_eps
+from stages.priors.stable_diffusion import PriorLoadError, StableDiffusionPrior, resolve_model
+
+
+def sd_alphas() -> torch.Tensor:
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+@pytest.fixture(scope="module")
+def prior(tiny_sd_dir):
+    cfg = PriorConfig(name="stable_diffusion", model=str(tiny_sd_dir), image_size=16, dtype="fp16")
+    return load_prior(cfg, "cpu")
+
+
+def test_loads_through_production_path(prior):
+    assert isinstance(prior, StableDiffusionPrior)
+    assert prior.name == "stable_diffusion"
+    assert prior.dtype == torch.float32  # CPU is always fp32, whatever prior.dtype says
+    assert prior.latent_shape == (4, 8, 8)
+    assert prior.max_prompt_tokens == 16
+    assert prior.alphas_cumprod.dtype == torch.float32 and prior.alphas_cumprod.shape == (1000,)
+    torch.testing.assert_close(prior.alphas_cumprod, sd_alphas())
+    assert all(not p.requires_grad for p in prior.unet.parameters())
+    assert type(prior.unet.attn_processors[next(iter(prior.unet.attn_processors))]).__name__ == "AttnProcessor2_0"
+
+
+def test_encode_decode_shapes_grad_and_determinism(prior):
+    rgb = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    z = prior.encode(rgb, generator=torch.Generator().manual_seed(1))
+    assert z.shape == (2, 4, 8, 8) and z.dtype == torch.float32
+    z2 = prior.encode(rgb, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z, z2)
+    z3 = prior.encode(rgb, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(z, z3)  # sampled from the latent distribution, not its mean
+    (z ** 2).sum().backward()
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    x = prior.decode(z.detach())
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        prior.encode(torch.rand(3, 16, 16))
+
+
+def test_batched_cond_neg_null_equals_separate_calls(prior):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    embs = prior.embed(["a red cube, front view", "blurry", ""])
+    t = torch.tensor([700, 120])
+    sep = [prior.eps(z, t, embs[i:i + 1].expand(2, -1, -1)) for i in range(3)]
+    batched = prior.eps(z.repeat(3, 1, 1, 1), t.repeat(3), embs.repeat_interleave(2, dim=0))
+    assert batched.dtype == torch.float32 and batched.shape == (6, 4, 8, 8)
+    torch.testing.assert_close(batched, torch.cat(sep), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(sep[0], sep[2])  # conditioning matters
+
+
+def test_guided_eps_on_sd_matches_manual_cfg(prior):
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    ge = make_guided_eps(prior, "a red cube", [0.0, 180.0], negative_prompt="blurry", guidance_scale=7.5)
+    e_w, e_c = ge.guided(z, 500)
+    t = torch.tensor([500, 500])
+    e_y = prior.eps(z, t, prior.embed(["a red cube, front view", "a red cube, back view"]))
+    e_n = prior.eps(z, t, prior.embed(["blurry", "blurry"]))
+    torch.testing.assert_close(e_c, e_y, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e_w, e_n + 7.5 * (e_y - e_n), rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_cache_hits(prior):
+    before = dict(prior.cache_stats)
+    e1 = prior.embed(["a green torus"])
+    mid = dict(prior.cache_stats)
+    e2 = prior.embed(["a green torus", "a green torus"])
+    after = prior.cache_stats
+    assert mid["misses"] == before["misses"] + 1
+    assert after["misses"] == mid["misses"] and after["hits"] == mid["hits"] + 2
+    assert torch.equal(e2[0], e1[0]) and torch.equal(e2[1], e1[0])
+    assert e1.shape == (1, 16, 32)
+
+
+def test_count_tokens(prior):
+    assert prior.count_tokens("a red cube") == 5  # BOS a red cube EOS
+    assert prior.count_tokens("a red cube, front view") == 8
+
+
+def test_v_prediction_is_converted_to_eps(prior):
+    v_prior = StableDiffusionPrior(prior.unet, prior.text_encoder, prior.tokenizer, prior.vae, prior.alphas_cumprod,
+                                   device=torch.device("cpu"), dtype=torch.float32, image_size=16,
+                                   prediction_type="v_prediction")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    emb = prior.embed(["a cube"])
+    t = torch.tensor([300])
+    raw = prior.eps(z, t, emb)  # epsilon prior: the raw UNet output
+    a = prior.alphas_cumprod[300]
+    torch.testing.assert_close(v_prior.eps(z, t, emb), a.sqrt() * raw + (1 - a).sqrt() * z, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_space_model_without_vae(tiny_pixel_sd_dir):
+    cfg = PriorConfig(name="toy_sd", model=str(tiny_pixel_sd_dir), image_size=16)
+    p = load_prior(cfg, "cpu")
+    assert p.name == "toy_sd" and p.vae is None and p.latent_shape == (3, 16, 16)
+    rgb = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(p.encode(rgb), 2 * rgb - 1)
+    torch.testing.assert_close(p.decode(p.encode(rgb)), rgb)
+    e = p.eps(torch.randn(2, 3, 16, 16), torch.tensor([10, 999]), p.embed(["a", "b"]))
+    assert e.shape == (2, 3, 16, 16) and torch.isfinite(e).all()
+
+
+def test_offline_missing_weights_error_is_fast_and_actionable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    t0 = time.perf_counter()
+    with pytest.raises(PriorLoadError) as ei:
+        load_prior(PriorConfig(model="someorg/not-a-cached-model"), "cpu")
+    assert time.perf_counter() - t0 < 5.0
+    msg = str(ei.value)
+    for part in ("someorg/not-a-cached-model", "huggingface-cli download someorg/not-a-cached-model",
+                 "prior.model", "HF_HUB_OFFLINE"):
+        assert part in msg
+
+
+def test_unreachable_hub_error_without_offline_flag(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "ENDPOINT", "http://127.0.0.1:9")  # closed port: refused at once
+    t0 = time.perf_counter()
+    with pytest.raises(PriorLoadError, match="unreachable"):
+        resolve_model("someorg/not-a-cached-model")
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_bad_model_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PriorLoadError, match="unet"):
+        resolve_model(str(tmp_path / "empty"))
+    (tmp_path / "m.ckpt").write_bytes(b"x")
+    with pytest.raises(PriorLoadError, match="safetensors"):
+        resolve_model(str(tmp_path / "m.ckpt"))
+    with pytest.raises(PriorLoadError, match="no such file"):
+        resolve_model(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(PriorLoadError, match="empty"):
+        resolve_model("")
+
+
+def test_single_file_garbage_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"not a safetensors file")
+    with pytest.raises(PriorLoadError, match="single-file"):
+        StableDiffusionPrior.from_pretrained(str(f), "cpu", image_size=16)

@@ -1,0 +1,72 @@
+"""pipeline.storage: atomic writes, root confinement, asset layout, memory:// object store."""
+
+import os
+import uuid
+
+import pytest
+
+from pipeline.storage import StorageError, asset_dir, join_uri, open_storage, safe_relpath
+
+
+def test_safe_relpath_rejects_escapes():
+    assert safe_relpath("a", "b/c", "./d") == "a/b/c/d"
+    for bad in ["../x", "a/../../etc/passwd", "/etc/passwd", "C:/x", "a\\b", "s3://other/x", "a\x00b"]:
+        with pytest.raises(StorageError):
+            safe_relpath(bad)
+
+
+def test_asset_dir_layout_and_ids():
+    aid = "abcdef0123456789abcd"
+    assert asset_dir("s3://b/run", aid) == f"s3://b/run/assets/ab/{aid}"
+    assert asset_dir("/tmp/out/", aid) == f"/tmp/out/assets/ab/{aid}"
+    for bad in ["../../etc", "a red cube", "ABCDEF12", ""]:
+        with pytest.raises(StorageError, match="hex"):
+            asset_dir("/tmp/out", bad)
+    with pytest.raises(StorageError):
+        join_uri("/tmp/out", "..")
+
+
+def test_local_atomic_write_and_listing(tmp_path):
+    st = open_storage(str(tmp_path / "out"))
+    uri = st.write_text("manifest/parts/x.parquet", "hello")
+    assert uri == str(tmp_path / "out" / "manifest/parts/x.parquet")
+    assert st.read_text("manifest/parts/x.parquet") == "hello"
+    st.write_text("manifest/parts/x.parquet", "again")  # overwrite atomically
+    assert st.read_text("manifest/parts/x.parquet") == "again"
+    assert st.ls("manifest/parts") == ["x.parquet"]
+    assert st.orphan_temp_files() == []
+    assert st.ls("nope") == []
+    with pytest.raises(StorageError):
+        st.write_text("../escape.txt", "x")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    st = open_storage(str(tmp_path))
+    st.write_text("a.txt", "old")
+
+    def boom(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="No space"):
+        st.write_text("a.txt", "new content")
+    assert st.read_text("a.txt") == "old"
+    assert st.orphan_temp_files() == []
+
+
+def test_memory_object_store_roundtrip(tmp_path):
+    root = f"memory://bucket-{uuid.uuid4().hex[:8]}/run"
+    st = open_storage(root)
+    assert not st.local
+    st.write_bytes("assets/ab/abcdef01/asset.ply", b"ply")
+    assert st.exists("assets/ab/abcdef01/asset.ply")
+    assert list(st.walk_files("assets")) == ["assets/ab/abcdef01/asset.ply"]
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f.bin").write_bytes(b"123")
+    uris = st.put_dir(str(src), "assets/ab/abcdef01")
+    assert uris == [f"{root}/assets/ab/abcdef01/sub/f.bin"]
+    dst = tmp_path / "dst"
+    assert st.get_dir("assets/ab/abcdef01", str(dst)) == 2
+    assert (dst / "sub" / "f.bin").read_bytes() == b"123"
