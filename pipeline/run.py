@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 from pipeline import manifest
 from pipeline.config import Config, config_hash, load_config, to_dict
-from pipeline.executors import Outcome, make_executor
+from pipeline.executors import make_executor
 from pipeline.inputs import AssetRequest, PromptBatch, read_prompts, request_config
 from pipeline.lock import RunLock
 from pipeline.storage import Storage, asset_dir, open_storage, safe_relpath
@@ -520,7 +520,12 @@ def _run_level(cfg: Config, st: Storage) -> Optional[int]:
     """FID and the report, when those stages exist and are enabled."""
     fid = _stage("stages.metrics.fid", "run_fid") if cfg.metrics.fid else None
     if fid is not None:
-        fid(cfg, st.root)
+        done = [r for r in manifest.read(st).to_pylist() if r["status"] == "done"]
+        dirs = [asset_dir(st.root, r["asset_id"]) for r in done]
+        if not cfg.pipeline.render:
+            log.info("run-level FID skipped: pipeline.render is off (FID needs evaluation frames)")
+        else:
+            fid(cfg, dirs, [r["prompt"] for r in done], st.root)
     elif cfg.metrics.fid:
         log.info("run-level FID skipped: stages.metrics.fid.run_fid is not installed")
     build = _stage("stages.report", "build_report") if cfg.pipeline.report else None

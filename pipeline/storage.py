@@ -13,7 +13,6 @@ import os
 import posixpath
 import re
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator

@@ -182,3 +182,32 @@ def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local):
     manifest.compact(out)
     assert pq.read_table(Path(out) / "manifest" / "manifest.parquet").num_rows == 7
     assert list((Path(out) / "manifest" / "parts").glob("*")) == []
+
+
+def test_real_render_and_report_stages_are_wired(tmp_path):
+    """The default wiring calls the real stages.render and stages.report (generation is faked
+    with a catalogue object saved as a real .ply, so no prior is needed)."""
+    from pipeline.run import capabilities
+
+    caps = capabilities()
+    if not (caps["render"] and caps["report"]):
+        pytest.skip(f"render/report stages not installed: {caps}")
+    from kernels.ply import save_ply
+    from stages.toyworld.catalogue import build_object
+
+    class FakeGenerateFromCatalogue:
+        def __call__(self, cfg, prompt, seed, asset_dir, progress=False):
+            g = build_object(prompt)
+            save_ply(str(Path(asset_dir) / "asset.ply"), g)
+            return {"num_gaussians": g.num(), "device": "cpu"}
+
+    cfg = load_config("demo.yaml", ["pipeline.score=false", "metrics.fid=false",
+                                    "render.video=false", "render.num_views=4"])
+    prompts = _write(tmp_path, ["a red cube"])
+    s = run_batch(prompts, cfg, str(tmp_path / "out"), generate_fn=FakeGenerateFromCatalogue(),
+                  progress=False)
+    assert s.done == 1 and s.report_exit_code == 0
+    [r] = manifest.read(str(tmp_path / "out")).to_pylist()
+    assert r["num_gaussians"] > 0 and Path(r["frames_uri"]).is_dir()
+    assert len(list(Path(r["frames_uri"]).glob("*.png"))) == 4 and Path(r["sheet_uri"]).exists()
+    assert (tmp_path / "out" / "report" / "report.html").exists()
