@@ -52,9 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _cfg(args, extra)
     summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
                         address=args.address, num_workers=cfg.pipeline.num_workers or None)
-    print(summary if isinstance(summary, str) else _fmt_summary(summary))
-    failed = summary.get("failed", 0) if isinstance(summary, dict) else 0
-    return 1 if failed else 0
+    print(summary.line())
+    print(summary.where())
+    return 1 if summary.failed else 0
 
 
 def _fmt_summary(summary) -> str:
@@ -66,9 +66,10 @@ def _fmt_summary(summary) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.run import demo
 
-    summary = demo(args.out, executor=args.executor)
-    print(_fmt_summary(summary))
-    return 0
+    summary = demo(args.out, num_workers=args.num_workers, n_prompts=args.prompts)
+    print(summary.line())
+    print(summary.where())
+    return 1 if summary.failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the embedded demo: toy prompts through Ray on local CPUs")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--executor", choices=("local", "ray"), default="ray")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray CPU workers (default: cores)")
+    p.add_argument("--prompts", type=int, default=4, help="how many toy prompts (>= 1)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("evaluate", help="re-score existing assets (asset dir or manifest URI)")
