@@ -496,6 +496,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def apply_overrides(cfg: Config, overrides: dict, source: str = "row config") -> Config:
+    """A copy of `cfg` with a nested (or dotted-key) mapping applied, validated like a YAML file."""
+    if not overrides:
+        return cfg
+    nested: dict = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}: bad key {key!r}")
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: key {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    new = _build(Config, _merge(to_dict(cfg), nested), source)
+    _check_cross_field(new, source)
+    return new
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 
 import fsspec
 
-from pipeline import config as config_mod
-from pipeline.config import Config, ConfigError, config_hash
+
+from pipeline.config import Config, ConfigError, apply_overrides, config_hash
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
 
@@ -93,27 +93,6 @@ def _printable(raw: bytes | str, limit: int = 200) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
-
-
-def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """A copy of `cfg` with a nested (or dotted-key) mapping applied, validated like a YAML file."""
-    if not overrides:
-        return cfg
-    nested: dict = {}
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"row config: bad key {key!r}")
-        node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"row config: key {key!r} conflicts with another override")
-        node[parts[-1]] = value
-    data = config_mod._merge(config_mod.to_dict(cfg), nested)
-    new = config_mod._build(Config, data, "row config")
-    config_mod._check_cross_field(new, "row config")
-    return new
 
 
 def _check_prompt(prompt: str, count_tokens: Optional[Callable[[str], int]],
