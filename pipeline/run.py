@@ -36,7 +36,7 @@ from pipeline.config import Config, config_hash, load_config, to_dict
 from pipeline.executors import make_executor
 from pipeline.inputs import AssetRequest, PromptBatch, read_prompts, request_config
 from pipeline.lock import RunLock
-from pipeline.storage import Storage, asset_dir, open_storage, safe_relpath
+from pipeline.storage import Storage, StorageError, asset_dir, open_storage, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,26 @@ def _is_temp(name: str) -> bool:
     return is_temp_name(name)
 
 
+def remove_temp_files(folder: str, recursive: bool = True) -> int:
+    """Delete in-progress-write leftovers ('.tmp-*', '*.tmp') of a killed process under `folder`.
+
+    Why: a SIGKILL between a temp write and its rename leaves the temp file behind. Readers never
+    see it (temp names are hidden), but it must not accumulate. Only call this where no other
+    process can be writing: an asset's folder at the start of its attempt (one attempt per asset
+    at a time), or the run's own folders while holding the run lock."""
+    base = Path(folder)
+    if not base.is_dir():
+        return 0
+    n = 0
+    for f in (base.rglob("*") if recursive else base.iterdir()):
+        if f.is_file() and _is_temp(f.name):
+            f.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("removed %d stale temp file(s) under %s", n, folder)
+    return n
+
+
 def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
     """Run every per-asset stage for one request; return its (uncommitted) manifest fields.
 
@@ -240,6 +260,7 @@ def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
     if st.local:
         local_dir = st.path(rel)
         os.makedirs(local_dir, exist_ok=True)
+        remove_temp_files(local_dir)  # left by a killed earlier attempt; only we write here now
         fields = _run_stages(cfg, req, local_dir, gen, render, score)
         uri_of = _uri_mapper(local_dir, lambda sub: os.path.join(local_dir, sub))
     else:
@@ -384,6 +405,17 @@ def _failed_record(req: AssetRequest, cfg: Config, error: str, attempts: int, wa
             "wall_s": wall, "worker": worker}
 
 
+def _commit(st: Storage, rec: dict) -> None:
+    """manifest.commit with a clear error when the store refuses the write (full disk, read-only):
+    the run stops (no later record could be written either); committed records are kept."""
+    try:
+        manifest.commit(st, rec)
+    except OSError as e:
+        raise StorageError(f"cannot commit the manifest record of asset {rec['asset_id']} under "
+                           f"{st.root}: {e.strerror or e}; free space or fix permissions, then re-run "
+                           f"the same command (committed assets are kept, this one is redone)") from e
+
+
 def _write_run_json(st: Storage, data: dict) -> None:
     st.write_text("run.json", json.dumps(data, indent=2, default=str))
 
@@ -403,8 +435,13 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
         cfg = load_config(cfg)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
-    st = open_storage(out)
-    lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
+    try:
+        st = open_storage(out)
+        lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
+    except OSError as e:  # read-only mount, permissions, full disk: say so before any work
+        raise StorageError(f"cannot write to the output root {out!r}: {e.strerror or e} "
+                           f"({getattr(e, 'filename', None) or out}); choose a writable --out, fix "
+                           f"its permissions or free space") from e
     try:
         return _run_locked(prompts_uri, cfg, st, executor, address, num_workers, generate_fn,
                            progress, stop_after, executor_options or {}, t_run)
@@ -432,6 +469,9 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                    "duplicates": batch.duplicates},
     }
     _write_run_json(st, run_info)
+    if st.local:  # leftovers of a killed driver (we hold the lock: nothing else writes these)
+        remove_temp_files(st.root, recursive=False)
+        remove_temp_files(st.path(manifest.PARTS_DIR), recursive=False)
 
     # rejected rows: one part for this input's rejects (ids are hashes of the raw rows)
     now = _now()
@@ -480,7 +520,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                 rec = dict(o.value)
                 rec.update(status="done", attempts=attempts, code_version=version, tags=req.tags,
                            slug=req.slug, input_line=req.line, error=None)
-                manifest.commit(st, rec)
+                _commit(st, rec)
                 n_done += 1
                 log.info("done   %s %-40.40s %6.1f s attempts=%d %s", req.asset_id, req.prompt,
                          rec.get("wall_s") or o.wall_s, attempts, o.worker)
@@ -488,7 +528,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                 rec = _failed_record(req, request_config(cfg, req), o.error or "unknown error",
                                      attempts, o.wall_s, o.worker)
                 rec.update(code_version=version, tags=req.tags, slug=req.slug, input_line=req.line)
-                manifest.commit(st, rec)
+                _commit(st, rec)
                 n_failed += 1
                 log.error("failed %s %-40.40s attempts=%d: %s", req.asset_id, req.prompt, attempts,
                           o.error)

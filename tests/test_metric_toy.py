@@ -74,3 +74,30 @@ def test_helpers():
     m2[0, 1:3] = 1
     assert silhouette_iou(m, m2) == pytest.approx(4 / 12)
     assert math.isclose(silhouette_iou(m2 * 0, m2 * 0), 1.0)
+
+
+def test_score_asset_and_evaluate_write_nulls_with_reasons(tmp_path):
+    import json
+
+    from kernels.ply import save_ply
+    from stages.evaluate import evaluate
+    from stages.metrics import score_asset
+
+    cfg = load_config("toy.yaml", ["render.num_views=6", "render.resolution=16", "render.video=false",
+                                   "metrics.metrics=[toy_psnr]", "metrics.fid=false"])
+    save_ply(tmp_path / "asset.ply", build_object("red_sphere"))
+    (tmp_path / "meta.json").write_text(json.dumps({"prompt": "a red sphere"}))
+    s = score_asset(cfg, str(tmp_path), "a red sphere")
+    assert s["toy_psnr"] > PSNR_BOUND_DB and s["toy_iou"] == pytest.approx(1.0)
+    for k in ("clip_l", "image_reward", "toy_rprec"):
+        assert s[k] is None and s.reasons[k] == "not in metrics.metrics"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["values"]["toy_rprec"] is None and saved["reasons"]["toy_rprec"]
+    r = evaluate(str(tmp_path), cfg)  # renders the frames it needs, then scores
+    assert r["assets"] == 1 and r["toy_psnr"] == pytest.approx(s["toy_psnr"])
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 6
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(str(tmp_path / "missing"), cfg)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither an asset directory"):
+        evaluate(str(tmp_path / "empty"), cfg)

@@ -7,7 +7,7 @@
 - Reference (`metrics.fid_reference`): a folder/URI of images; "toy" = the ground-truth views of
   the prompts' catalogue objects on the evaluation cameras; "prior" = images sampled from the 2D
   prior for the same prompts (`metrics.fid_reference_per_prompt` each, DDIM with CFG).
-- Reference statistics (mu, sigma) are cached by a content hash of the reference images plus the
+- Reference features (hence mu, sigma) are cached by a content hash of the reference images plus the
   extractor and mode, under `metrics.fid_cache_dir` (default <out>/metrics/fid_reference).
 - FID is biased upward for small sets (the covariance of n < 2048 samples is rank-deficient and
   the bias shrinks like 1/n): compare FIDs only between runs with the same image counts.
@@ -26,7 +26,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from pipeline.config import Config, MetricsConfig
 from pipeline.storage import open_storage
@@ -105,6 +104,27 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     return float(d @ d + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
+def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to two feature sets, exactly.
+
+    With S1 = A A^T and S2 = B B^T (A = centred features^T / sqrt(n-1)), tr((S1 S2)^1/2) is the
+    nuclear norm of A^T B (n1 x n2): for sets smaller than the feature dimension this avoids any
+    2048x2048 matrix function (seconds -> milliseconds) and is the same number.
+    """
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
+    if min(n1, n2) < 2:
+        raise ValueError(f"fid: need at least 2 images per set, got {n1} and {n2}")
+    if max(n1, n2) > d:
+        return frechet_distance(*statistics(f1), *statistics(f2))
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    a = (f1 - mu1) / np.sqrt(n1 - 1)  # (n1, d) = A^T
+    b = (f2 - mu2) / np.sqrt(n2 - 1)
+    nuc = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + (a * a).sum() + (b * b).sum() - 2.0 * nuc)
+
+
 def _files_hash(files: Sequence[str], extra: str) -> str:
     h = hashlib.sha256(extra.encode())
     for f in sorted(files, key=lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()):
@@ -119,20 +139,23 @@ def _extractor_id(path: str) -> str:
 
 def reference_statistics(files: Sequence[str], mc: MetricsConfig, cache_dir: str,
                          model: torch.nn.Module | None = None, device: torch.device | str = "cpu",
-                         ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(mu, sigma, from_cache) of the reference images, cached by content hash."""
+                         ) -> tuple[np.ndarray, bool]:
+    """(features, from_cache) of the reference images, cached by content hash.
+
+    The cache holds the features themselves (n x 2048 float32: 8 MB per 1000 images), from which
+    mu and sigma follow exactly; they also allow the small-set form of the distance.
+    """
     key = _files_hash(files, _extractor_id(mc.fid_inception))
     st = open_storage(cache_dir)
     name = f"{key}.npz"
     if st.exists(name):
-        d = np.load(io.BytesIO(st.read_bytes(name)))
-        return d["mu"], d["sigma"], True
+        return np.load(io.BytesIO(st.read_bytes(name)))["feats"], True
     model = model or load_inception(mc.fid_inception, device)
-    mu, sigma = statistics(file_features(files, model, device, mc.batch_size))
+    feats = file_features(files, model, device, mc.batch_size).astype(np.float32)
     buf = io.BytesIO()
-    np.savez(buf, mu=mu, sigma=sigma, n=len(files))
+    np.savez(buf, feats=feats)
     st.write_bytes(name, buf.getvalue())
-    return mu, sigma, False
+    return feats, False
 
 
 def list_images(uri: str, local_dir: str) -> list[str]:
@@ -242,9 +265,8 @@ def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out:
             rec["reason"] = f"need >= 2 images on each side (generated {len(gen)}, reference {len(ref)})"
         else:
             cache = mc.fid_cache_dir or st.uri("metrics", "fid_reference")
-            mu_r, s_r, cached = reference_statistics(ref, mc, cache, model, dev)
-            mu_g, s_g = statistics(file_features(gen, model, dev, mc.batch_size))
-            rec["fid"] = frechet_distance(mu_g, s_g, mu_r, s_r)
+            f_ref, cached = reference_statistics(ref, mc, cache, model, dev)
+            rec["fid"] = frechet_distance_features(file_features(gen, model, dev, mc.batch_size), f_ref)
             rec["reference_cached"] = cached
     st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
     log.info("fid: %s (generated %d, reference %d)", rec["fid"], rec["n_generated"], rec["n_reference"])
