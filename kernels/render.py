@@ -252,25 +252,32 @@ def _pixel_pairs(proj: Projection, opac: Tensor, width: int, height: int, min_al
     return flat[vid][perm], pix
 
 
+def _gather(x: Tensor, idx: Tensor) -> Tensor:
+    # index_select's backward is a serial index_add on CPU: deterministic, unlike x[idx]
+    return x.index_select(0, idx)
+
+
 def _composite(m2d: Tensor, conics: Tensor, opac: Tensor, feats: Tensor, gid: Tensor, px: Tensor,
-               py: Tensor, seg: Tensor, seg_start: Tensor, n_seg: int, alpha_clamp: float,
+               py: Tensor, seg: Tensor, seg_start: Tensor, counts: Tensor, alpha_clamp: float,
                min_alpha: float, log_t_eps: float) -> Tensor:
-    """Per-pixel sums (n_seg, F+1) of w*feats and w for pairs sorted by pixel then depth."""
-    mu = m2d[gid]
+    """Per-pixel sums (n_seg, F+1) of w*feats and w for pairs sorted by pixel then depth.
+
+    Pairs of a pixel are contiguous, so the sums are segment reductions: deterministic on every
+    device and thread count (no scatter-add), which makes resumed runs bit-identical."""
+    mu = _gather(m2d, gid)
     dx, dy = px - mu[:, 0], py - mu[:, 1]
-    con = conics[gid]
+    con = _gather(conics, gid)
     sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-    alpha = torch.clamp_max(opac[gid] * torch.exp(-sigma), alpha_clamp)
+    alpha = torch.clamp_max(_gather(opac, gid) * torch.exp(-sigma), alpha_clamp)
     alpha = torch.where((alpha >= min_alpha) & (sigma >= 0), alpha, torch.zeros_like(alpha))
     lg = torch.log1p(-alpha).double()
     ex = _excl_cumsum(lg)
-    log_t = ex - ex[seg_start]
+    log_t = ex - ex.index_select(0, seg_start)
     with torch.no_grad():
         keep = (log_t + lg) > log_t_eps  # gsplat: stop when T * (1 - alpha) <= eps
     w = alpha * torch.exp(log_t).to(alpha.dtype) * keep
-    vals = torch.cat([w[:, None] * feats[gid], w[:, None]], dim=1)
-    out = torch.zeros(n_seg, vals.shape[1], dtype=vals.dtype, device=vals.device)
-    return out.index_add(0, seg, vals)
+    vals = torch.cat([w[:, None] * _gather(feats, gid), w[:, None]], dim=1)
+    return torch.segment_reduce(vals, "sum", lengths=counts, axis=0)
 
 
 def _render_torch(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: float,
@@ -310,13 +317,14 @@ def _render_torch(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: flo
             py = (pl // W).to(dt) + 0.5
             lseg = seg[p0:p1] - s0
             lstart = seg_first[s0:s1][lseg] - p0
-            args = (m2d, con, opac_v, feats, gid[p0:p1], px, py, lseg, lstart, s1 - s0,
+            args = (m2d, con, opac_v, feats, gid[p0:p1], px, py, lseg, lstart, counts[s0:s1],
                     s.alpha_clamp, s.min_alpha, log_t_eps)
             if use_ckpt:
                 outs.append(checkpoint(_composite, *args, use_reentrant=False))
             else:
                 outs.append(_composite(*args))
-        img = img.index_add(0, upix, torch.cat(outs, 0) if len(outs) > 1 else outs[0])
+        # upix is unique: a copy, not an accumulation (deterministic)
+        img = img.index_copy(0, upix, torch.cat(outs, 0) if len(outs) > 1 else outs[0])
     img = img.reshape(B, H, W, 5)
     alpha = img[..., 4:5]
     rgb = img[..., :3] + (1.0 - alpha) * bg[:, None, None, :]

@@ -417,7 +417,12 @@ def _commit(st: Storage, rec: dict) -> None:
 
 
 def _write_run_json(st: Storage, data: dict) -> None:
-    st.write_text("run.json", json.dumps(data, indent=2, default=str))
+    try:
+        st.write_text("run.json", json.dumps(data, indent=2, default=str))
+    except OSError as e:
+        raise StorageError(f"cannot write {st.uri('run.json')}: {e.strerror or e}; free space or fix "
+                           f"permissions, then re-run the same command (committed assets are kept)"
+                           ) from e
 
 
 def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "local",

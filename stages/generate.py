@@ -385,12 +385,6 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     it = state.iteration
     error: str | None = None
     log_every = max(1, gcfg.iterations // 20)
-    # CPU index_add/scatter kernels sum in thread order; deterministic kernels make a resumed run
-    # bit-identical to an uninterrupted one (restored on exit: a process-wide switch).
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         while it < gcfg.iterations:
             it += 1
@@ -441,7 +435,6 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
                                    elapsed0 + time.perf_counter() - t_start)
                 _save_checkpoint(ckdir, last_good, ident)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
         if bar is not None:
             bar.close()
 

@@ -122,13 +122,19 @@ def test_second_prior_reuses_the_view_cache(prior, cache, monkeypatch):
 
 def test_load_prior_by_name(cache, monkeypatch):
     from pipeline.config import PriorConfig, ToyConfig
+    from stages.priors import toy_exact
     from stages.priors.base import load_prior
-    from stages.priors.toy_exact import load
 
     toy = ToyConfig(views_per_object=2, resolution=8, cache_dir=str(cache))
-    p = load(PriorConfig(name="toy_exact", image_size=8), "cpu", toy)
+    p = toy_exact.load(PriorConfig(name="toy_exact", image_size=8), "cpu", toy)
     assert p.latent_shape == (3, 8, 8) and len(p.object_names) >= 16
     assert torch.equal(p.alphas_cumprod, sd_alphas_cumprod())
-    monkeypatch.setenv("SCTD3D_CACHE", str(cache))
-    q = load_prior(PriorConfig(name="toy_exact", image_size=8, device="cpu"))
-    assert q.name == "toy_exact" and q.image_size == 8
+    seen = {}
+
+    def recording_load(cfg, device, toy=None):  # avoids rendering 256 default views per object
+        seen["cfg"] = cfg
+        return p
+
+    monkeypatch.setattr(toy_exact, "load", recording_load)
+    cfg = PriorConfig(name="toy_exact", image_size=8, device="cpu")
+    assert load_prior(cfg) is p and seen["cfg"] is cfg

@@ -250,6 +250,47 @@ def train(out_dir: str | Path, steps: int = 320, seed: int = 0, params: TrainPar
     return info
 
 
+@torch.no_grad()
+def sample_images(prior, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
+                  generator: torch.Generator | None = None, batch: int = 64) -> torch.Tensor:
+    """DDIM (eta = 0) samples from any `Prior` with classifier-free guidance: (B, 3, H, W) in [0, 1].
+
+    Why here: the toy SD's acceptance check (does a prompt's sample look like its own object?)
+    and the accuracy benchmark share it. Cond and null rows go through ONE eps call per step.
+    """
+    from kernels.ddim import ddim_step
+
+    a = prior.alphas_cumprod.double()
+    ts = torch.linspace(T_TRAIN - 1, 0, steps + 1).round().long().tolist()
+    null = prior.embed([""])
+    outs = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        n = len(chunk)
+        x = torch.randn(n, *prior.latent_shape, generator=generator).to(prior.device)
+        emb = torch.cat([prior.embed(chunk), null.expand(n, *null.shape[1:])])
+        for t_from, t_to in zip(ts[:-1], ts[1:]):
+            e = prior.eps(torch.cat([x, x]), torch.full((2 * n,), t_from), emb)
+            e_w = e[n:] + guidance_scale * (e[:n] - e[n:])
+            a_to = a[t_to] if t_to > 0 else torch.tensor(1.0, dtype=torch.float64)
+            x = ddim_step(x, a[t_from].float(), a_to.float(), e_w)
+        outs.append(prior.decode(x).cpu())
+    return torch.cat(outs)
+
+
+def nearest_object(images: torch.Tensor, views: list) -> torch.Tensor:
+    """Index (into `views`) of the object owning each image's nearest ground-truth view (pixel L2)."""
+    x = images.reshape(images.shape[0], -1).double()
+    best = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
+    idx = torch.zeros(x.shape[0], dtype=torch.long)
+    for j, v in enumerate(views):
+        d = torch.cdist(x, v.chw().reshape(len(v.images), -1).double()).min(dim=1).values
+        better = d < best
+        best = torch.where(better, d, best)
+        idx[better] = j
+    return idx
+
+
 def main(argv: list[str] | None = None) -> int:
     """`sctd3d toy train-prior [--out DIR] [--steps N] [--seed S]`."""
     from stages.priors.stable_diffusion import TOY_SD_DIR
