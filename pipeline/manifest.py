@@ -150,7 +150,7 @@ def _sources(st: Storage) -> list[str]:
     return rels
 
 
-_STATUS_RANK = {"done": 0, "rejected": 1, "failed": 2}
+STATUS_RANK = {"done": 0, "rejected": 1, "failed": 2}
 
 
 def dedup(table: pa.Table) -> pa.Table:
@@ -164,8 +164,8 @@ def dedup(table: pa.Table) -> pa.Table:
         if cur is None:
             best[r["asset_id"]] = r
             continue
-        key_new = (_STATUS_RANK.get(r["status"], 9), -_ts(r["finished_at"]))
-        key_cur = (_STATUS_RANK.get(cur["status"], 9), -_ts(cur["finished_at"]))
+        key_new = (STATUS_RANK.get(r["status"], 9), -_ts(r["finished_at"]))
+        key_cur = (STATUS_RANK.get(cur["status"], 9), -_ts(cur["finished_at"]))
         if key_new < key_cur:
             best[r["asset_id"]] = r
     ordered = sorted(best.values(), key=lambda r: r["asset_id"])

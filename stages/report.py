@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import fsspec
 import numpy as np
 import pandas as pd
+
+from pipeline.manifest import STATUS_RANK
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -134,7 +136,16 @@ def read_manifest(uri: str) -> tuple[str, pd.DataFrame]:
         raise ReportError(f"manifest {uri} lacks required columns {missing} "
                           f"(has {sorted(df.columns)}); is it a sctd3d manifest?")
     if "asset_id" in df.columns:
-        df = df.drop_duplicates("asset_id", keep="last")
+        # the manifest's own rule (pipeline.manifest.dedup): done wins, then rejected, then the
+        # latest failed record
+        rank = df["status"].map(STATUS_RANK).fillna(len(STATUS_RANK))
+        order = pd.DataFrame({"rank": rank, "pos": range(len(df))})
+        if "finished_at" in df.columns:
+            order["fin"] = _to_utc(df["finished_at"]).fillna(pd.Timestamp(0, tz="UTC")).values
+            order = order.sort_values(["rank", "fin", "pos"], ascending=[True, False, False])
+        else:
+            order = order.sort_values(["rank", "pos"], ascending=[True, False])
+        df = df.iloc[order.index].drop_duplicates("asset_id", keep="first").sort_index()
     return root, df.reset_index(drop=True)
 
 

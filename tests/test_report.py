@@ -266,3 +266,21 @@ def test_nightly_toy_config_gates_toy_metrics(tmp_path):
     assert build_report(run, out, baseline=base, cfg=cfg) == 1
     with open(tmp_path / "o" / "summary.json") as fh:
         assert json.load(fh)["regressed_metrics"] == ["toy_psnr"]
+
+
+def test_read_manifest_keeps_done_over_later_failed(tmp_path):
+    """Same dedup rule as pipeline.manifest: a committed `done` beats a later `failed` record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.report import read_manifest
+
+    parts = tmp_path / "manifest" / "parts"
+    parts.mkdir(parents=True)
+    base = {"asset_id": "a1", "prompt": "a red cube", "seed": 0, "method": "sds"}
+    pq.write_table(pa.Table.from_pylist([{**base, "status": "done", "toy_psnr": 20.0,
+                                          "finished_at": "2026-11-25T10:00:00+00:00"}]), parts / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{**base, "status": "failed", "toy_psnr": None,
+                                          "finished_at": "2026-11-25T11:00:00+00:00"}]), parts / "b.parquet")
+    _, df = read_manifest(str(tmp_path))
+    assert len(df) == 1 and df.loc[0, "status"] == "done" and df.loc[0, "toy_psnr"] == 20.0

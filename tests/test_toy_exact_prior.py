@@ -138,3 +138,15 @@ def test_load_prior_by_name(cache, monkeypatch):
     monkeypatch.setattr(toy_exact, "load", recording_load)
     cfg = PriorConfig(name="toy_exact", image_size=8, device="cpu")
     assert load_prior(cfg) is p and seen["cfg"] is cfg
+
+
+def test_guided_eps_cfg_and_perp_neg_work_with_integer_embeddings(prior):
+    from stages.priors.base import PerpNegParams, make_guided_eps
+
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    for pn in (None, PerpNegParams()):
+        ge = make_guided_eps(prior, "a yellow torus", [0.0, 95.0, -170.0], "", 7.5, pn)
+        e_w, e_cond = ge.guided(x, 600)
+        assert torch.isfinite(e_w).all() and e_w.shape == x.shape
+        assert torch.allclose(e_cond, prior.eps(x, torch.full((3,), 600), torch.full((3,), 3)), atol=1e-6)
+        assert torch.allclose(ge.null(x, 600), prior.eps(x, torch.full((3,), 600), torch.full((3,), NULL)))

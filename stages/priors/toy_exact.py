@@ -123,6 +123,8 @@ class ToyExactPrior:
         if tuple(z_t.shape[1:]) != self.latent_shape:
             raise ValueError(f"eps: expected latents of shape (B, {self.latent_shape}), got {tuple(z_t.shape)}")
         t = torch.as_tensor(t, device=self.device, dtype=torch.long).reshape(-1).expand(B)
+        # Perp-Neg interpolates embeddings of one prompt's views: same index, possibly as a float
+        emb = emb.to(self.device).reshape(B).round().long()
         a = self.alphas_cumprod[t].double()
         x = z_t.to(self.device).double().reshape(B, -1)
         out = torch.empty_like(x)
