@@ -101,3 +101,26 @@ def test_score_asset_and_evaluate_write_nulls_with_reasons(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither an asset directory"):
         evaluate(str(tmp_path / "empty"), cfg)
+
+
+def test_ground_truth_views_disk_cache(tmp_path):
+    """A second process (simulated by clearing the in-memory cache) reads GT renders from disk."""
+    from pipeline.config import load_config
+    from stages.metrics import toy as toy_mod
+    from stages.toyworld.catalogue import build_object, load_catalogue
+
+    cfg = load_config("toy.yaml", ["render.num_views=4", "render.resolution=16"])
+    cat = load_catalogue()
+    name = cat.objects[0].name
+    calls = []
+
+    def build():
+        calls.append(1)
+        return build_object(name, cat)
+
+    toy_mod._GT_CACHE.clear()
+    rgb1, a1 = toy_mod.ground_truth_views("k-" + name, build, cfg.render, tmp_path)
+    toy_mod._GT_CACHE.clear()
+    rgb2, a2 = toy_mod.ground_truth_views("k-" + name, build, cfg.render, tmp_path)
+    assert len(calls) == 1 and torch.equal(rgb1, rgb2) and torch.equal(a1, a2)
+    assert list((tmp_path / "toy_gt").glob("*.safetensors"))

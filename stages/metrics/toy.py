@@ -15,10 +15,14 @@ The toy world has ground truth, so an asset is compared with its object's Gaussi
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from kernels.gaussians import Gaussians
 from pipeline.config import Config, RenderConfig
@@ -53,12 +57,31 @@ def _render_key(rc: RenderConfig) -> tuple:
             rc.backend)
 
 
-def ground_truth_views(key: str, build: Callable[[], Gaussians], rc: RenderConfig
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rgb, alpha) of a ground-truth object on the evaluation orbit, cached per process."""
+def ground_truth_views(key: str, build: Callable[[], Gaussians], rc: RenderConfig,
+                       cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rgb, alpha) of a ground-truth object on the evaluation orbit.
+
+    Cached per process and, when `cache_dir` is given, on disk by content hash (object spec +
+    orbit): R-precision needs every catalogue object, which would otherwise be re-rendered by
+    every worker process."""
     k = (key, _render_key(rc))
-    if k not in _GT_CACHE:
-        _GT_CACHE[k] = render_views(build(), eval_cameras(rc), rc)
+    if k in _GT_CACHE:
+        return _GT_CACHE[k]
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(repr(k).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / "toy_gt" / f"{digest}.safetensors"
+        if path.exists():
+            t = load_file(str(path))
+            _GT_CACHE[k] = (t["rgb"], t["alpha"])
+            return _GT_CACHE[k]
+    rgb, alpha = render_views(build(), eval_cameras(rc), rc)
+    _GT_CACHE[k] = (rgb, alpha)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"rgb": rgb.contiguous(), "alpha": alpha.contiguous()}, str(tmp))
+        os.replace(tmp, path)
     return _GT_CACHE[k]
 
 
@@ -66,9 +89,10 @@ class ToyWorld:
     """The catalogue's objects by prompt (a test can pass any mapping name -> builder)."""
 
     def __init__(self, objects: dict[str, tuple[str, Callable[[], Gaussians]]],
-                 lookup: Callable[[str], str]) -> None:
+                 lookup: Callable[[str], str], cache_dir: Path | None = None) -> None:
         self.objects = objects  # name -> (content key, builder)
         self.lookup = lookup  # prompt -> name (raises with a clear message if unknown)
+        self.cache_dir = cache_dir  # on-disk ground-truth renders (None = per process only)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ToyWorld":
@@ -76,7 +100,9 @@ class ToyWorld:
 
         cat = load_catalogue(cfg.toy.catalogue or None)
         objs = {o.name: (o.content_hash(), (lambda o=o: build_object(o.name, cat))) for o in cat.objects}
-        return cls(objs, lambda prompt: cat.get(prompt).name)
+        from stages.toyworld.views import resolve_cache_dir
+
+        return cls(objs, lambda prompt: cat.get(prompt).name, resolve_cache_dir(cfg.toy.cache_dir or None))
 
 
 def toy_metrics(cfg: Config, asset: Gaussians, prompt: str, world: ToyWorld | None = None,
@@ -86,7 +112,8 @@ def toy_metrics(cfg: Config, asset: Gaussians, prompt: str, world: ToyWorld | No
     rc = cfg.render
     own = world.lookup(prompt)
     rgb, alpha = render_views(asset, eval_cameras(rc), rc)
-    gt_rgb, gt_alpha = ground_truth_views(world.objects[own][0], world.objects[own][1], rc)
+    gt_rgb, gt_alpha = ground_truth_views(world.objects[own][0], world.objects[own][1], rc,
+                                          world.cache_dir)
     out = {
         "toy_psnr": float(psnr_per_view(rgb, gt_rgb).mean()),
         "toy_psnr_yaw": 0.0,
@@ -98,7 +125,7 @@ def toy_metrics(cfg: Config, asset: Gaussians, prompt: str, world: ToyWorld | No
     if rprec:
         dists = {}
         for name, (key, build) in world.objects.items():
-            other = gt_rgb if name == own else ground_truth_views(key, build, rc)[0]
+            other = gt_rgb if name == own else ground_truth_views(key, build, rc, world.cache_dir)[0]
             dists[name] = float(shifted_mse(rgb, other).min())
         nearest = min(dists, key=dists.get)
         out["toy_rprec"] = 1.0 if nearest == own else 0.0
