@@ -183,7 +183,28 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         code = 2
+    except _user_errors() as e:
+        # errors whose message already says what is wrong and what to do: no traceback
+        print(f"sctd3d {args.command}: error: {e}", file=sys.stderr)
+        code = 2
     sys.exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a user-facing message (imported only once something failed)."""
+    from kernels.ply import PlyFormatError
+    from pipeline.inputs import InputError
+    from pipeline.lock import LockHeld
+    from pipeline.manifest import ManifestError
+    from pipeline.storage import StorageError
+    from stages.generate import CheckpointError
+    from stages.init import InitError
+    from stages.metrics.errors import MetricWeightsError
+    from stages.priors.stable_diffusion import PriorLoadError
+    from stages.report import ReportError
+
+    return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
+            InitError, MetricWeightsError, PriorLoadError, ReportError, FileNotFoundError)
 
 
 if __name__ == "__main__":

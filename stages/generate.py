@@ -211,7 +211,12 @@ def _save_checkpoint(ckdir: Path, st: _State, ident: dict) -> None:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is not what sctd3d writes (e.g. a pickle): refused, never loaded."""
+
+
 def _load_latest_checkpoint(ckdir: Path, ident: dict) -> _State | None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     for js in sorted(ckdir.glob("ckpt_*.json"), reverse=True):
@@ -222,6 +227,12 @@ def _load_latest_checkpoint(ckdir: Path, ident: dict) -> _State | None:
         except (OSError, ValueError) as e:
             log.warning("skipping unreadable checkpoint %s: %s", js, e)
             continue
+        except SafetensorError as e:
+            # never fall back to unpickling: a checkpoint must be safetensors
+            raise CheckpointError(
+                f"{st_path}: not a valid safetensors checkpoint ({e}); checkpoints are only ever "
+                f"read as safetensors. Move the checkpoints/ directory aside to start this asset "
+                f"fresh.") from None
         mismatch = {k: (info.get(k), v) for k, v in ident.items() if info.get(k) != v}
         if mismatch:
             log.warning("checkpoint %s belongs to another run (%s); starting fresh", js, mismatch)

@@ -121,7 +121,9 @@ def load_asset(asset_dir: str) -> Gaussians:
     if not st.exists(ASSET_FILE):
         raise FileNotFoundError(f"render: no {ASSET_FILE} in {asset_dir!r}; run the generate stage "
                                 f"first (sctd3d generate ... --out {asset_dir})")
-    return load_ply(io.BytesIO(st.read_bytes(ASSET_FILE)))
+    buf = io.BytesIO(st.read_bytes(ASSET_FILE))
+    buf.name = st.uri(ASSET_FILE)  # so a malformed file's error names it
+    return load_ply(buf)
 
 
 def render_asset(cfg: Config, asset_dir: str, prompt: str) -> dict:

@@ -255,8 +255,6 @@ def test_bad_input_catalogue(tmp_path, tiny_pixel_sd_dir, monkeypatch):
         assert open_storage(str(o)).orphan_temp_files() == []
 
 
-@pytest.mark.xfail(strict=True, reason="stages/generate._load_latest_checkpoint lets SafetensorError "
-                   "escape without naming the file (owner: generation); see docs/RELIABILITY.md")
 def test_pickled_checkpoint_error_names_the_file(tmp_path, tiny_pixel_sd_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from stages.generate import generate
@@ -301,7 +299,5 @@ def test_evaluate_refuses_truncated_ply(tmp_path):
     assert re.search(r"not a readable \.ply file \(.*(end-of-file|truncated|early)", err), err
 
 
-@pytest.mark.xfail(strict=True, reason="stages/render.py loads asset.ply from a nameless BytesIO, so the "
-                   "error says '<stream>' (owner: evaluation); see docs/RELIABILITY.md")
 def test_evaluate_truncated_ply_error_names_the_file(tmp_path):
     assert "asset.ply" in _evaluate_truncated(tmp_path)
