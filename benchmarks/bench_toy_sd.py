@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,9 +32,11 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--gt-views", type=int, default=256)
     ap.add_argument("--suffix", default=", front view")
+    ap.add_argument("--model", default="", help="toy SD directory (default: the shipped one)")
     a = ap.parse_args()
     cat = load_catalogue()
-    prior = load_prior(PriorConfig(name="toy_sd", image_size=32, device="cpu", dtype="fp32"))
+    prior = load_prior(PriorConfig(name="toy_sd", model=a.model or "stabilityai/stable-diffusion-2-1-base",
+                                   image_size=32, device="cpu", dtype="fp32"))
     t0 = time.perf_counter()
     gt = catalogue_views(ViewParams(num_views=a.gt_views, resolution=32), cat)
     t_views = time.perf_counter() - t0
@@ -50,7 +53,7 @@ def main() -> None:
           f"{(own.mean(1) >= 0.75).float().mean():.3f} ({len(cat.objects)} prompts x {a.per_prompt})")
     print(f"ground-truth views ({a.gt_views}/object, cached or rendered): {t_views:.1f} s; sampling "
           f"{len(prompts)} images x {a.steps} DDIM steps (CFG {a.cfg}): {t_sample:.1f} s")
-    info = json.loads((TOY_SD_DIR / "train_info.json").read_text())
+    info = json.loads(((Path(a.model) if a.model else TOY_SD_DIR) / "train_info.json").read_text())
     print(f"training: {info['steps']} steps, {info['train_seconds']} s, final loss (avg of last 100) "
           f"{info['final_loss_avg100']:.4f}")
     try:

@@ -75,7 +75,7 @@ def test_samples_look_like_the_prompts_own_object(toy_prior):
 
 def test_training_command_runs_and_is_reproducible(tmp_path):
     p = dict(batch_size=4, num_views=2, resolution=16, block_out_channels=(8, 16), text_hidden=16,
-             text_layers=1, max_tokens=24, warmup=1)
+             text_layers=1, max_tokens=24, warmup=1, checkpoint_every=1)
     info = train(tmp_path / "a", steps=2, seed=1, params=TrainParams(**p), cache_dir=str(tmp_path / "c"))
     train(tmp_path / "b", steps=2, seed=1, params=TrainParams(**p), cache_dir=str(tmp_path / "c"))
     assert info["steps"] == 2 and info["final_loss_avg100"] > 0
