@@ -5,7 +5,7 @@ Configuration: configs/ablations/toy_short.yaml = configs/toy.yaml (SDS, ball in
   about 3 minutes on one thread);
 - learning rates x4 (`benchmarks/toy_table.py` variant `short4`): with Adam (eps 1e-15) each step
   moves a parameter by about its learning rate, so a 4x shorter run needs 4x larger steps;
-- configs/ablations/toy_aug_off.yaml (toy_table variant `toyaug`): no random backgrounds and no
+- the augmentation-off setting now in configs/toy.yaml (toy_table variant `toyaug`): no random backgrounds and no
   depth-as-input (SCTD warm-up 45 too, unused by SDS). Both are SD tricks; a toy prior trained
   on black-background RGB views reads them as wrong images.
   Measured (SDS, exact prior, red cube, 600 its, toy.yaml as is): 11.6 dB at it 100 falling to
