@@ -104,3 +104,20 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 def tiny_pixel_sd_dir(tmp_path_factory) -> Path:
     """The same without a VAE: a pixel-space model like the shipped toy SD (z = 2 rgb - 1)."""
     return build_tiny_sd(tmp_path_factory.mktemp("tiny_pixel_sd") / "model", with_vae=False, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """A local 2-CPU Ray for one test module (ray.init costs ~5 s); the module's own functions are
+    pickled by value so Ray workers need not import the test module."""
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def sd_alphas() -> torch.Tensor:
+    """SD's scaled-linear schedule, written out here independently of any prior module."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import sd_alphas
 
 from kernels.ddim import (
     TimestepParams,
@@ -17,10 +18,6 @@ from kernels.ddim import (
 )
 
 
-def sd_alphas() -> torch.Tensor:
-    """SD's scaled-linear schedule, written out here independently of any prior module."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
 
 
 def test_ddim_step_matches_formula():

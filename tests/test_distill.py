@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import sd_alphas
 
 from kernels.ddim import TimestepParams, TimestepSample, segment_edges
 from kernels.distill import (
@@ -27,9 +28,6 @@ from kernels.distill import (
 )
 
 
-def sd_alphas() -> torch.Tensor:
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
 
 
 class FakeGuidedEps:

@@ -146,13 +146,6 @@ def test_run_lock_refuses_second_run_and_recovers_stale(tmp_path, cfg):
 # ----------------------------------------------------------------------------------------------
 # Ray (one cluster for this module: ray.init costs ~5 s)
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local):
