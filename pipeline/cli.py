@@ -99,9 +99,12 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def cmd_toy(args: argparse.Namespace) -> int:
     if args.action == "list":
-        from stages.toyworld.catalogue import format_catalogue
+        from stages.toyworld.catalogue import format_catalogue, load_catalogue
 
-        print(format_catalogue(args.catalogue or None))
+        if args.prompts_only:  # a prompt file for `sctd3d run` (e.g. the nightly toy run)
+            print("\n".join(load_catalogue(args.catalogue or None).prompts()))
+        else:
+            print(format_catalogue(args.catalogue or None))
         return 0
     from stages.toyworld.train_prior import main as train_main
 
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")
     p.add_argument("action", choices=("list", "train-prior"))
     p.add_argument("--catalogue", default=None, help="catalogue YAML (default: shipped)")
+    p.add_argument("--prompts-only", action="store_true", help="list: one prompt per line")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="train-prior arguments (see --help)")
     p.set_defaults(fn=cmd_toy)
 

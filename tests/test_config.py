@@ -94,3 +94,11 @@ def test_cli_config_error_exit_code(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "--config", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "generate.iteratons" in out.stderr
+
+
+def test_cli_toy_prompts_only_is_a_prompt_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "toy", "list", "--prompts-only"],
+                         capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and "a red cube" in lines and len(lines) >= 16
+    assert all(line and "  " not in line for line in lines)
