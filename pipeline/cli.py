@@ -97,18 +97,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_toy(args: argparse.Namespace) -> int:
-    if args.action == "list":
-        from stages.toyworld.catalogue import format_catalogue, load_catalogue
+def cmd_toy_list(args: argparse.Namespace) -> int:
+    from stages.toyworld.catalogue import format_catalogue, load_catalogue
 
-        if args.prompts_only:  # a prompt file for `sctd3d run` (e.g. the nightly toy run)
-            print("\n".join(load_catalogue(args.catalogue or None).prompts()))
-        else:
-            print(format_catalogue(args.catalogue or None))
-        return 0
-    from stages.toyworld.train_prior import main as train_main
-
-    return int(train_main(args.rest) or 0)
+    if args.prompts_only:  # a prompt file for `sctd3d run` (e.g. the nightly toy run)
+        print("\n".join(load_catalogue(args.catalogue or None).prompts()))
+    else:
+        print(format_catalogue(args.catalogue or None))
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -166,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_manifest)
 
     p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")
-    p.add_argument("action", choices=("list", "train-prior"))
-    p.add_argument("--catalogue", default=None, help="catalogue YAML (default: shipped)")
-    p.add_argument("--prompts-only", action="store_true", help="list: one prompt per line")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="train-prior arguments (see --help)")
-    p.set_defaults(fn=cmd_toy)
+    toy = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = toy.add_parser("list", help="print the catalogue (or only its prompts)")
+    q.add_argument("--catalogue", default=None, help="catalogue YAML (default: shipped)")
+    q.add_argument("--prompts-only", action="store_true", help="one prompt per line (a prompt file)")
+    q.set_defaults(fn=cmd_toy_list)
+    # listed for --help; `main` hands `toy train-prior ...` to the trainer's own parser
+    toy.add_parser("train-prior", help="train the toy SD prior (sctd3d toy train-prior --help)")
 
     p = sub.add_parser("config", help="print the resolved config and its hash")
     _add_config_args(p)
@@ -179,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["toy", "train-prior"]:
+        # its own parser owns every option, --help included (argparse's REMAINDER cannot take them)
+        from stages.toyworld.train_prior import main as train_main
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        sys.exit(int(train_main(argv[2:]) or 0))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -102,3 +102,9 @@ def test_cli_toy_prompts_only_is_a_prompt_file(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 0 and "a red cube" in lines and len(lines) >= 16
     assert all(line and "  " not in line for line in lines)
+
+
+def test_cli_train_prior_help_reaches_the_trainer():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "toy", "train-prior", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--steps" in out.stdout
