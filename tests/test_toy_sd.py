@@ -60,10 +60,10 @@ def test_loads_offline_through_the_production_loader(toy_prior):
 def test_samples_look_like_the_prompts_own_object(toy_prior):
     """8 samples per catalogue prompt (20 DDIM steps, CFG 5): nearest ground-truth object = own.
 
-    Goal of issue 3: >= 90% of the catalogue. NOT REACHED by the shipped weights (1000 training
-    steps): measured 60/168 = 36% of samples nearest their own object (chance: 1/21 = 4.8%) and
-    1/21 prompts with >= 6/8. The samples have the right colour and a rough shape on a noisy
-    background (undertrained; see benchmarks/RESULTS.md). This asserts the measured level as a
+    Goal of issue 3: >= 90% of the catalogue. NOT REACHED by the shipped weights (3000 training
+    steps, `sctd3d toy train-prior --steps 3000`): measured 117/168 = 70% of samples nearest their
+    own object against these 32 views per object (83% against 256 views; chance 1/21 = 4.8%) and
+    12/21 prompts with >= 6/8 (1000 steps gave 36% and 1/21). This asserts the measured level as a
     floor so a worse prior fails, not the goal."""
     cat = load_catalogue()
     gt = catalogue_views(ViewParams(num_views=32, resolution=32), cat)
@@ -76,7 +76,7 @@ def test_samples_look_like_the_prompts_own_object(toy_prior):
     ok = per_prompt >= 0.75
     print(f"toy SD: {int(own.sum())}/{own.numel()} samples nearest their own object; "
           f"{int(ok.sum())}/{len(ok)} prompts with >= 6/8")
-    assert float(own.float().mean()) >= 0.30, dict(zip(cat.names(), per_prompt.tolist()))
+    assert float(own.float().mean()) >= 0.60, dict(zip(cat.names(), per_prompt.tolist()))
 
 
 def test_training_command_runs_and_is_reproducible(tmp_path):
