@@ -148,13 +148,10 @@ def _result_fields(res: Any) -> dict:
 
 
 def _device_name() -> str:
-    try:
-        import torch
+    import torch  # a hard dependency: no fallback needed
 
-        if torch.cuda.is_available():
-            return f"cuda:{torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
     return "cpu"
 
 

@@ -261,8 +261,8 @@ def code_version() -> str:
                              text=True, timeout=5)
         if sha.returncode == 0 and sha.stdout.strip():
             v += "+g" + sha.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    except (OSError, subprocess.SubprocessError) as e:  # no git or not a checkout: version only
+        log.debug("code version without a git sha: %s", e)
     return v
 
 

@@ -97,7 +97,7 @@ def resolve_model(model: str) -> tuple[Path, bool]:
     try:
         return Path(snapshot_download(model, local_files_only=True, allow_patterns=_ALLOW)), False
     except LocalEntryNotFoundError:
-        pass
+        log.debug("%s is not in the local Hugging Face cache", model)
     if not hub_reachable():
         why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else "the hub is unreachable")
         raise _missing_weights_error(model, why)
