@@ -258,10 +258,5 @@ def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None) -> 
         return StableDiffusionPrior.from_config(cfg, dev, model=toy_sd_model(cfg.model), name="toy_sd")
     if cfg.name == "toy_exact":
         from stages.priors import toy_exact
-        if hasattr(toy_exact, "load"):
-            return toy_exact.load(cfg, dev)
-        if hasattr(toy_exact, "ToyExactPrior") and hasattr(toy_exact.ToyExactPrior, "from_config"):
-            return toy_exact.ToyExactPrior.from_config(cfg, dev)
-        raise RuntimeError("stages/priors/toy_exact.py must define load(cfg: PriorConfig, device) -> Prior "
-                           "(docs/INTERFACES.md)")
+        return toy_exact.load(cfg, dev)
     raise ValueError(f"prior.name={cfg.name!r} is unknown; use one of stable_diffusion, toy_sd, toy_exact")

@@ -289,8 +289,12 @@ def _load_single_file(path: Path, config: str, torch_dtype: torch.dtype):
             str(path), config=config or None, local_files_only=offline, torch_dtype=torch_dtype,
             safety_checker=None, requires_safety_checker=False)
     except Exception as e:  # diffusers raises many types here; all mean "cannot build the pipeline"
-        hint = ("set prior.single_file_config to a local diffusers directory (or cached hub id) with the "
-                "matching architecture configs" if offline else "check that it is an SD 1.x/2.x checkpoint")
+        if config:  # the file and the configs it is built from must describe the same architecture
+            hint = (f"check that it is an SD 1.x/2.x checkpoint and that prior.single_file_config={config!r} is a "
+                    "diffusers directory (or cached hub id) of the same architecture")
+        else:
+            hint = ("set prior.single_file_config to a local diffusers directory (or cached hub id) with the "
+                    "matching architecture configs" + ("" if offline else ", or check it is an SD 1.x/2.x checkpoint"))
         raise PriorLoadError(f"prior.model={str(path)!r}: cannot load the single-file checkpoint "
                              f"({type(e).__name__}: {e}); {hint}") from e
     return pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config)

@@ -54,6 +54,7 @@ class TrainParams:
     max_tokens: int = 32
     # architecture
     block_out_channels: tuple[int, ...] = (16, 32, 64)
+    attn_levels: int = 1  # cross-attention on this many of the lowest-resolution levels
     text_hidden: int = 64
     text_layers: int = 2
     threads: int = 0  # 0 = torch default
@@ -115,16 +116,20 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, 0).float()
 
 
-def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int):
+def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int, channels: int = 3,
+                 sample_size: int | None = None):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     n = len(p.block_out_channels)
+    if not 1 <= p.attn_levels <= n:
+        raise ValueError(f"attn_levels={p.attn_levels} must be between 1 and {n} (the number of UNet levels)")
+    k = p.attn_levels
     unet = UNet2DConditionModel(
-        sample_size=p.resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        sample_size=sample_size or p.resolution, in_channels=channels, out_channels=channels, layers_per_block=1,
         block_out_channels=tuple(p.block_out_channels),
-        down_block_types=tuple(["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]),
-        up_block_types=tuple(["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)),
+        down_block_types=tuple(["DownBlock2D"] * (n - k) + ["CrossAttnDownBlock2D"] * k),
+        up_block_types=tuple(["CrossAttnUpBlock2D"] * k + ["UpBlock2D"] * (n - k)),
         cross_attention_dim=p.text_hidden, attention_head_dim=8, norm_num_groups=8,
     )
     tcfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=p.text_hidden, intermediate_size=2 * p.text_hidden,
@@ -154,8 +159,6 @@ def _write_scheduler_and_index(out_dir: Path) -> None:
 def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainParams | None = None,
           catalogue: str | None = None, cache_dir: str | None = None, log_every: int = 10) -> dict:
     """Train and save the toy SD to `out_dir`; returns {steps, final_loss, seconds, params}."""
-    from transformers import CLIPTokenizer
-
     p = params or TrainParams()
     p.steps, p.seed = int(steps), int(seed)
     if p.steps < 1:
@@ -171,11 +174,26 @@ def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainPa
     az = torch.cat([v.azimuth_deg for v in views])
     labels = torch.cat([torch.full((len(v.images),), i) for i, v in enumerate(views)])
     log.info("toy SD: %d views of %d objects (%.1f s)", len(images), len(views), time.perf_counter() - t0)
+    info = fit_unet(out, images, az, labels, cat.prompts(), p, extra_info={
+        "catalogue": cat.source if catalogue else "shipped", "objects": len(views)}, log_every=log_every)
+    return info
 
-    write_tokenizer(out, cat.prompts(), p.max_tokens)
+
+def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Tensor, prompts: list[str],
+             p: TrainParams, extra_info: dict | None = None, log_every: int = 10,
+             save_extra=None) -> dict:
+    """Train tokenizer + text encoder + UNet on `images` (N, C, H, W: pixels in [-1, 1] or scaled
+    latents) labelled by prompt index and azimuth; save EMA weights every `checkpoint_every` steps.
+
+    Why separate from `train`: the latent toy prior trains the same UNet on VAE latents.
+    `save_extra(out)` runs after each save (e.g. to write vae/ and fix model_index.json)."""
+    from transformers import CLIPTokenizer
+
+    write_tokenizer(out, prompts, p.max_tokens)
     tok = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
     torch.manual_seed(p.seed)
-    unet, text = build_models(p, len(tok), tok.bos_token_id, tok.eos_token_id)
+    unet, text = build_models(p, len(tok), tok.bos_token_id, tok.eos_token_id, channels=images.shape[1],
+                              sample_size=images.shape[-1])
     ema = {k: v.detach().clone() for k, v in list(unet.state_dict().items()) + [
         ("text." + k, v) for k, v in text.state_dict().items()]}
     params = list(unet.parameters()) + list(text.parameters())
@@ -184,7 +202,6 @@ def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainPa
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=0.0)
     ac = alphas_cumprod()
     g = torch.Generator().manual_seed(p.seed)
-    prompts = cat.prompts()
     # all distinct training strings tokenised once
     strings = sorted({""} | {s for pr in prompts for s in (pr, pr + ", front view", pr + ", side view",
                                                            pr + ", back view")})
@@ -233,13 +250,14 @@ def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainPa
             info = {"steps": step + 1, "seed": p.seed, "final_loss_avg100": sum(losses[-100:]) / len(losses[-100:]),
                     "train_seconds": round(time.perf_counter() - t_train, 1),
                     "seconds_per_step": round((time.perf_counter() - t_train) / (step + 1), 3),
-                    "num_views": len(images), "objects": len(views),
-                    "catalogue": cat.source if catalogue else "shipped",
+                    "num_views": len(images), **(extra_info or {}),
                     "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(p).items()},
                     "unet_params": sum(x.numel() for x in unet.parameters()),
                     "text_params": sum(x.numel() for x in text.parameters())}
             info["params"]["steps"] = step + 1  # the run this checkpoint is identical to
             _save(out, unet, text, ema, info)
+            if save_extra is not None:
+                save_extra(out)
     return info
 
 
