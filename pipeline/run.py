@@ -506,7 +506,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                     gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
                     max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
     else:
-        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s)
+        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
     opts.update(executor_options)
     ex = make_executor(executor, **opts)
     fn = functools.partial(process_asset, generate_fn=generate_fn)

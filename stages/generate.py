@@ -32,6 +32,7 @@ from kernels.distill import SCTDParams, Schedule, get_method, latent_grad_loss, 
 from kernels.gaussians import Gaussians, GaussianTrainer, TrainerParams
 from kernels.ply import save_ply
 from kernels.render import RenderOutput, render
+from pipeline import deadline
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +399,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     log_every = max(1, gcfg.iterations // 20)
     try:
         while it < gcfg.iterations:
+            deadline.check(f"generate iteration {it + 1}")  # local executor's per-asset limit
             it += 1
             try:
                 terms = _iteration(it, trainer, gen, gen_noise, eps_star, prior, alphas, method, sched, p,

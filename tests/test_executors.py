@@ -98,3 +98,25 @@ def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
     assert not outs[30.0].ok and "timeout: exceeded 1 s" in outs[30.0].error
     assert outs[30.0].attempts == 1 and outs[30.0].wall_s < 10
     assert outs[0.01].ok
+
+
+def test_local_per_asset_timeout_is_cooperative_and_not_retried():
+    from pipeline import deadline
+
+    def spins(limit_s):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit_s:  # a long stage polling between iterations
+            deadline.check("spin")
+            time.sleep(0.01)
+        return limit_s
+
+    ex = make_executor("local", max_attempts=3, backoff_s=0.0, retry_exceptions=True, timeout_s=0.3)
+    by = {o.item: o for o in ex.map([0.05, 5.0], spins)}
+    assert by[0.05].ok and by[0.05].value == 0.05
+    slow = by[5.0]
+    assert not slow.ok and slow.attempts == 1 and slow.wall_s < 2.0
+    assert slow.error.startswith("AssetTimeout: timeout: exceeded 0.3 s per-asset limit (pipeline.timeout_s)")
+    deadline.check("outside any asset")  # no limit outside the executor's call
+    assert list(make_executor("local", timeout_s=0.0).map([0.05], spins))[0].ok
+    with pytest.raises(ValueError, match="timeout_s"):
+        make_executor("local", timeout_s=-1)

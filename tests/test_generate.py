@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,23 @@ def test_bad_inputs(tmp_path):
         generate(cfg, "  ", 0, str(tmp_path), progress=False, prior=FakePrior())
     with pytest.raises(ValueError, match="seed"):
         generate(cfg, "a cube", -1, str(tmp_path), progress=False, prior=FakePrior())
+
+
+class FakeSlowPrior(FakePrior):
+    """Test double: FakePrior that takes 30 ms per UNet call (a slow asset)."""
+
+    def eps(self, z_t, t, emb):
+        time.sleep(0.03)
+        return super().eps(z_t, t, emb)
+
+
+def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path):
+    from pipeline import deadline
+
+    cfg = tiny_cfg("generate.method=sds")
+    with deadline.limit(0.6), pytest.raises(deadline.AssetTimeout, match="pipeline.timeout_s"):
+        generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakeSlowPrior())
+    assert not (tmp_path / "asset.ply").exists()
+    assert list((tmp_path / "checkpoints").glob("ckpt_*"))  # progress kept for the next attempt
+    res = generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakePrior())
+    assert res.ok and res.resumed_from >= 4 and res.iterations == 12

@@ -34,7 +34,7 @@ def make_executor(kind: str, **kwargs: Any) -> Executor:
         from pipeline.executors.local import LocalExecutor
 
         return LocalExecutor(**{k: v for k, v in kwargs.items()
-                                if k in ("max_attempts", "backoff_s", "retry_exceptions")})
+                                if k in ("max_attempts", "backoff_s", "retry_exceptions", "timeout_s")})
     if kind == "ray":
         from pipeline.executors.ray import RayExecutor
 

@@ -12,15 +12,20 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from pipeline import deadline
 from pipeline.executors import Outcome, format_error
 
 log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
-    def __init__(self, max_attempts: int = 1, backoff_s: float = 0.0, retry_exceptions: bool = False):
+    def __init__(self, max_attempts: int = 1, backoff_s: float = 0.0, retry_exceptions: bool = False,
+                 timeout_s: float = 0.0):
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r}: must be >= 1")
+        if timeout_s < 0:
+            raise ValueError(f"timeout_s={timeout_s!r}: must be >= 0 (0 = no per-asset limit)")
+        self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.retry_exceptions = retry_exceptions
@@ -37,11 +42,13 @@ class LocalExecutor:
                 t0 = time.perf_counter()
                 self._running = 1
                 try:
-                    value = fn(item)
+                    with deadline.limit(self.timeout_s):
+                        value = fn(item)
                 except Exception as e:  # noqa: BLE001 - recorded as the asset's failure reason
                     self._running = 0
                     wall = time.perf_counter() - t0
-                    if self.retry_exceptions and attempt < self.max_attempts:
+                    if (self.retry_exceptions and attempt < self.max_attempts
+                            and not isinstance(e, deadline.AssetTimeout)):
                         log.warning("attempt %d failed (%s); retrying", attempt, format_error(e))
                         time.sleep(self.backoff_s * 2 ** (attempt - 1))
                         continue

@@ -330,10 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=TrainParams.resolution)
     ap.add_argument("--catalogue", default=None)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     a = ap.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    p = TrainParams(batch_size=a.batch_size, num_views=a.num_views, resolution=a.resolution)
+    p = TrainParams(batch_size=a.batch_size, num_views=a.num_views, resolution=a.resolution, threads=a.threads)
     info = train(a.out, a.steps, a.seed, p, a.catalogue, a.cache_dir)
     print(json.dumps({k: info[k] for k in ("steps", "final_loss_avg100", "train_seconds")}))
     return 0
