@@ -23,7 +23,8 @@ def main() -> None:
     from stages.priors.base import load_prior
     from stages.priors.stable_diffusion import TOY_SD_DIR
     from stages.toyworld.catalogue import load_catalogue
-    from stages.toyworld.train_prior import nearest_object, sample_images
+    from stages.priors.sampling import sample
+    from stages.toyworld.train_prior import nearest_object
     from stages.toyworld.views import ViewParams, catalogue_views
 
     ap = argparse.ArgumentParser()
@@ -42,7 +43,7 @@ def main() -> None:
     t_views = time.perf_counter() - t0
     prompts = [o.prompt + a.suffix for o in cat.objects for _ in range(a.per_prompt)]
     t0 = time.perf_counter()
-    imgs = sample_images(prior, prompts, steps=a.steps, guidance_scale=a.cfg,
+    imgs = sample(prior, prompts, steps=a.steps, guidance_scale=a.cfg,
                          generator=torch.Generator().manual_seed(0))
     t_sample = time.perf_counter() - t0
     pred = nearest_object(imgs, gt).reshape(len(cat.objects), a.per_prompt)

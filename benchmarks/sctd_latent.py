@@ -62,7 +62,8 @@ def sample_quality(model: Path) -> dict:
     """Fraction of 8 samples per prompt nearest their own object (tests/test_toy_sd.py protocol)."""
     from stages.priors.stable_diffusion import StableDiffusionPrior
     from stages.toyworld.catalogue import load_catalogue
-    from stages.toyworld.train_prior import nearest_object, sample_images
+    from stages.priors.sampling import sample
+    from stages.toyworld.train_prior import nearest_object
     from stages.toyworld.views import ViewParams, catalogue_views
 
     prior = StableDiffusionPrior.from_pretrained(str(model), "cpu", "fp32", image_size=32, name="toy_sd")
@@ -70,7 +71,7 @@ def sample_quality(model: Path) -> dict:
     gt = catalogue_views(ViewParams(num_views=32, resolution=32), cat)
     prompts = [o.prompt + ", front view" for o in cat.objects for _ in range(8)]
     t0 = time.perf_counter()
-    imgs = sample_images(prior, prompts, steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    imgs = sample(prior, prompts, steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
     own = (nearest_object(imgs, gt).reshape(len(cat.objects), 8) == torch.arange(len(cat.objects))[:, None])
     return {"own_fraction": float(own.float().mean()), "own": int(own.sum()), "samples": own.numel(),
             "prompts_ge_6of8": int((own.float().mean(1) >= 0.75).sum()), "prompts": len(cat.objects),

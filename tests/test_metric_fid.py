@@ -132,3 +132,39 @@ def test_toy_reference_is_the_ground_truth_views(tmp_path):
     r = run_fid(cfg, dirs, ["a red cube", "a blue sphere"], str(tmp_path / "run"))
     assert r["n_generated"] == r["n_reference"] == 8
     assert abs(r["fid"]) < 1e-2
+
+
+def test_prior_reference_samples_the_toy_sd_per_prompt(tmp_path):
+    """metrics.fid_reference=prior: per distinct prompt, n DDIM+CFG samples of the configured prior,
+    deterministic, each prompt's images independent of the other prompts; run_fid uses them."""
+    import numpy as np
+    from PIL import Image
+
+    from stages.metrics.fid import prior_reference
+
+    cfg = load_config("toy.yaml", ["prior.name=toy_sd", "prior.image_size=32", "metrics.fid_reference=prior",
+                                   "metrics.fid_reference_per_prompt=3", "metrics.fid_reference_steps=10",
+                                   "render.num_views=4", "render.resolution=16", "render.video=false"])
+    files = prior_reference(cfg, ["a red cube", "a blue sphere", "a red cube"], str(tmp_path / "a"))
+    assert len(files) == 6
+    imgs = {f: np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) for f in files}
+    assert all(x.shape == (32, 32, 3) for x in imgs.values())
+    by_prompt = {"a blue sphere": [imgs[f] for f in sorted(files)[:3]], "a red cube": [imgs[f] for f in sorted(files)[3:]]}
+    red = np.mean([x[..., 0].sum() - x[..., 2].sum() for x in by_prompt["a red cube"]])
+    blue = np.mean([x[..., 2].sum() - x[..., 0].sum() for x in by_prompt["a blue sphere"]])
+    assert red > 0 and blue > 0, (red, blue)  # the prior answers the prompts' colours
+    again = prior_reference(cfg, ["a red cube"], str(tmp_path / "b"))
+    assert [np.array_equal(np.asarray(Image.open(f).convert("RGB")), x)
+            for f, x in zip(sorted(again), by_prompt["a red cube"])] == [True] * 3
+
+    from kernels.ply import save_ply
+    from stages.render import render_asset
+    from stages.toyworld.catalogue import build_object
+
+    d = tmp_path / "run" / "red_cube"
+    d.mkdir(parents=True)
+    save_ply(d / "asset.ply", build_object("red_cube"))
+    render_asset(cfg, str(d), "a red cube")
+    r = run_fid(cfg, [str(d)], ["a red cube"], str(tmp_path / "run"))
+    assert r["reference"] == "prior" and r["n_reference"] == 3 and r["n_generated"] == 4
+    assert r["fid"] is not None and np.isfinite(r["fid"]) and r["fid"] > 0

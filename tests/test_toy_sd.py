@@ -10,7 +10,8 @@ import torch
 
 from stages.priors.stable_diffusion import TOY_SD_DIR, StableDiffusionPrior
 from stages.toyworld.catalogue import load_catalogue
-from stages.toyworld.train_prior import TrainParams, nearest_object, sample_images, train
+from stages.priors.sampling import sample
+from stages.toyworld.train_prior import TrainParams, nearest_object, train
 from stages.toyworld.views import ViewParams, catalogue_views
 
 SHIPPED = (TOY_SD_DIR / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -68,8 +69,7 @@ def test_samples_look_like_the_prompts_own_object(toy_prior):
     cat = load_catalogue()
     gt = catalogue_views(ViewParams(num_views=32, resolution=32), cat)
     prompts = [o.prompt + ", front view" for o in cat.objects for _ in range(8)]
-    imgs = sample_images(toy_prior, prompts, steps=20, guidance_scale=5.0,
-                         generator=torch.Generator().manual_seed(0))
+    imgs = sample(toy_prior, prompts, steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
     pred = nearest_object(imgs, gt).reshape(len(cat.objects), 8)
     own = pred == torch.arange(len(cat.objects))[:, None]
     per_prompt = own.float().mean(1)

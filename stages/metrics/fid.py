@@ -201,34 +201,27 @@ def toy_reference(cfg: Config, prompts: Sequence[str], folder: str) -> list[str]
     return files
 
 
-@torch.no_grad()
+def _prompt_key(prompt: str) -> int:
+    return int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12], 16)
+
+
 def prior_reference(cfg: Config, prompts: Sequence[str], folder: str, seed: int = 0) -> list[str]:
     """Images sampled from the configured 2D prior: DDIM (eta 0) from noise with classifier-free
-    guidance (prior.guidance_scale), `metrics.fid_reference_steps` steps, per prompt
-    `metrics.fid_reference_per_prompt` samples; deterministic per seed."""
-    from kernels.ddim import ddim_step
+    guidance (prior.guidance_scale, prior.negative_prompt), `metrics.fid_reference_steps` steps,
+    `metrics.fid_reference_per_prompt` samples per distinct prompt; deterministic per seed and
+    per prompt (adding a prompt does not change the others' images)."""
     from stages.priors.base import load_prior
+    from stages.priors.sampling import sample
     from stages.render import to_uint8
 
     prior = load_prior(cfg.prior, metric_device(cfg.metrics.device))
-    a = prior.alphas_cumprod
-    T = int(a.shape[0])
-    steps = torch.linspace(T - 1, 0, cfg.metrics.fid_reference_steps).round().long().tolist()
     n = cfg.metrics.fid_reference_per_prompt
     files: list[str] = []
     for j, prompt in enumerate(sorted(set(prompts))):
-        g = torch.Generator().manual_seed(seed * 100003 + j)
-        z = torch.randn((n, *prior.latent_shape), generator=g).to(prior.device, prior.dtype)
-        emb = prior.embed([prompt, cfg.prior.negative_prompt])
-        for i, t in enumerate(steps):
-            tt = torch.full((2 * n,), t, device=prior.device, dtype=torch.long)
-            e = prior.eps(torch.cat([z, z]), tt, emb.repeat_interleave(n, 0))
-            e_c, e_u = e[:n], e[n:]
-            eps = e_u + cfg.prior.guidance_scale * (e_c - e_u)
-            a_to = a[steps[i + 1]] if i + 1 < len(steps) else torch.ones((), device=a.device)
-            z = ddim_step(z, a[t], a_to, eps)
-        rgb = prior.decode(z).float().clamp(0, 1).permute(0, 2, 3, 1).cpu()
-        files += _write_pngs(to_uint8(rgb), folder, f"p{j:04d}")
+        rgb = sample(prior, [prompt] * n, steps=cfg.metrics.fid_reference_steps,
+                     guidance_scale=cfg.prior.guidance_scale, negative_prompt=cfg.prior.negative_prompt,
+                     generator=torch.Generator().manual_seed(seed * 100003 + _prompt_key(prompt)))
+        files += _write_pngs(to_uint8(rgb.clamp(0, 1).permute(0, 2, 3, 1)), folder, f"p{j:04d}")
     return files
 
 

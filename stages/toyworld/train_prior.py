@@ -276,34 +276,6 @@ def _save(out: Path, unet, text, ema: dict, info: dict) -> None:
              info["final_loss_avg100"], info["train_seconds"])
 
 
-@torch.no_grad()
-def sample_images(prior, prompts: list[str], steps: int = 20, guidance_scale: float = 5.0,
-                  generator: torch.Generator | None = None, batch: int = 64) -> torch.Tensor:
-    """DDIM (eta = 0) samples from any `Prior` with classifier-free guidance: (B, 3, H, W) in [0, 1].
-
-    Why here: the toy SD's acceptance check (does a prompt's sample look like its own object?)
-    and the accuracy benchmark share it. Cond and null rows go through ONE eps call per step.
-    """
-    from kernels.ddim import ddim_step
-
-    a = prior.alphas_cumprod.double()
-    ts = torch.linspace(T_TRAIN - 1, 0, steps + 1).round().long().tolist()
-    null = prior.embed([""])
-    outs = []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        n = len(chunk)
-        x = torch.randn(n, *prior.latent_shape, generator=generator).to(prior.device)
-        emb = torch.cat([prior.embed(chunk), null.expand(n, *null.shape[1:])])
-        for t_from, t_to in zip(ts[:-1], ts[1:]):
-            e = prior.eps(torch.cat([x, x]), torch.full((2 * n,), t_from), emb)
-            e_w = e[n:] + guidance_scale * (e[:n] - e[n:])
-            a_to = a[t_to] if t_to > 0 else torch.tensor(1.0, dtype=torch.float64)
-            x = ddim_step(x, a[t_from].float(), a_to.float(), e_w)
-        outs.append(prior.decode(x).cpu())
-    return torch.cat(outs)
-
-
 def nearest_object(images: torch.Tensor, views: list) -> torch.Tensor:
     """Index (into `views`) of the object owning each image's nearest ground-truth view (pixel L2)."""
     x = images.reshape(images.shape[0], -1).double()
