@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator, Optional
 
-# (deadline on time.monotonic(), limit in seconds) of the asset running in this context
+# (deadline on _clock(), limit in seconds) of the asset running in this context
+_clock = time.monotonic  # module-level so tests can substitute a fake clock for this module only
 _LIMIT: ContextVar[Optional[tuple[float, float]]] = ContextVar("sctd3d_asset_deadline", default=None)
 
 
@@ -23,7 +24,7 @@ class AssetTimeout(TimeoutError):
 @contextmanager
 def limit(seconds: float) -> Iterator[None]:
     """Run the body under a per-asset limit of `seconds` (0 or less: no limit)."""
-    token = _LIMIT.set((time.monotonic() + seconds, seconds) if seconds > 0 else None)
+    token = _LIMIT.set((_clock() + seconds, seconds) if seconds > 0 else None)
     try:
         yield
     finally:
@@ -33,5 +34,5 @@ def limit(seconds: float) -> Iterator[None]:
 def check(where: str) -> None:
     """Raise AssetTimeout if the current asset's limit has passed (no-op outside `limit`)."""
     cur = _LIMIT.get()
-    if cur is not None and time.monotonic() > cur[0]:
+    if cur is not None and _clock() > cur[0]:
         raise AssetTimeout(f"timeout: exceeded {cur[1]:g} s per-asset limit (pipeline.timeout_s) at {where}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -226,21 +225,27 @@ def test_bad_inputs(tmp_path):
         generate(cfg, "a cube", -1, str(tmp_path), progress=False, prior=FakePrior())
 
 
-class FakeSlowPrior(FakePrior):
-    """Test double: FakePrior that takes 30 ms per UNet call (a slow asset)."""
+class FakeClock:
+    """Test double for the deadline clock: advances 1 s per reading, so a deadline trips at a known call."""
 
-    def eps(self, z_t, t, emb):
-        time.sleep(0.03)
-        return super().eps(z_t, t, emb)
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
 
 
-def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path):
+def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path, monkeypatch):
     from pipeline import deadline
 
+    monkeypatch.setattr(deadline, "_clock", FakeClock())
     cfg = tiny_cfg("generate.method=sds")
-    with deadline.limit(0.6), pytest.raises(deadline.AssetTimeout, match="pipeline.timeout_s"):
-        generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakeSlowPrior())
+    # limit() reads the clock once (t=1, deadline 7.5); each iteration's check reads it once more,
+    # so the check before iteration 7 (t=8) trips: iterations 1-6 ran, the checkpoint at 4 exists.
+    with deadline.limit(6.5), pytest.raises(deadline.AssetTimeout, match=r"pipeline.timeout_s\) at generate iteration 7"):
+        generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakePrior())
     assert not (tmp_path / "asset.ply").exists()
-    assert list((tmp_path / "checkpoints").glob("ckpt_*"))  # progress kept for the next attempt
+    assert list((tmp_path / "checkpoints").glob("ckpt_0000004*"))  # progress kept for the next attempt
     res = generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakePrior())
-    assert res.ok and res.resumed_from >= 4 and res.iterations == 12
+    assert res.ok and res.resumed_from == 4 and res.iterations == 12
