@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.toyworld.catalogue import load_catalogue
-from stages.toyworld.train_prior import TrainParams, fit_unet
-from stages.toyworld.views import ViewParams, catalogue_views, default_cache_dir
+from stages.toyworld.train_prior import TrainParams, fit_unet, training_views
+from stages.toyworld.views import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ def train(out_dir: str | Path | None = None, steps: int = 3000, vae_steps: int =
     out = Path(out_dir) if out_dir else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     cat = load_catalogue(catalogue)
-    views = catalogue_views(ViewParams(num_views=p.num_views, resolution=p.resolution), cat, cache_dir)
-    images = torch.cat([v.chw() for v in views]) * 2.0 - 1.0  # (N, 3, H, W) in [-1, 1]
-    az = torch.cat([v.azimuth_deg for v in views])
-    labels = torch.cat([torch.full((len(v.images),), i) for i, v in enumerate(views)])
+    images, az, labels = training_views(cat, p, cache_dir)
     vae, vae_info = train_vae(images, vp, log_every=max(log_every, 50))
     means, stds = encode_means(vae, images)
     sf = latent_scaling_factor(means)
@@ -176,7 +173,7 @@ def train(out_dir: str | Path | None = None, steps: int = 3000, vae_steps: int =
              tuple(means.shape[1:]), vae_info["latent_std"], sf, vae_info["vae_rec_psnr_db"],
              vae_info["posterior_std_mean"])
     return fit_unet(out, means * sf, az, labels, cat.prompts(), p,
-                    extra_info={"catalogue": cat.source if catalogue else "shipped", "objects": len(views),
+                    extra_info={"catalogue": cat.source if catalogue else "shipped", "objects": len(cat.objects),
                                 "latent": True, **vae_info},
                     log_every=log_every, save_extra=vae_saver(vae))
 

@@ -168,15 +168,22 @@ def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainPa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cat = load_catalogue(catalogue)
+    images, az, labels = training_views(cat, p, cache_dir)
+    info = fit_unet(out, images, az, labels, cat.prompts(), p, extra_info={
+        "catalogue": cat.source if catalogue else "shipped", "objects": len(cat.objects)}, log_every=log_every)
+    return info
+
+
+def training_views(cat, p: TrainParams, cache_dir: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images (N, 3, H, W) in [-1, 1], azimuths in degrees, object index) of every catalogue view."""
     t0 = time.perf_counter()
     views = catalogue_views(ViewParams(num_views=p.num_views, resolution=p.resolution), cat, cache_dir)
-    images = torch.cat([v.chw() for v in views]) * 2.0 - 1.0  # (N, 3, H, W) in [-1, 1]
+    images = torch.cat([v.chw() for v in views]) * 2.0 - 1.0
     az = torch.cat([v.azimuth_deg for v in views])
     labels = torch.cat([torch.full((len(v.images),), i) for i, v in enumerate(views)])
     log.info("toy SD: %d views of %d objects (%.1f s)", len(images), len(views), time.perf_counter() - t0)
-    info = fit_unet(out, images, az, labels, cat.prompts(), p, extra_info={
-        "catalogue": cat.source if catalogue else "shipped", "objects": len(views)}, log_every=log_every)
-    return info
+    return images, az, labels
 
 
 def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Tensor, prompts: list[str],
