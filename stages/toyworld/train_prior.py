@@ -116,8 +116,7 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, 0).float()
 
 
-def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int, channels: int = 3,
-                 sample_size: int | None = None):
+def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int, channels: int, sample_size: int):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -126,7 +125,7 @@ def build_models(p: TrainParams, vocab_size: int, bos_id: int, eos_id: int, chan
         raise ValueError(f"attn_levels={p.attn_levels} must be between 1 and {n} (the number of UNet levels)")
     k = p.attn_levels
     unet = UNet2DConditionModel(
-        sample_size=sample_size or p.resolution, in_channels=channels, out_channels=channels, layers_per_block=1,
+        sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=1,
         block_out_channels=tuple(p.block_out_channels),
         down_block_types=tuple(["DownBlock2D"] * (n - k) + ["CrossAttnDownBlock2D"] * k),
         up_block_types=tuple(["CrossAttnUpBlock2D"] * k + ["UpBlock2D"] * (n - k)),
