@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = make_config(prior_name, method, variant, a.iterations, a.batch_views, a.set, a.config)
                 for prompt in prompts:
                     for seed in (int(s) for s in a.seeds.split(",")):
-                        key = {"prior": prior_name, "method": method, "variant": variant, "prompt": prompt,
+                        key = {"prior": prior_name, "model": cfg.prior.model, "method": method, "variant": variant, "prompt": prompt,
                                "seed": seed, "iterations": cfg.generate.iterations,
                                "batch_views": cfg.generate.batch_views}
                         if a.init and method == methods[0]:

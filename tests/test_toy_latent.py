@@ -105,3 +105,50 @@ def test_bad_inputs_are_named(tmp_path):
         build_vae(VaeParams(), 30)
     with pytest.raises(ValueError, match="norm_num_groups"):
         build_vae(VaeParams(block_out_channels=(12, 16)), 32)
+
+
+def test_vae_is_stored_in_fp16_and_loaded_as_fp32(trained):
+    """VaeParams.save_dtype defaults to fp16 (the shipped toy SD); the loader computes in fp32 on the
+    stored values exactly."""
+    root, _ = trained
+    stored = _weights(root / "a", "vae")
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert {v.dtype for v in _weights(root / "a", "unet").values()} == {torch.float32}  # TrainParams default
+    prior = StableDiffusionPrior.from_pretrained(str(root / "a"), "cpu", "fp32", image_size=RES, name="toy_sd")
+    loaded = prior.vae.state_dict()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v.float()) for k, v in stored.items())
+
+
+def test_unet_save_dtype_fp16_and_bad_save_dtype(tmp_path):
+    p, vp = _params()
+    p.save_dtype = "fp16"
+    train(tmp_path / "h", steps=1, vae_steps=1, seed=0, params=p, vae_params=vp, cache_dir=str(tmp_path / "c"))
+    assert {v.dtype for v in _weights(tmp_path / "h", "unet").values()} == {torch.float16}
+    p.save_dtype = "int8"
+    with pytest.raises(ValueError, match="save_dtype='int8'"):
+        train(tmp_path / "x", steps=1, vae_steps=1, seed=0, params=p, vae_params=vp, cache_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "x" / "unet").exists()  # refused before training, nothing half-written
+    p2, vp2 = _params()
+    vp2.save_dtype = "fp8"
+    with pytest.raises(ValueError, match="save_dtype='fp8'"):
+        train(tmp_path / "y", steps=1, vae_steps=1, seed=0, params=p2, vae_params=vp2, cache_dir=str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("recipe", ["latent", "pixel"])
+def test_cli_train_prior_recipes(tmp_path, recipe):
+    """`sctd3d toy train-prior` trains the latent toy SD (the shipped default) unless `--recipe pixel`."""
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    args = ["toy", "train-prior", "--out", str(out), "--steps", "1", "--num-views", "1", "--batch-size", "2",
+            "--cache-dir", str(tmp_path / "c")]
+    args += ["--vae-steps", "1"] if recipe == "latent" else ["--recipe", "pixel", "--resolution", "16"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["steps"] == 1 and (out / "vae").is_dir() == (recipe == "latent")
+    assert info.get("latent", False) == (recipe == "latent")
+    if recipe == "latent":
+        assert {v.dtype for v in _weights(out, "unet").values()} == {torch.float16}
+        assert info["params"]["block_out_channels"] == [32, 64, 128]

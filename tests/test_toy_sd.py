@@ -1,5 +1,5 @@
-"""Toy SD: loads offline through the production SD loader, answers the catalogue's prompts,
-and its training command runs (a few tiny steps)."""
+"""Toy SD: both shipped models (latent `toy`, the default; pixel `toy_pixel`) load offline through the
+production SD loader and answer the catalogue's prompts; the training command runs (a few tiny steps)."""
 
 from __future__ import annotations
 
@@ -8,75 +8,115 @@ import json
 import pytest
 import torch
 
-from stages.priors.stable_diffusion import TOY_SD_DIR, StableDiffusionPrior
+from stages.priors.stable_diffusion import TOY_SD_DIR, TOY_SD_PIXEL_DIR, StableDiffusionPrior, toy_sd_model
 from stages.toyworld.catalogue import load_catalogue
 from stages.priors.sampling import sample
 from stages.toyworld.train_prior import TrainParams, nearest_object, train
 from stages.toyworld.views import ViewParams, catalogue_views
 
-SHIPPED = (TOY_SD_DIR / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+SHIPPED = all((d / "unet" / "diffusion_pytorch_model.safetensors").is_file() for d in (TOY_SD_DIR, TOY_SD_PIXEL_DIR))
 needs_shipped = pytest.mark.skipif(not SHIPPED, reason="toy SD weights not trained yet (sctd3d toy train-prior)")
 
 
-@pytest.fixture(scope="module")
-def toy_prior():
+def _load(model: str):
     from pipeline.config import PriorConfig
     from stages.priors.base import load_prior
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        return load_prior(PriorConfig(name="toy_sd", image_size=32, device="cpu", dtype="fp32"))
+        return load_prior(PriorConfig(name="toy_sd", model=model, image_size=32, device="cpu", dtype="fp32"))
+
+
+@pytest.fixture(scope="module")
+def toy_prior():
+    """The default toy SD (prior.model=toy: latent)."""
+    return _load("toy")
+
+
+@pytest.fixture(scope="module")
+def toy_pixel_prior():
+    return _load("toy_pixel")
+
+
+def test_toy_model_names_resolve_and_bad_names_are_named(tmp_path):
+    from stages.priors.stable_diffusion import DEFAULT_MODEL
+
+    assert toy_sd_model("toy") == toy_sd_model("") == toy_sd_model(DEFAULT_MODEL) == str(TOY_SD_DIR)
+    assert toy_sd_model("toy_pixel") == str(TOY_SD_PIXEL_DIR)
+    assert toy_sd_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ValueError, match="'toy_latent'.*toy, toy_pixel"):
+        toy_sd_model("toy_latent")
+    with pytest.raises(ValueError, match="no/such/dir"):
+        toy_sd_model(str(tmp_path / "no" / "such" / "dir"))
 
 
 @needs_shipped
-def test_shipped_toy_sd_is_a_small_standard_diffusers_dir():
-    index = json.loads((TOY_SD_DIR / "model_index.json").read_text())
+@pytest.mark.parametrize("root,vae", [(TOY_SD_DIR, True), (TOY_SD_PIXEL_DIR, False)], ids=["latent", "pixel"])
+def test_shipped_toy_sd_is_a_small_standard_diffusers_dir(root, vae):
+    index = json.loads((root / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
-    sched = json.loads((TOY_SD_DIR / "scheduler" / "scheduler_config.json").read_text())
+    assert (index.get("vae") == ["diffusers", "AutoencoderKL"]) == vae and (root / "vae").is_dir() == vae
+    sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     assert (sched["beta_schedule"], sched["beta_start"], sched["beta_end"]) == ("scaled_linear", 0.00085, 0.012)
-    total = sum(f.stat().st_size for f in TOY_SD_DIR.rglob("*") if f.is_file())
-    assert total < 20e6
-    assert not list(TOY_SD_DIR.rglob("*.bin")) and not list(TOY_SD_DIR.rglob("*.pt"))
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total < 12e6  # a few MB each: latent 9.8 MB (fp16 UNet + VAE), pixel 4.2 MB
+    assert not list(root.rglob("*.bin")) and not list(root.rglob("*.pt"))
 
 
 @needs_shipped
-def test_loads_offline_through_the_production_loader(toy_prior):
+def test_loads_offline_through_the_production_loader(toy_prior, toy_pixel_prior):
+    assert toy_pixel_prior.vae is None and toy_pixel_prior.latent_shape == (3, 32, 32)
     p = toy_prior
-    assert isinstance(p, StableDiffusionPrior) and p.name == "toy_sd" and p.vae is None
-    assert p.latent_shape == (3, 32, 32)
+    assert isinstance(p, StableDiffusionPrior) and p.name == "toy_sd" and p.vae is not None
+    assert p.latent_shape == (4, 8, 8)
+    info = json.loads((TOY_SD_DIR / "train_info.json").read_text())
+    assert p.scaling_factor == pytest.approx(info["scaling_factor"])
+    # stored in fp16, computed in fp32
+    assert {q.dtype for q in p.unet.parameters()} == {q.dtype for q in p.vae.parameters()} == {torch.float32}
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     assert torch.allclose(p.alphas_cumprod, torch.cumprod(1 - betas, 0).float(), atol=1e-6)
     emb = p.embed(["a red cube, front view", "", "a red cube"])
     assert emb.shape[0] == 3 and torch.isfinite(emb).all()
     assert not torch.allclose(emb[0], emb[1])
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, *p.latent_shape, generator=torch.Generator().manual_seed(0))
     e = p.eps(x, torch.tensor([500, 500, 500]), emb)
     assert e.shape == x.shape and torch.isfinite(e).all()
     assert p.count_tokens("a red cube, front view") <= p.max_prompt_tokens
 
 
-@needs_shipped
-def test_samples_look_like_the_prompts_own_object(toy_prior):
-    """8 samples per catalogue prompt (20 DDIM steps, CFG 5): nearest ground-truth object = own.
-
-    Goal of issue 3: >= 90% of the catalogue. NOT REACHED by the shipped weights (3000 training
-    steps, `sctd3d toy train-prior --steps 3000`): measured 117/168 = 70% of samples nearest their
-    own object against these 32 views per object (83% against 256 views; chance 1/21 = 4.8%) and
-    12/21 prompts with >= 6/8 (1000 steps gave 36% and 1/21). This asserts the measured level as a
-    floor so a worse prior fails, not the goal."""
+def _own_object_rate(prior) -> tuple[torch.Tensor, list[str]]:
+    """8 samples per catalogue prompt (20 DDIM steps, CFG 5) -> (per-prompt own-object rate, names)."""
     cat = load_catalogue()
     gt = catalogue_views(ViewParams(num_views=32, resolution=32), cat)
     prompts = [o.prompt + ", front view" for o in cat.objects for _ in range(8)]
-    imgs = sample(toy_prior, prompts, steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    imgs = sample(prior, prompts, steps=20, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
     pred = nearest_object(imgs, gt).reshape(len(cat.objects), 8)
     own = pred == torch.arange(len(cat.objects))[:, None]
-    per_prompt = own.float().mean(1)
-    ok = per_prompt >= 0.75
-    print(f"toy SD: {int(own.sum())}/{own.numel()} samples nearest their own object; "
-          f"{int(ok.sum())}/{len(ok)} prompts with >= 6/8")
-    assert float(own.float().mean()) >= 0.60, dict(zip(cat.names(), per_prompt.tolist()))
+    print(f"{int(own.sum())}/{own.numel()} samples nearest their own object; "
+          f"{int((own.float().mean(1) >= 0.75).sum())}/{len(cat.objects)} prompts with >= 6/8")
+    return own.float().mean(1), cat.names()
+
+
+@needs_shipped
+def test_samples_look_like_the_prompts_own_object(toy_prior):
+    """Issue 3's goal, met by the default (latent) toy SD: >= 90% of 8 samples per catalogue prompt
+    have the prompt's own object nearest (32 ground-truth views per object; chance 1/21 = 4.8%).
+    Measured on 2026-11-25: 154/168 = 91.7%, 20/21 prompts with >= 6/8 (5000 UNet steps; 2500 steps
+    gave 89%). The goal leaves a margin of 2 samples: a worse prior fails."""
+    per_prompt, names = _own_object_rate(toy_prior)
+    assert float(per_prompt.mean()) >= 0.90, dict(zip(names, per_prompt.tolist()))
+    assert int((per_prompt >= 0.75).sum()) >= 19, dict(zip(names, per_prompt.tolist()))
+
+
+@needs_shipped
+def test_pixel_toy_sd_answers_the_prompts_at_its_measured_level(toy_pixel_prior):
+    """The pixel toy SD (3000 steps) does NOT reach the goal: measured 117/168 = 70% (12/21 prompts
+    >= 6/8). Kept shipped because every earlier toy-SD measurement used it; this floor catches a
+    broken copy."""
+    per_prompt, names = _own_object_rate(toy_pixel_prior)
+    assert float(per_prompt.mean()) >= 0.60, dict(zip(names, per_prompt.tolist()))
 
 
 def test_training_command_runs_and_is_reproducible(tmp_path):

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from stages.priors.sampling import sample
-from stages.priors.stable_diffusion import TOY_SD_DIR
+from stages.priors.stable_diffusion import TOY_SD_DIR, TOY_SD_PIXEL_DIR
 from stages.priors.toy_exact import ToyExactPrior
 from stages.toyworld import generalisation as gen
 from stages.toyworld.catalogue import load_catalogue
 from stages.toyworld.views import ViewParams, catalogue_views
 
-SHIPPED = (TOY_SD_DIR / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+SHIPPED = all((d / "unet" / "diffusion_pytorch_model.safetensors").is_file() for d in (TOY_SD_DIR, TOY_SD_PIXEL_DIR))
 needs_shipped = pytest.mark.skipif(not SHIPPED, reason="toy SD weights not trained yet (sctd3d toy train-prior)")
 NOVEL = ["a white cube", "a white sphere", "a white cone", "a white torus", "a red cylinder", "a blue cylinder"]
 TRAIN_VIEWS = ViewParams(num_views=256, resolution=32)  # the toy SD's training views (TrainParams)
@@ -27,14 +27,13 @@ def world():
     return cat, gen.catalogue_colours(cat), gen.shape_silhouettes(views, cat), gen.training_set(views)
 
 
-@pytest.fixture(scope="module")
-def toy_prior():
+def _toy_prior(model: str):
     from pipeline.config import PriorConfig
     from stages.priors.base import load_prior
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        return load_prior(PriorConfig(name="toy_sd", image_size=32, device="cpu", dtype="fp32"))
+        return load_prior(PriorConfig(name="toy_sd", model=model, image_size=32, device="cpu", dtype="fp32"))
 
 
 @pytest.mark.parametrize("name, colour, shape", [("red_cube", "red", "cube"), ("blue_sphere", "blue", "sphere")])
@@ -83,16 +82,26 @@ def test_exact_prior_is_a_lookup_table(world):
     assert gen.nearest_shape(imgs, sil)[0] == ["cube"] * 4 + ["sphere"] * 4
 
 
+# model -> (min colour accuracy, min shape accuracy, min novelty, min median novelty); measured in the comments
+NOVEL_FLOORS = {
+    "toy": (0.90, 0.40, 0.25, 1.20),        # latent (default), 2026-12-01: 48/48, 27/48 = 0.56, min 0.50, median 1.56
+    "toy_pixel": (0.80, 0.20, 0.50, 1.50),  # pixel, 2026-11-25: 45/48 = 0.94, 16/48 = 0.33, min 1.16, median 2.22
+}
+
+
 @needs_shipped
-def test_toy_sd_novel_prompts_get_the_colour_and_are_not_copies(world, toy_prior):
+@pytest.mark.parametrize("model", sorted(NOVEL_FLOORS))
+def test_toy_sd_novel_prompts_get_the_colour_and_are_not_copies(world, model):
     """8 samples per novel prompt (white cube/sphere/cone/torus, red/blue cylinder; ", front view",
-    CFG 5, 20 DDIM steps, seed 0). Shipped 3000-step weights, measured: colour right 45/48 = 0.94
-    (chance 1/5); every sample's novelty >= 1.16 training-view spacings (median 2.2; exact prior
-    0.00, fresh renders ~1); shape right only 16/48 = 0.33 (chance 0.2; not asserted: the toy SD
-    composes colour with shape poorly, the cylinder never takes a new colour, see RESULTS.md).
-    Floors = measured level minus a margin, so a worse prior fails."""
+    CFG 5, 20 DDIM steps, seed 0). Both shipped toy SDs get the new prompt's colour and make images
+    that are not copies of a training view (novelty = distance to the nearest training view in units
+    of the typical spacing between an object's training views: the exact prior scores 0.00, fresh
+    renders of a catalogue object 0.34..2.2, median ~0.9). Shape on novel prompts: latent 0.56 (the
+    cylinder word still fails: red/blue cylinders come out as cubes), pixel 0.33 (chance 0.2);
+    benchmarks/RESULTS.md "Toy SD generalisation". Floors = measured level minus a margin."""
     _, colours, sil, train = world
-    imgs = sample(toy_prior, [p + ", front view" for p in NOVEL for _ in range(8)], steps=20,
+    min_colour, min_shape, min_nov, min_median = NOVEL_FLOORS[model]
+    imgs = sample(_toy_prior(model), [p + ", front view" for p in NOVEL for _ in range(8)], steps=20,
                   guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).clamp(0, 1)
     want = [gen.prompt_attributes(p, colours) for p in NOVEL for _ in range(8)]
     c, _ = gen.dominant_colour(imgs, colours)
@@ -100,7 +109,8 @@ def test_toy_sd_novel_prompts_get_the_colour_and_are_not_copies(world, toy_prior
     nov, _ = gen.novelty(imgs, train)
     colour_acc = sum(x == w[0] for x, w in zip(c, want)) / len(c)
     shape_acc = sum(x == w[1] for x, w in zip(s, want)) / len(s)
-    print(f"toy SD novel prompts: colour {colour_acc:.3f}, shape {shape_acc:.3f}, "
+    print(f"toy SD {model} novel prompts: colour {colour_acc:.3f}, shape {shape_acc:.3f}, "
           f"novelty median {float(nov.median()):.2f} min {float(nov.min()):.2f}")
-    assert colour_acc >= 0.80, list(zip(c, want))
-    assert float(nov.min()) > 0.5 and float(nov.median()) > 1.0, nov
+    assert colour_acc >= min_colour, list(zip(c, want))
+    assert shape_acc >= min_shape, list(zip(s, want))
+    assert float(nov.min()) > min_nov and float(nov.median()) > min_median, nov

@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
-TOY_SD_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd"
+TOY_SD_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd"  # latent: VAE + UNet
+TOY_SD_PIXEL_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd_pixel"  # no VAE
+TOY_MODELS = {"toy": TOY_SD_DIR, "toy_pixel": TOY_SD_PIXEL_DIR}
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # only what the prior needs: no safety checker, no duplicate .bin / fp16 variants
 _ALLOW = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
@@ -43,10 +45,17 @@ class PriorLoadError(RuntimeError):
 
 
 def toy_sd_model(model: str) -> str:
-    """The model path for prior.name=toy_sd: `model` if it is an existing path, else the shipped dir."""
-    if model and model != DEFAULT_MODEL and Path(model).expanduser().exists():
+    """The model path for prior.name=toy_sd: a shipped name (`toy` = latent toy SD, the default;
+    `toy_pixel`), SD's default id (meaning "the default toy SD"), or an existing directory."""
+    if not model or model == DEFAULT_MODEL:
+        return str(TOY_SD_DIR)
+    if model in TOY_MODELS:
+        return str(TOY_MODELS[model])
+    if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
-    return str(TOY_SD_DIR)
+    raise ValueError(f"prior.model={model!r} is not a shipped toy SD ({', '.join(TOY_MODELS)}) nor an existing "
+                     f"directory; set prior.model to one of those or to a directory written by "
+                     f"`sctd3d toy train-prior --out DIR`")
 
 
 def _missing_weights_error(model_id: str, why: str) -> PriorLoadError:

@@ -58,6 +58,7 @@ class TrainParams:
     text_hidden: int = 64
     text_layers: int = 2
     threads: int = 0  # 0 = torch default
+    save_dtype: str = "fp32"  # storage dtype of the UNet weights (EMA kept in fp32; loaders upcast)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,6 +196,7 @@ def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Te
     `save_extra(out)` runs after each save (e.g. to write vae/ and fix model_index.json)."""
     from transformers import CLIPTokenizer
 
+    save_dtype(p.save_dtype)  # a bad name fails before minutes of training, not at the first save
     write_tokenizer(out, prompts, p.max_tokens)
     tok = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
     torch.manual_seed(p.seed)
@@ -261,19 +263,30 @@ def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Te
                     "unet_params": sum(x.numel() for x in unet.parameters()),
                     "text_params": sum(x.numel() for x in text.parameters())}
             info["params"]["steps"] = step + 1  # the run this checkpoint is identical to
-            _save(out, unet, text, ema, info)
+            _save(out, unet, text, ema, info, p.save_dtype)
             if save_extra is not None:
                 save_extra(out)
     return info
 
 
-def _save(out: Path, unet, text, ema: dict, info: dict) -> None:
-    """EMA weights -> diffusers layout (safetensors) + train_info.json."""
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def save_dtype(name: str) -> torch.dtype:
+    if name not in SAVE_DTYPES:
+        raise ValueError(f"save_dtype={name!r} is unknown; use one of {sorted(SAVE_DTYPES)}")
+    return SAVE_DTYPES[name]
+
+
+def _save(out: Path, unet, text, ema: dict, info: dict, dtype_name: str = "fp32") -> None:
+    """EMA weights -> diffusers layout (safetensors) + train_info.json; the UNet stored in `dtype_name`
+    (fp16 halves the shipped latent toy SD; the text encoder is tiny and stays fp32)."""
     import copy
 
     u, t = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     u.load_state_dict({k: v for k, v in ema.items() if not k.startswith("text.")})
     t.load_state_dict({k[5:]: v for k, v in ema.items() if k.startswith("text.")})
+    u.to(save_dtype(dtype_name))
     u.save_pretrained(str(out / "unet"), safe_serialization=True)
     t.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
     _write_scheduler_and_index(out)
@@ -296,11 +309,21 @@ def nearest_object(images: torch.Tensor, views: list) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`sctd3d toy train-prior [--out DIR] [--steps N] [--seed S]`."""
-    from stages.priors.stable_diffusion import TOY_SD_DIR
+    """`sctd3d toy train-prior [--recipe latent|pixel] ...`: latent (the shipped toy SD) by default."""
+    import sys
 
-    ap = argparse.ArgumentParser(prog="sctd3d toy train-prior", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(TOY_SD_DIR), help=f"output directory (default: shipped {TOY_SD_DIR})")
+    from stages.priors.stable_diffusion import TOY_SD_PIXEL_DIR
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=("latent", "pixel"), default="latent")
+    r, rest = pre.parse_known_args(argv)
+    if r.recipe == "latent":
+        from stages.toyworld.train_latent import main as latent_main
+
+        return latent_main(rest)
+    ap = argparse.ArgumentParser(prog="sctd3d toy train-prior --recipe pixel", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(TOY_SD_PIXEL_DIR), help=f"output directory (default: shipped {TOY_SD_PIXEL_DIR})")
     ap.add_argument("--steps", type=int, default=TrainParams.steps)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
@@ -309,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catalogue", default=None)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(rest)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     p = TrainParams(batch_size=a.batch_size, num_views=a.num_views, resolution=a.resolution, threads=a.threads)
