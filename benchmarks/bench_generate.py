@@ -54,10 +54,10 @@ def _run(cfg, prior, label: str, iters: int, warm: int, repeats: int = 3) -> dic
     return rec
 
 
-def bench_toy(iters: int) -> None:
+def bench_toy(iters: int, model: str = "toy") -> None:
     from stages.priors.base import load_prior
 
-    base = load_config("toy.yaml")
+    base = load_config("toy.yaml", [f"prior.model={model}"])
     try:
         prior = load_prior(base.prior, "cpu")
     except Exception as e:  # the toy SD is not trained/shipped in this checkout yet
@@ -69,11 +69,11 @@ def bench_toy(iters: int) -> None:
         d = Path(tempfile.mkdtemp()) / "toy_sd"
         train(d, steps=1, params=TrainParams(num_views=8))
         prior = StableDiffusionPrior.from_pretrained(str(d), "cpu", "fp32", base.prior.image_size, name="toy_sd_1step")
-    print(f"# toy prior {prior.name}, {prior.image_size}px, batch {base.generate.batch_views}, "
+    print(f"# toy prior {prior.name} ({model}), {prior.image_size}px, batch {base.generate.batch_views}, "
           f"threads {torch.get_num_threads()}")
-    _run(load_config("toy.yaml"), prior, "warm-up", 2, warm=1, repeats=1)  # first-call costs
+    _run(base, prior, "warm-up", 2, warm=1, repeats=1)  # first-call costs
     for method in ("sds", "ism", "cds", "gcs", "sctd"):
-        cfg = load_config("toy.yaml", [f"generate.method={method}"])
+        cfg = load_config("toy.yaml", [f"prior.model={model}", f"generate.method={method}"])
         print(json.dumps(_run(cfg, prior, f"toy/{method}", iters, warm=2)))
 
 
@@ -148,9 +148,10 @@ def main() -> None:
     ap.add_argument("mode", choices=("toy", "sd21"))
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--methods", default="sctd,sds", help="sd21 mode: comma-separated methods")
+    ap.add_argument("--toy-model", default="toy", help="toy mode: prior.model (toy = latent toy SD, toy_pixel)")
     a = ap.parse_args()
     if a.mode == "toy":
-        bench_toy(a.iters)
+        bench_toy(a.iters, a.toy_model)
     else:
         bench_sd21(a.iters, a.methods.split(","))
 

@@ -1,8 +1,9 @@
 """Does inexact (latent, VAE) inversion change SCTD's behaviour on the toy world? (issue 4)
 
 On the pixel toy SD, DDIM inversion is nearly exact and SCTD reduces to classifier score
-distillation (docs/SCTD_TOY.md section 3). This benchmark trains (or reuses) the latent toy SD of
-`stages.toyworld.train_latent` (AutoencoderKL 32x32 rgb -> 4x8x8, latent UNet) and measures on it,
+distillation (docs/SCTD_TOY.md section 3). This benchmark uses the shipped latent toy SD (or trains
+one of `stages.toyworld.train_latent` into `--model DIR`: AutoencoderKL 32x32 rgb -> 4x8x8, latent
+UNet) and measures on it,
 with the protocols of the pixel measurements (functions imported, not copied):
 
   1. the prior itself: VAE reconstruction PSNR, scaling_factor, and sample quality (8 samples per
@@ -15,7 +16,7 @@ with the protocols of the pixel measurements (functions imported, not copied):
   4. trajectory (sctd_investigation.run_trajectory): the same runs, seed 0, continued to 300
      iterations, PSNR / IoU every 50: does SCTD still rise and then drift?
 
-  python benchmarks/sctd_latent.py                      # train if missing, then 1-3 (one thread)
+  python benchmarks/sctd_latent.py                      # the shipped latent toy SD: 1-4 (one thread)
   python benchmarks/sctd_latent.py --model DIR --skip-e2e
 """
 
@@ -45,7 +46,9 @@ PROBE_COLS = ["cos_g", "cos_self", "cos_cross", "cos_self_cross", "cos_g_csd", "
 
 
 def ensure_model(model: Path, unet_steps: int, vae_steps: int) -> dict:
-    """The latent toy SD at `model`: reused when its train_info matches the step counts, else trained."""
+    """The latent toy SD at `model`: reused when its train_info matches the step counts, else trained
+    (never over the shipped toy SD: other step counts need `--model DIR`)."""
+    from stages.priors.stable_diffusion import TOY_SD_DIR
     from stages.toyworld.train_latent import train
 
     info_path = model / "train_info.json"
@@ -54,6 +57,9 @@ def ensure_model(model: Path, unet_steps: int, vae_steps: int) -> dict:
         if info.get("latent") and info.get("steps") == unet_steps and info.get("vae_steps") == vae_steps:
             print(f"reusing latent toy SD at {model}")
             return info
+    if model.resolve() == TOY_SD_DIR.resolve():
+        raise SystemExit(f"--unet-steps {unet_steps} / --vae-steps {vae_steps} differ from the shipped toy SD at {model}; "
+                         f"pass --model DIR to train a separate one (the shipped weights are not overwritten)")
     print(f"training latent toy SD -> {model} (VAE {vae_steps} steps, UNet {unet_steps} steps)", flush=True)
     return train(model, steps=unet_steps, vae_steps=vae_steps, seed=0)
 
@@ -157,11 +163,12 @@ def _trajectory_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.toyworld.train_latent import default_out_dir
+    from stages.toyworld.train_latent import LATENT_STEPS, default_out_dir
 
     ap = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(default_out_dir()), help="latent toy SD directory (trained if missing)")
-    ap.add_argument("--unet-steps", type=int, default=2500)
+    ap.add_argument("--model", default=str(default_out_dir()),
+                    help="latent toy SD directory (default: the shipped one; another DIR is trained if missing)")
+    ap.add_argument("--unet-steps", type=int, default=LATENT_STEPS)
     ap.add_argument("--vae-steps", type=int, default=800)
     ap.add_argument("--objects", default=",".join(OBJECTS))
     ap.add_argument("--methods", default="sds,sctd")

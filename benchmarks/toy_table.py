@@ -135,6 +135,37 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_object(rows: list[dict]) -> str:
+    """Mean PSNR per prompt (over seeds) x method, plus the paired comparison of every method with
+    SDS on the (prompt, seed) pairs both ran: how many pairs and prompts SDS leads."""
+    ok = [r for r in rows if r.get("ok")]
+    methods = list(dict.fromkeys(r["method"] for r in ok))
+    prompts = list(dict.fromkeys(r["prompt"] for r in ok))
+    cell: dict[tuple, list[float]] = {}
+    for r in ok:
+        cell.setdefault((r["prompt"], r["method"]), []).append(r["toy_psnr"])
+    lines = ["| prompt | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for p in prompts:
+        vals = [f"{sum(v) / len(v):.2f} ({len(v)})" if (v := cell.get((p, m))) else "-" for m in methods]
+        lines.append(f"| {p} | " + " | ".join(vals) + " |")
+    by_pair = {(r["prompt"], r["seed"], r["method"]): r["toy_psnr"] for r in ok}
+    for m in methods:
+        if m in ("sds", "init"):
+            continue
+        pairs = [(p, s) for (p, s, mm) in by_pair if mm == m and (p, s, "sds") in by_pair]
+        if not pairs:
+            continue
+        lead = sum(by_pair[(p, s, "sds")] > by_pair[(p, s, m)] for p, s in pairs)
+        mean_sds = sum(by_pair[(p, s, "sds")] for p, s in pairs) / len(pairs)
+        mean_m = sum(by_pair[(p, s, m)] for p, s in pairs) / len(pairs)
+        objs = sorted({p for p, _ in pairs})
+        obj_lead = sum(sum(by_pair[(p, s, "sds")] for pp, s in pairs if pp == p) >
+                       sum(by_pair[(p, s, m)] for pp, s in pairs if pp == p) for p in objs)
+        lines.append(f"\n{m} vs sds on {len(pairs)} shared (prompt, seed) pairs: sds {mean_sds:.2f} vs {m} {mean_m:.2f} dB; "
+                     f"sds ahead on {lead}/{len(pairs)} pairs and {obj_lead}/{len(objs)} prompts")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="toy.yaml",
@@ -150,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", action="store_true", help="also score the initial Gaussians")
     ap.add_argument("--jsonl", default="", help="append one JSON line per asset here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summarise", default="", metavar="JSONL",
+                    help="only print the summary and the per-prompt table of an earlier --jsonl file")
     a = ap.parse_args(argv)
+    if a.summarise:
+        with open(a.summarise, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(summarise(rows))
+        print(per_object(rows))
+        return 0
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
 
