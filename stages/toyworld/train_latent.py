@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="--recipe pixel trains the pixel-space toy SD instead (shipped as prior.model=toy_pixel; "
                                         "`sctd3d toy train-prior --recipe pixel --help`).")
     ap.add_argument("--out", default=None, help=f"output directory (default: {default_out_dir()})")
-    ap.add_argument("--steps", type=int, default=LATENT_STEPS, help="latent UNet training steps")
-    ap.add_argument("--vae-steps", type=int, default=VaeParams.steps, help="VAE training steps")
+    ap.add_argument("--steps", type=int, default=LATENT_STEPS, help=f"latent UNet training steps (default {LATENT_STEPS}, the shipped weights)")
+    ap.add_argument("--vae-steps", type=int, default=VaeParams.steps, help=f"VAE training steps (default {VaeParams.steps})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
     ap.add_argument("--num-views", type=int, default=TrainParams.num_views)
