@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +60,17 @@ class TrainParams:
     text_layers: int = 2
     threads: int = 0  # 0 = torch default
     save_dtype: str = "fp32"  # storage dtype of the UNet weights (EMA kept in fp32; loaders upcast)
+    # divergence guard: at constant lr 2e-3 a reproduction of the 5000-step latent UNet blew up at step
+    # ~4955 (loss 0.04 -> 1.0 within 10 steps; benchmarks/RESULTS.md). When the mean loss of the last
+    # `guard_window` steps exceeds `guard_factor` x the median of the `guard_history` steps before them (or
+    # a loss is not finite), model, optimizer and EMA go back to the last snapshot (taken every
+    # `guard_every` healthy steps) and training continues on fresh batches; a run that never spikes is
+    # unchanged. More than `guard_max_rollbacks` rollbacks stop the run with an error.
+    guard_every: int = 100
+    guard_window: int = 10
+    guard_history: int = 200
+    guard_factor: float = 5.0
+    guard_max_rollbacks: int = 5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,6 +198,63 @@ def training_views(cat, p: TrainParams, cache_dir: str | None = None
     return images, az, labels
 
 
+class DivergenceError(RuntimeError):
+    """Training kept diverging after the allowed rollbacks; the message names the steps and what to change."""
+
+
+class DivergenceGuard:
+    """Snapshots of (model, optimizer, EMA) and a loss-spike test; see TrainParams.guard_*."""
+
+    def __init__(self, p: TrainParams, modules: list, opt, ema: dict) -> None:
+        self.p, self.modules, self.opt, self.ema = p, modules, opt, ema
+        self.rollbacks: list[int] = []
+        self.snapshot: tuple | None = None
+        self.snap_step = 0
+        self.take(0)
+
+    def take(self, step: int) -> None:
+        import copy
+
+        self.snapshot = (copy.deepcopy([m.state_dict() for m in self.modules]),
+                         copy.deepcopy(self.opt.state_dict()), {k: v.clone() for k, v in self.ema.items()})
+        self.snap_step = step
+
+    def diverged(self, losses: list[float], factor: float | None = None) -> bool:
+        p = self.p
+        if not math.isfinite(losses[-1]):
+            return True
+        if len(losses) < p.guard_window + p.guard_history:
+            return False
+        recent = sum(losses[-p.guard_window:]) / p.guard_window
+        before = sorted(losses[-(p.guard_window + p.guard_history):-p.guard_window])
+        return recent > (factor or p.guard_factor) * before[len(before) // 2]
+
+    def maybe_take(self, step: int, losses: list[float]) -> None:
+        """Snapshot at `step` unless the loss is already rising (half the spike factor): a snapshot
+        taken at the onset of a spike would be rolled back to."""
+        if not self.diverged(losses, factor=max(1.0, self.p.guard_factor / 2)):
+            self.take(step)
+
+    def rollback(self, step: int, losses: list[float]) -> int:
+        """Restore the snapshot; returns the step to continue from (losses truncated to it)."""
+        self.rollbacks.append(step + 1)
+        if len(self.rollbacks) > self.p.guard_max_rollbacks:
+            raise DivergenceError(
+                f"toy SD training diverged {len(self.rollbacks)} times (at steps {self.rollbacks}); lower TrainParams.lr "
+                f"(now {self.p.lr}) or raise TrainParams.guard_max_rollbacks ({self.p.guard_max_rollbacks})")
+        states, opt_state, ema = self.snapshot
+        for m, sd in zip(self.modules, states):
+            m.load_state_dict(sd)
+        self.opt.load_state_dict(opt_state)
+        for k, v in ema.items():
+            self.ema[k].copy_(v)
+        log.warning("toy SD: loss spiked at step %d (last %d mean %.4f); rolled back to step %d (rollback %d of "
+                    "at most %d)", step + 1, self.p.guard_window, sum(losses[-self.p.guard_window:]) /
+                    self.p.guard_window, self.snap_step, len(self.rollbacks), self.p.guard_max_rollbacks)
+        del losses[self.snap_step:]
+        return self.snap_step
+
+
 def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Tensor, prompts: list[str],
              p: TrainParams, extra_info: dict | None = None, log_every: int = 10,
              save_extra=None) -> dict:
@@ -220,7 +289,10 @@ def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Te
     t_train = time.perf_counter()
     unet.train()
     text.train()
-    for step in range(p.steps):
+    guard = DivergenceGuard(p, [unet, text], opt, ema)
+    step = -1
+    while step + 1 < p.steps:
+        step += 1
         idx = torch.randint(0, len(images), (p.batch_size,), generator=g)
         u = torch.rand(p.batch_size, generator=g)
         texts = [training_prompt(prompts[int(labels[i])], float(az[i]), float(uu), p) for i, uu in zip(idx, u)]
@@ -250,12 +322,18 @@ def fit_unet(out: Path, images: torch.Tensor, az: torch.Tensor, labels: torch.Te
                 else:
                     ema[k].copy_(v)
         losses.append(float(loss.detach()))
+        if guard.diverged(losses):
+            step = guard.rollback(step, losses) - 1  # the batch generator is not rewound: fresh batches
+            continue
+        if (step + 1) % p.guard_every == 0:
+            guard.maybe_take(step + 1, losses)
         if (step + 1) % log_every == 0 or step == p.steps - 1:
             el = time.perf_counter() - t_train
             log.info("step %d/%d loss %.4f (avg50 %.4f) lr %.2e %.2f s/step", step + 1, p.steps, losses[-1],
                      sum(losses[-50:]) / len(losses[-50:]), lr, el / (step + 1))
         if (step + 1) % p.checkpoint_every == 0 or step == p.steps - 1:
             info = {"steps": step + 1, "seed": p.seed, "final_loss_avg100": sum(losses[-100:]) / len(losses[-100:]),
+                    "rollbacks_at_steps": list(guard.rollbacks),
                     "train_seconds": round(time.perf_counter() - t_train, 1),
                     "seconds_per_step": round((time.perf_counter() - t_train) / (step + 1), 3),
                     "num_views": len(images), **(extra_info or {}),
