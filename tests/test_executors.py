@@ -21,6 +21,21 @@ def sleepy(x):
     return x
 
 
+def slow_until_others_done(item):
+    """("slow", dir, n): blocks until n fast items have left a marker in dir (or 60 s pass);
+    ("fast", dir, i): leaves marker i. With a dynamic queue the free worker takes every fast item, so
+    the slow one ends last however loaded the machine is; a static split would leave fast items queued
+    behind the slow one and they would finish after it (the 60 s bound keeps that case finite)."""
+    kind, folder, n = item
+    if kind == "fast":
+        open(os.path.join(folder, f"done-{n}"), "w").close()
+        return item
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return item
+
+
 def die_always(x):
     os._exit(1)
 
@@ -78,8 +93,11 @@ def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
 
     # a slow item must not hold back the others: with 2 workers, all fast items finish first
     ex = RayExecutor(num_workers=2, max_attempts=1)
-    order = [o.item for o in ex.map([2.5, 0.05, 0.05, 0.05, 0.05, 0.05], sleepy)]
-    assert order[-1] == 2.5 and len(order) == 6
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    items = [("slow", str(marks), 5)] + [("fast", str(marks), i) for i in range(5)]
+    outs = list(ex.map(items, slow_until_others_done))
+    assert [o.item[0] for o in outs] == ["fast"] * 5 + ["slow"] and all(o.ok for o in outs)
 
     # worker death: retried (bounded), then recorded
     ex = RayExecutor(num_workers=2, max_attempts=3, backoff_s=0.05)
