@@ -8,7 +8,7 @@ Measured on 2026-12-01 by this test, mean cosine over objects x seeds (total / s
   `toy` (latent toy SD, the default): code form +0.65 (per object +0.57..+0.78), paper form +0.63;
   self term -0.65
   `toy_pixel` (pixel toy SD, 3000 steps): code form +0.47 (+0.25..+0.55), paper form +0.41; self -0.47
-Earlier, on 2026-11-25 (benchmarks/sctd_investigation.py probe):
+Earlier, on 2026-11-25 (experiments/sctd_investigation.py probe):
   shipped toy SD, 1000 training steps: code form (cross_term=guided) +0.43, paper form
   (cross_term=conditional) +0.37; self term alone -0.44, cross term +0.43 (code) / +0.40 (paper)
   earlier 320-step toy SD: code +0.41 (per object +0.28..+0.56), paper +0.27 (+0.17..+0.40)

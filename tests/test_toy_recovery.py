@@ -3,7 +3,7 @@
 Configuration: configs/ablations/toy_short.yaml = configs/toy.yaml (SDS, ball init) with:
 - 150 iterations instead of 600, 2 views per iteration instead of 4 (CPU budget: 8 assets in
   about 3 minutes on one thread);
-- learning rates x4 (`benchmarks/toy_table.py` variant `short4`): with Adam (eps 1e-15) each step
+- learning rates x4 (`experiments/toy_table.py` variant `short4`): with Adam (eps 1e-15) each step
   moves a parameter by about its learning rate, so a 4x shorter run needs 4x larger steps;
 - the augmentation-off setting now in configs/toy.yaml (toy_table variant `toyaug`): no random backgrounds and no
   depth-as-input (SCTD warm-up 45 too, unused by SDS). Both are SD tricks; a toy prior trained
@@ -25,7 +25,7 @@ of samples nearest their own object, tests/test_toy_sd.py); why is not measured 
 Thresholds sit below those numbers with a margin for platform float differences; they must fail
 for an asset that stays a ball (init) or drifts (SDS with the spec's augmentation on the toy
 world: 6.9 dB). Retrained weights may move them (re-measure with
-`benchmarks/toy_table.py --config ablations/toy_short.yaml --priors toy_sd --set prior.model=...`).
+`experiments/toy_table.py --config ablations/toy_short.yaml --priors toy_sd --set prior.model=...`).
 """
 
 from __future__ import annotations

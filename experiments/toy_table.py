@@ -5,9 +5,9 @@ overrides, scored with stages.metrics.toy (PSNR on held-out orbit cameras, yaw-a
 silhouette IoU, R-precision) and timed (s/asset). One process, one thread; run two processes
 with disjoint subsets to use both cores.
 
-  python benchmarks/toy_table.py --priors toy_exact --methods sds,sctd,ism,cds,gcs \
+  python experiments/toy_table.py --priors toy_exact --methods sds,sctd,ism,cds,gcs \
       --objects red_cube,green_sphere,blue_cone,yellow_torus --seeds 0 --iterations 300
-  python benchmarks/toy_table.py --variants base,ns1,ns10,paper,approx_off,shape --methods sctd
+  python experiments/toy_table.py --variants base,ns1,ns10,paper,approx_off,shape --methods sctd
 
 Variants (named, each a few config overrides; `base` = toy.yaml as is):
   base, short4 (lr x4, warm-up / 4: for 150-iteration runs), toyaug (toy-world augmentation: no random backgrounds, no depth-as-input, see

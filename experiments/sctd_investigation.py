@@ -12,8 +12,8 @@ Two probes, each printing one line per configuration (and appending JSON lines t
   trajectory one asset per configuration through `generate`: PSNR / IoU at 6 points and the term
              norms (self vs cross) from the stage's structured log lines.
 
-  python benchmarks/sctd_investigation.py probe --priors toy_sd,toy_exact --at ball,shape,gt
-  python benchmarks/sctd_investigation.py trajectory --priors toy_exact --variants base,paper,selfpull
+  python experiments/sctd_investigation.py probe --priors toy_sd,toy_exact --at ball,shape,gt
+  python experiments/sctd_investigation.py trajectory --priors toy_exact --variants base,paper,selfpull
 
 Variants are toy_table.py's plus `selfpull` (investigation only, not a pipeline option): the self
 term with the opposite sign, b(t)(z_sm - A), i.e. the gradient of 0.5||z_sm - sg(A)||^2 through z_sm
@@ -37,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from toy_table import OBJECTS, make_config, variant_overrides  # noqa: E402
 

@@ -16,8 +16,8 @@ with the protocols of the pixel measurements (functions imported, not copied):
   4. trajectory (sctd_investigation.run_trajectory): the same runs, seed 0, continued to 300
      iterations, PSNR / IoU every 50: does SCTD still rise and then drift?
 
-  python benchmarks/sctd_latent.py                      # the shipped latent toy SD: 1-4 (one thread)
-  python benchmarks/sctd_latent.py --model DIR --skip-e2e
+  python experiments/sctd_latent.py                      # the shipped latent toy SD: 1-4 (one thread)
+  python experiments/sctd_latent.py --model DIR --skip-e2e
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from sctd_investigation import run_probe, run_trajectory  # noqa: E402
 from toy_table import OBJECTS, init_row, make_config, run_one, summarise  # noqa: E402
