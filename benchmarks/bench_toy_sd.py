@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default="", help="toy SD directory (default: the shipped one)")
     a = ap.parse_args()
     cat = load_catalogue()
-    prior = load_prior(PriorConfig(name="toy_sd", model=a.model or "stabilityai/stable-diffusion-2-1-base",
+    prior = load_prior(PriorConfig(name="toy_sd", model=a.model or "toy",
                                    image_size=32, device="cpu", dtype="fp32"))
     t0 = time.perf_counter()
     gt = catalogue_views(ViewParams(num_views=a.gt_views, resolution=32), cat)

