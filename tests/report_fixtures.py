@@ -1,4 +1,4 @@
-"""Synthetic run directories for the report tests (manifest parts in the DESIGN.md v1 schema).
+"""Synthetic run directories for the report tests (manifest parts in the current manifest schema).
 
 Metric values are drawn from a seeded generator: a per-prompt "difficulty" shared by all runs
 (so pairing matters) plus per-run noise plus an optional shift, exactly what a nightly sees.
@@ -12,20 +12,10 @@ import json
 import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-SCHEMA = pa.schema([
-    ("asset_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("method", pa.string()),
-    ("prior", pa.string()), ("config_hash", pa.string()), ("code_version", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("attempts", pa.int32()),
-    ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
-    ("wall_s", pa.float64()), ("gpu_s", pa.float64()), ("device", pa.string()),
-    ("num_gaussians", pa.int64()), ("asset_uri", pa.string()), ("frames_uri", pa.string()),
-    ("video_uri", pa.string()), ("clip_l", pa.float64()), ("image_reward", pa.float64()),
-    ("toy_psnr", pa.float64()), ("toy_rprec", pa.float64()), ("schema_version", pa.int32()),
-])
+from pipeline import manifest  # the one schema: rows go through manifest.to_table / make_record
 
 
 def make_run(root: str, *, n_prompts: int = 24, methods=("sctd",), seeds=(0,), day: int = 0,
@@ -62,7 +52,7 @@ def make_run(root: str, *, n_prompts: int = 24, methods=("sctd",), seeds=(0,), d
                     "finished_at": start + dt.timedelta(seconds=150), "wall_s": 150.0, "gpu_s": 0.0,
                     "device": "cpu", "num_gaussians": 2000, "asset_uri": None if failed else f"{rel}/asset.ply",
                     "frames_uri": None if failed else f"{rel}/frames", "video_uri": None,
-                    "schema_version": 1, **vals})
+                    **vals})
                 if images and not failed:
                     d = os.path.join(root, rel)
                     os.makedirs(d, exist_ok=True)
@@ -73,10 +63,10 @@ def make_run(root: str, *, n_prompts: int = 24, methods=("sctd",), seeds=(0,), d
     parts = os.path.join(root, "manifest", "parts")
     os.makedirs(parts, exist_ok=True)
     if compact:
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), os.path.join(root, "manifest", "manifest.parquet"))
+        pq.write_table(manifest.to_table(rows), os.path.join(root, "manifest", "manifest.parquet"))
     else:
         for r in rows:
-            pq.write_table(pa.Table.from_pylist([r], schema=SCHEMA), os.path.join(parts, f"{r['asset_id']}.parquet"))
+            pq.write_table(manifest.to_table([r]), os.path.join(parts, f"{r['asset_id']}.parquet"))
     with open(os.path.join(root, "run.json"), "w") as fh:
         json.dump({"started_at": t0.isoformat(), "config_hash": "cafe0000"}, fh)
     return root
