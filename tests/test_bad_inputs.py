@@ -273,10 +273,6 @@ def test_pickled_checkpoint_error_names_the_file(tmp_path, tiny_pixel_sd_dir, mo
 
 def _evaluate_truncated(tmp_path) -> str:
     """`sctd3d evaluate <asset dir>` on a truncated asset.ply; returns the error the user sees."""
-    import importlib.util
-
-    if importlib.util.find_spec("stages.evaluate") is None:
-        pytest.skip("stages.evaluate (sctd3d evaluate) is not installed yet")
     from kernels.ply import PlyFormatError, save_ply
     from stages.toyworld.catalogue import build_object
 

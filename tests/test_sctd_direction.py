@@ -38,8 +38,6 @@ from stages.init import init_gaussians  # noqa: E402
 from stages.priors.base import load_prior, make_guided_eps_from_config  # noqa: E402
 from stages.toyworld.catalogue import build_object  # noqa: E402
 
-TOY_SD_SHIPPED = all((ROOT / "stages" / "toyworld" / d / "unet").is_dir() for d in ("toy_sd", "toy_sd_pixel"))
-pytestmark = pytest.mark.skipif(not TOY_SD_SHIPPED, reason="toy SD weights not trained yet")
 
 OBJECTS = ["a red cube", "a green sphere", "a blue cone", "a yellow torus"]
 SEEDS = (0, 1, 2)

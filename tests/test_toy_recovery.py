@@ -48,7 +48,6 @@ from stages.metrics.toy import ToyWorld, toy_metrics  # noqa: E402
 from stages.priors.base import load_prior  # noqa: E402
 
 OBJECTS = ["a red cube", "a green sphere", "a blue cone", "a yellow torus"]
-TOY_SD_SHIPPED = all((ROOT / "stages" / "toyworld" / d / "unet").is_dir() for d in ("toy_sd", "toy_sd_pixel"))
 
 # per prior (prior.name/prior.model): (min mean PSNR, min mean gain over init in dB, min gain per
 # object, min mean IoU), measured values in the comments (seed 0, toy_short.yaml)
@@ -67,13 +66,12 @@ def _cfg(prior: str):
                                                     "generate.save_ply_at=[]", *extra])
 
 
-_needs_toy_sd = pytest.mark.skipif(not TOY_SD_SHIPPED, reason="toy SD weights not trained yet")
 
 
 @pytest.mark.parametrize("prior_name", [
     "toy_exact",
-    pytest.param("toy_sd/toy", marks=_needs_toy_sd),
-    pytest.param("toy_sd/toy_pixel", marks=_needs_toy_sd),
+    pytest.param("toy_sd/toy"),
+    pytest.param("toy_sd/toy_pixel"),
 ])
 def test_sds_recovers_toy_objects_from_ball(prior_name: str) -> None:
     cfg = _cfg(prior_name)

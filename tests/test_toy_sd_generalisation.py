@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from stages.priors.sampling import sample
-from stages.priors.stable_diffusion import TOY_SD_DIR, TOY_SD_PIXEL_DIR
+
 from stages.priors.toy_exact import ToyExactPrior
 from stages.toyworld import generalisation as gen
 from stages.toyworld.catalogue import load_catalogue
 from stages.toyworld.views import ViewParams, catalogue_views
 
-SHIPPED = all((d / "unet" / "diffusion_pytorch_model.safetensors").is_file() for d in (TOY_SD_DIR, TOY_SD_PIXEL_DIR))
-needs_shipped = pytest.mark.skipif(not SHIPPED, reason="toy SD weights not trained yet (sctd3d toy train-prior)")
 NOVEL = ["a white cube", "a white sphere", "a white cone", "a white torus", "a red cylinder", "a blue cylinder"]
 TRAIN_VIEWS = ViewParams(num_views=256, resolution=32)  # the toy SD's training views (TrainParams)
 
@@ -89,7 +87,6 @@ NOVEL_FLOORS = {
 }
 
 
-@needs_shipped
 @pytest.mark.parametrize("model", sorted(NOVEL_FLOORS))
 def test_toy_sd_novel_prompts_get_the_colour_and_are_not_copies(world, model):
     """8 samples per novel prompt (white cube/sphere/cone/torus, red/blue cylinder; ", front view",
