@@ -33,6 +33,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     extra = [f"generate.seed={args.seed}"] if args.seed is not None else []
     cfg = _cfg(args, extra)
+    from stages.init import check_requirements
+
+    check_requirements(cfg.init)  # before the prior loads (Point-E missing: one line, exit 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = generate(cfg, args.prompt, cfg.generate.seed, str(out), progress=not args.quiet)

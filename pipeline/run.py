@@ -438,6 +438,9 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
         cfg = load_config(cfg)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
+    from stages.init import check_requirements
+
+    check_requirements(cfg.init)  # e.g. Point-E missing: one line before the lock, run.json or the prior
     try:
         st = open_storage(out)
         lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()

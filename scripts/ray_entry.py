@@ -31,14 +31,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import ConfigError, load_config
     from pipeline.run import run_batch
+    from stages.init import InitError
 
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as e:
+        summary = run_batch(args.prompts, cfg, args.out, executor="ray", address=args.address,
+                            num_workers=args.num_workers, progress=not args.no_progress)
+    except (ConfigError, InitError) as e:  # bad config, or an init method that cannot run: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = run_batch(args.prompts, cfg, args.out, executor="ray", address=args.address,
-                        num_workers=args.num_workers, progress=not args.no_progress)
     print(summary.line())
     if summary.failed:
         return 1

@@ -130,15 +130,29 @@ def point_e_available() -> bool:
     return True
 
 
+def _point_e_missing_error() -> InitError:
+    return InitError(
+        "init.method=point_e needs the optional Point-E package, which is not installed (it is not on "
+        f"PyPI): {POINT_E_INSTALL} (its weights download once from openaipublic). "
+        "Or choose a fallback: --set init.method=ball (random ball, LucidDreamer style) or "
+        "init.method=toy_shape (toy-world prompts only).")
+
+
+def check_requirements(cfg: "InitConfig") -> None:
+    """Fail before any asset runs (and before the prior loads) when `cfg.method` cannot run here.
+
+    Raises InitError with the one-line fix; ball and toy_shape need nothing beyond the package."""
+    if cfg.method == "point_e" and not point_e_available():
+        raise _point_e_missing_error()
+    if cfg.method not in ("point_e", "ball", "toy_shape"):
+        raise InitError(f"init.method={cfg.method!r} is unknown; use point_e, ball or toy_shape")
+
+
 def point_e_points(cfg: "InitConfig", prompt: str, generator: torch.Generator,
                    device: str | torch.device | None = None) -> Tensor:
     """Point-E base40M-textvec + upsampler -> `num_points` (4096) xyz, converted to our y-up world."""
     if not point_e_available():
-        raise InitError(
-            "init.method=point_e needs the optional Point-E package, which is not installed (it is not on "
-            f"PyPI): {POINT_E_INSTALL} (its weights download once from openaipublic). "
-            "Or choose a fallback: --set init.method=ball (random ball, LucidDreamer style) or "
-            "init.method=toy_shape (toy-world prompts only).")
+        raise _point_e_missing_error()
     from point_e.diffusion.configs import DIFFUSION_CONFIGS, diffusion_from_config
     from point_e.diffusion.sampler import PointCloudSampler
     from point_e.models.configs import MODEL_CONFIGS, model_from_config
