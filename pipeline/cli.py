@@ -3,6 +3,11 @@
 Stage modules are imported lazily so `sctd3d --help` and cheap commands start fast.
 Only explicit `--set key=value` overrides change a config value; flags never carry hidden defaults
 that override YAML (a flag given on the command line is applied as an explicit override and logged).
+
+Exit codes (the same for `run`, `demo`, `report` and scripts/ray_entry.py): 0 all done / no
+regression; 1 some asset failed or was rejected, or a metric regressed; 2 the command could not do
+its job (usage, config, input file or storage error: one line `sctd3d <cmd>: error: ...` on
+stderr); 130 / 143 stopped by SIGINT / SIGTERM (re-run the same command to resume).
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from pathlib import Path
 from pipeline.config import ConfigError, dump_yaml, load_config
 
 log = logging.getLogger("sctd3d")
+
+
+class UsageError(ValueError):
+    """A bad command-line value; the message says which and what to give instead."""
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml") -> None:
@@ -31,8 +40,17 @@ def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
 def cmd_generate(args: argparse.Namespace) -> int:
     from stages.generate import generate
 
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty; give the text to generate, e.g. sctd3d generate "
+                         "\"a red cube\" --out runs/one")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file, not a folder; give an asset folder")
     extra = [f"generate.seed={args.seed}"] if args.seed is not None else []
     cfg = _cfg(args, extra)
+    from pipeline.preflight import check_cache_dir
+
+    check_cache_dir(cfg)
     from stages.init import check_requirements
 
     check_requirements(cfg.init)  # before the prior loads (Point-E missing: one line, exit 2)
@@ -54,10 +72,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra.append(f"pipeline.num_workers={args.num_workers}")
     cfg = _cfg(args, extra)
     summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
-                        address=args.address, num_workers=cfg.pipeline.num_workers or None)
+                        address=args.address, num_workers=cfg.pipeline.num_workers or None,
+                        storage_options=_storage_options(args))
     print(summary.line())
     print(summary.where())
-    return 1 if summary.failed else 0
+    return summary.exit_code()
+
+
+def _storage_options(args: argparse.Namespace) -> dict:
+    """`--storage-option key=value` pairs (fsspec options of the output store), values YAML-typed."""
+    import yaml
+
+    opts: dict = {}
+    for item in getattr(args, "storage_options", None) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {item!r}: expected key=value, e.g. "
+                             f"--storage-option endpoint_url=http://127.0.0.1:9000")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = opts
+        *parents, leaf = key.strip().split(".")  # client_kwargs.region_name=... nests
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return opts
 
 
 def _fmt_summary(summary) -> str:
@@ -69,10 +110,18 @@ def _fmt_summary(summary) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.run import demo
 
+    from stages.toyworld.catalogue import list_objects
+
+    n_objects = len(list_objects())
+    if not 1 <= args.prompts <= n_objects:
+        raise UsageError(f"--prompts {args.prompts}: give 1 to {n_objects} (the toy catalogue has "
+                         f"{n_objects} prompts)")
+    if args.num_workers is not None and args.num_workers < 1:
+        raise UsageError(f"--num-workers {args.num_workers}: give 1 or more (or leave it out)")
     summary = demo(args.out, num_workers=args.num_workers, n_prompts=args.prompts)
     print(summary.line())
     print(summary.where())
-    return 1 if summary.failed else 0
+    return summary.exit_code()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -93,6 +142,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_manifest(args: argparse.Namespace) -> int:
     from pipeline import manifest
 
+    from pipeline.preflight import check_is_run
+
+    check_is_run(args.uri)  # read-only: a mistyped path is refused, never created
     if args.action == "compact":
         print(manifest.compact(args.uri))
     else:
@@ -121,7 +173,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sctd3d", description=__doc__.splitlines()[0])
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
+    ap.add_argument("--version", action=_VersionAction, help="print the package and code version")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("generate", help="generate one asset from a prompt")
@@ -139,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same as --set pipeline.executor=...")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec option for an object-store --out, e.g. "
+                   "endpoint_url=http://127.0.0.1:9000, profile=NAME, anon=true (repeatable)")
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
 
@@ -179,6 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: computed only when asked (the code version may run git)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from pipeline.run import code_version
+
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            pkg = version("sctd3d")
+        except PackageNotFoundError:
+            pkg = "not installed"
+        print(f"sctd3d {pkg} (code {code_version()})")
+        parser.exit(0)
+
+
+def _error(command: str, e: BaseException, verbose: bool) -> None:
+    """One line on stderr (the traceback only with -v)."""
+    if verbose:
+        log.debug("traceback", exc_info=e)
+    msg = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    print(f"sctd3d {command}: error: {msg}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["toy", "train-prior"]:
@@ -192,12 +274,15 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code = args.fn(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handler (loading, reading inputs)
+        print(f"sctd3d {args.command}: interrupted", file=sys.stderr)
+        code = 130
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        _error(args.command, e, args.verbose)
         code = 2
     except _user_errors() as e:
         # errors whose message already says what is wrong and what to do: no traceback
-        print(f"sctd3d {args.command}: error: {e}", file=sys.stderr)
+        _error(args.command, e, args.verbose)
         code = 2
     sys.exit(code)
 
@@ -207,6 +292,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from kernels.ply import PlyFormatError
     from pipeline.inputs import InputError
     from pipeline.lock import LockHeld
+    from stages.toyworld.catalogue import CatalogueError
     from pipeline.manifest import ManifestError
     from pipeline.storage import StorageError
     from stages.generate import CheckpointError
@@ -216,7 +302,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stages.report import ReportError
 
     return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
-            InitError, MetricWeightsError, PriorLoadError, ReportError, FileNotFoundError)
+            InitError, MetricWeightsError, PriorLoadError, ReportError, UsageError, CatalogueError,
+            OSError)
 
 
 if __name__ == "__main__":

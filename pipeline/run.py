@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pipeline import manifest
-from pipeline.config import Config, config_hash, load_config, to_dict
+from pipeline import deadline, manifest
+from pipeline.config import Config, config_hash, eval_hash, load_config, to_dict
 from pipeline.executors import make_executor
-from pipeline.inputs import AssetRequest, PromptBatch, read_prompts, request_config
+from pipeline.inputs import (AssetRequest, PromptBatch, asset_generation_hash, read_prompts,
+                             request_config)
 from pipeline.lock import RunLock
-from pipeline.storage import Storage, StorageError, asset_dir, open_storage, safe_relpath
+from pipeline.storage import (Storage, StorageError, asset_dir, open_storage, safe_relpath,
+                              set_storage_options)
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +168,10 @@ def _real_generate(cfg: Config, prompt: str, seed: int, asset_dir: str, progress
     if gen is None:
         raise RuntimeError("stages.generate is not installed; cannot generate assets")
     load_prior = _stage("stages.priors.base", "load_prior")
-    key = json.dumps(dataclasses.asdict(cfg.prior), sort_keys=True)
+    key = json.dumps([dataclasses.asdict(cfg.prior), dataclasses.asdict(cfg.toy)], sort_keys=True)
     if load_prior is not None and key not in _PRIORS:
         _PRIORS.clear()
-        _PRIORS[key] = load_prior(cfg.prior, cfg.prior.device)
+        _PRIORS[key] = load_prior(cfg.prior, cfg.prior.device, toy=cfg.toy)
     return gen(cfg, prompt, seed, asset_dir, progress=progress, prior=_PRIORS.get(key))
 
 
@@ -247,6 +250,8 @@ def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
     (the executor records the reason)."""
     req = AssetRequest(**task["request"])
     cfg: Config = request_config(task["cfg"], req)
+    if task.get("storage_options"):  # a Ray worker is another process: apply the driver's options
+        set_storage_options(task["out"], task["storage_options"])
     st = open_storage(task["out"])
     rel = safe_relpath("assets", req.asset_id[:2], req.asset_id)
     gen = generate_fn or _real_generate
@@ -290,6 +295,9 @@ def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
         "method": cfg.generate.method,
         "prior": cfg.prior.name,
         "config_hash": req.config_hash,
+        "generation_hash": req.generation_hash,
+        # the settings its scores were made with; none when a stage was off (evaluate fills it)
+        "eval_hash": eval_hash(cfg) if render is not None and score is not None else None,
         "started_at": started,
         "finished_at": _now(),
         "wall_s": wall,
@@ -349,6 +357,16 @@ class RunSummary:
     duplicates: int
     wall_s: float
     report_exit_code: Optional[int] = None
+    interrupted: str = ""   # the signal that stopped the run ('' = it ran to the end)
+
+    def exit_code(self) -> int:
+        """0 all done, 1 some failed/rejected or the report saw a regression, 128+N when signal N
+        stopped the run (130 SIGINT, 143 SIGTERM). Usage/config/storage errors (2) are raised."""
+        if self.interrupted:
+            return 128 + int(getattr(signal, self.interrupted, signal.SIGINT))
+        if self.failed or self.rejected or self.report_exit_code:
+            return 1
+        return 0
 
     def where(self) -> str:
         """What a user should open after a run (paths under the output root)."""
@@ -399,6 +417,7 @@ def _failed_record(req: AssetRequest, cfg: Config, error: str, attempts: int, wa
                    worker: str) -> dict:
     return {"asset_id": req.asset_id, "prompt": req.prompt, "seed": req.seed,
             "method": cfg.generate.method, "prior": cfg.prior.name, "config_hash": req.config_hash,
+            "generation_hash": req.generation_hash,
             "status": "failed", "error": error, "attempts": attempts, "finished_at": _now(),
             "wall_s": wall, "worker": worker}
 
@@ -426,12 +445,15 @@ def _write_run_json(st: Storage, data: dict) -> None:
 def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "local",
               address: Optional[str] = None, num_workers: Optional[int] = None, *,
               generate_fn: Optional[GenerateFn] = None, progress: bool = True,
-              stop_after: Optional[int] = None, executor_options: Optional[dict] = None
-              ) -> RunSummary:
+              stop_after: Optional[int] = None, executor_options: Optional[dict] = None,
+              storage_options: Optional[dict] = None) -> RunSummary:
     """Run (or resume) a batch. Re-running the same command skips committed assets.
 
     generate_fn: replaces stages.generate.generate (tests, benchmarks). stop_after: stop
     scheduling after this many commits (simulates an interrupted run; the rest resume later).
+    storage_options: fsspec options of the output store (e.g. endpoint_url), for every process.
+    SIGINT/SIGTERM (main thread only): no new asset starts, the running one stops at its next
+    iteration (local) or is left to resume from its checkpoint (Ray), run.json says `interrupted`.
     """
     t_run = time.perf_counter()
     if isinstance(cfg, (str, os.PathLike)):
@@ -441,6 +463,11 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
     from stages.init import check_requirements
 
     check_requirements(cfg.init)  # e.g. Point-E missing: one line before the lock, run.json or the prior
+    from pipeline.preflight import check_cache_dir
+
+    check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
+    if storage_options:
+        set_storage_options(out, storage_options)
     try:
         st = open_storage(out)
         lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
@@ -449,27 +476,81 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
                            f"({getattr(e, 'filename', None) or out}); choose a writable --out, fix "
                            f"its permissions or free space") from e
     try:
-        return _run_locked(prompts_uri, cfg, st, executor, address, num_workers, generate_fn,
-                           progress, stop_after, executor_options or {}, t_run)
+        with _StopOnSignals() as signals:
+            return _run_locked(prompts_uri, cfg, st, executor, address, num_workers, generate_fn,
+                               progress, stop_after, executor_options or {}, t_run, signals,
+                               storage_options or {})
     finally:
         lock.release()
 
 
+class _StopOnSignals:
+    """SIGINT/SIGTERM -> a stop request (pipeline.deadline) instead of dying mid-write.
+
+    Why: a run killed by the default handlers leaves run.json `running`, the lock behind and (for
+    SIGINT) a long traceback. The first signal stops dispatching; the running asset stops at its next
+    iteration, keeping its checkpoints; a second signal raises KeyboardInterrupt (stop now: the
+    lock is still released and run.json still written). Only the main thread can own handlers;
+    elsewhere this does nothing. `reinstall()` after ray.init, which sets its own SIGTERM handler."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received = ""
+        self._prev: dict = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received:
+            raise KeyboardInterrupt(name)
+        self.received = name
+        deadline.request_stop(name)
+        log.warning("%s received: no new assets start; the running one stops at its next iteration "
+                    "(send it again to stop at once)", name)
+
+    def reinstall(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                prev = signal.signal(s, self._handle)
+                self._prev.setdefault(s, prev)
+
+    def __enter__(self) -> "_StopOnSignals":
+        deadline.clear_stop()
+        self.reinstall()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, prev in self._prev.items():
+            signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+        self._prev.clear()
+        deadline.clear_stop()
+
+
 def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, address: Optional[str],
                 num_workers: Optional[int], generate_fn: Optional[GenerateFn], progress: bool,
-                stop_after: Optional[int], executor_options: dict, t_run: float) -> RunSummary:
+                stop_after: Optional[int], executor_options: dict, t_run: float,
+                signals: "_StopOnSignals", storage_options: dict) -> RunSummary:
     count_tokens, max_tokens = token_limit(cfg)
     batch: PromptBatch = read_prompts(prompts_uri, cfg, count_tokens=count_tokens,
                                       max_tokens=max_tokens)
+    if not batch.requests and not batch.rejected and not batch.duplicates:
+        from pipeline.inputs import InputError
+
+        raise InputError(f"no prompts in {prompts_uri}; give a file with one prompt per line "
+                         f"(.txt), JSONL rows or a Parquet 'prompt' column")
+    # everything that can refuse this run is read before run.json is touched (a refused re-run
+    # must leave a `finished` run.json as it was)
+    existing = manifest.records_by_id(st)
     version = code_version()
     caps = capabilities()
-    prev = json.loads(st.read_text("run.json")) if st.exists("run.json") else {}
+    prev = _read_run_json(st)
     run_info = {
         "status": "running",
         "started_at": prev.get("started_at") or _now().isoformat(),
         "resumed_at": (prev.get("resumed_at") or []) + ([_now().isoformat()] if prev else []),
         "prompts": prompts_uri, "out": st.root, "executor": executor,
         "config_hash": config_hash(cfg), "config_source": cfg.source, "config": to_dict(cfg),
+        "generation_hash": asset_generation_hash(cfg), "eval_hash": eval_hash(cfg),
         "code_version": version, "host": socket.gethostname(), "capabilities": caps,
         "counts": {"requests": len(batch.requests), "rejected": len(batch.rejected),
                    "duplicates": batch.duplicates},
@@ -495,7 +576,6 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         for r in batch.rejected:
             log.warning("rejected input line %d: %s (%s)", r.line, r.reason, r.prompt[:80])
 
-    existing = manifest.records_by_id(st)
     todo = [r for r in batch.requests if (existing.get(r.asset_id) or {}).get("status") != "done"]
     skipped = len(batch.requests) - len(todo)
     if skipped:
@@ -513,8 +593,12 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
     opts.update(executor_options)
     ex = make_executor(executor, **opts)
+    if todo and hasattr(ex, "_ensure_ray") and not deadline.stop_requested():
+        ex._ensure_ray()     # connect first: ray.init replaces the SIGTERM handler ...
+        signals.reinstall()  # ... so ours goes back on top
     fn = functools.partial(process_asset, generate_fn=generate_fn)
-    items = [{"request": dataclasses.asdict(r), "cfg": cfg, "out": st.root} for r in todo]
+    items = [{"request": dataclasses.asdict(r), "cfg": cfg, "out": st.root,
+              **({"storage_options": storage_options} if storage_options else {})} for r in todo]
     bar = _Progress(len(todo), progress, ex.running)
     n_done = n_failed = 0
     interrupted = False
@@ -522,6 +606,17 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         for o in ex.map(items, fn):
             req = by_id[o.item["request"]["asset_id"]]
             attempts = prior_attempts[req.asset_id] + o.attempts
+            if not o.ok and deadline.stop_requested():
+                # stopped by the signal, not by its own fault: no record, so the re-run resumes it
+                log.warning("interrupted %s %-40.40s (resumes from its last checkpoint on the re-run)",
+                            req.asset_id, req.prompt)
+                break
+            if not o.ok and _store_full(o.error):
+                # every later asset would fail the same way (a failure storm): stop the run
+                raise StorageError(f"asset {req.asset_id} failed writing its files: "
+                                   f"{_store_full(o.error)}; the run stopped (no later asset could be "
+                                   f"written either). Free space or fix the output/cache folder, then "
+                                   f"re-run the same command (committed assets are kept)")
             if o.ok:
                 rec = dict(o.value)
                 rec.update(status="done", attempts=attempts, code_version=version, tags=req.tags,
@@ -543,23 +638,63 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                 interrupted = True
                 log.warning("stopping after %d commits (stop_after)", stop_after)
                 break
+            if deadline.stop_requested():
+                break
+    except BaseException as e:  # a second signal, a full disk, a bug: run.json must not say running
+        kind = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        run_info.update(status=kind, finished_at=_now().isoformat(),
+                        error=f"{type(e).__name__}: {e}"[:2000],
+                        this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
+        try:
+            _write_run_json(st, run_info)
+        except StorageError as e2:  # e.g. the disk is full: the original error matters more
+            log.error("%s", e2)
+        raise
     finally:
         bar.close()
         ex.close()
 
+    stopped_by = deadline.stop_requested()
+    interrupted = interrupted or bool(stopped_by)
     report_code = None
     if not interrupted:
         report_code = _run_level(cfg, st)
     summary = RunSummary(out=st.root, total=len(batch.requests), skipped=skipped, done=n_done,
                          failed=n_failed, rejected=len(batch.rejected), duplicates=batch.duplicates,
-                         wall_s=time.perf_counter() - t_run, report_exit_code=report_code)
+                         wall_s=time.perf_counter() - t_run, report_exit_code=report_code,
+                         interrupted=stopped_by)
     c = manifest.counts(manifest.read(st))
     run_info.update(status="interrupted" if interrupted else "finished",
                     finished_at=_now().isoformat(), manifest_counts=c,
                     this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
+    if stopped_by:
+        run_info["interrupted_by"] = stopped_by
     _write_run_json(st, run_info)
     log.info("run %s", summary.line())
+    if stopped_by:
+        log.warning("stopped by %s: %d asset(s) committed in this run; re-run the same command to "
+                    "resume the rest", stopped_by, n_done + n_failed)
     return summary
+
+
+_FULL_STORE = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def _store_full(error: Optional[str]) -> str:
+    """The storage condition (ENOSPC, EROFS, EDQUOT) an asset's failure reason names, or ''."""
+    return next((m for m in _FULL_STORE if m in (error or "")), "")
+
+
+def _read_run_json(st: Storage) -> dict:
+    """The previous run.json, or {} when there is none or it cannot be parsed (it is rewritten)."""
+    if not st.exists("run.json"):
+        return {}
+    try:
+        prev = json.loads(st.read_text("run.json"))
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("ignoring an unreadable %s (%s); it is rewritten", st.uri("run.json"), e)
+        return {}
+    return prev if isinstance(prev, dict) else {}
 
 
 def _run_level(cfg: Config, st: Storage) -> Optional[int]:

@@ -12,7 +12,7 @@ import logging
 import os
 import posixpath
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +28,21 @@ _ASSET_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 def is_temp_name(name: str) -> bool:
     """Names of in-progress writes (ours: '.tmp-*'; the stages': '*.tmp'); never shown to readers."""
     return name.startswith(TMP_PREFIX) or name.endswith(".tmp")
+
+
+def create_temp(folder: str) -> tuple[int, str]:
+    """A new hidden temp file in `folder`, created exclusively with mode 0666 & ~umask.
+
+    Why not tempfile.mkstemp: it creates 0600 files whatever the umask, so a manifest, run.json or
+    frame written through it is unreadable to the other users of a shared dataset folder."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name in {folder} after 100 tries")
 
 
 class StorageError(ValueError):
@@ -140,7 +155,7 @@ class Storage:
         if self.local:
             folder = os.path.dirname(target)
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+            fd, tmp = create_temp(folder)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -233,3 +248,18 @@ def open_storage(uri: str, **storage_options) -> Storage:
         raise StorageError(f"cannot open output URI {uri!r}: {e} (for s3:// install s3fs, for gs:// "
                            f"gcsfs)") from None
     return Storage(root=uri.rstrip("/"), fs=fs, root_path=path.rstrip("/"))
+
+
+def set_storage_options(uri: str, options: dict) -> None:
+    """Make `options` (fsspec keyword arguments, e.g. endpoint_url, profile, key/secret) the default
+    for `uri`'s protocol in this process, so every reader and writer of the run (manifest, report,
+    FID, workers) opens the store the same way. Local paths take no options."""
+    proto = _split_uri(uri)[0]
+    if proto in ("file", "local") or not options:
+        return
+    conf = fsspec.config.conf.setdefault(proto, {})
+    for k, v in options.items():
+        if isinstance(v, dict) and isinstance(conf.get(k), dict):
+            conf[k] = {**conf[k], **v}
+        else:
+            conf[k] = v

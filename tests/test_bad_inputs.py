@@ -173,7 +173,7 @@ def test_bad_input_catalogue(tmp_path, tiny_pixel_sd_dir, monkeypatch):
         with pytest.raises(ConfigError, match=pat):
             load_config(str(tmp_path / name))
         code, err = cli("config", "--config", str(tmp_path / name))
-        assert code == 2 and err.startswith("config error: ") and re.search(pat, err), err
+        assert code == 2 and err.startswith("sctd3d config: error: ") and re.search(pat, err), err
     assert not marker.exists()
 
     # ---- 4. hostile .ply files --------------------------------------------------------------

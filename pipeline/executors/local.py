@@ -36,6 +36,8 @@ class LocalExecutor:
 
     def map(self, items: Iterable[Any], fn: Callable[[Any], Any]) -> Iterator[Outcome]:
         for item in items:
+            if deadline.stop_requested():  # the run was asked to stop: dispatch nothing more
+                return
             attempt = 0
             while True:
                 attempt += 1
@@ -48,7 +50,7 @@ class LocalExecutor:
                     self._running = 0
                     wall = time.perf_counter() - t0
                     if (self.retry_exceptions and attempt < self.max_attempts
-                            and not isinstance(e, deadline.AssetTimeout)):
+                            and not isinstance(e, (deadline.AssetTimeout, deadline.RunInterrupted))):
                         log.warning("attempt %d failed (%s); retrying", attempt, format_error(e))
                         time.sleep(self.backoff_s * 2 ** (attempt - 1))
                         continue

@@ -11,14 +11,20 @@ Failures:
   retried: a timeout is usually a property of the asset, and retrying would burn GPU hours).
 - an exception raised by `fn`: a failed Outcome with that exception (retried only when
   `retry_exceptions=True`).
+- the run cannot start (ExecutorError, one line, nothing retried): `address` unreachable within
+  `connect_timeout_s`; no actor started within `worker_start_timeout_s` (e.g. no node type can hold
+  the resource request: the autoscaler would wait forever); an actor's `startup` check failed (it
+  runs in every actor before its first item, e.g. the prior's CUDA requirement, never on the driver).
 Only `fn` (once, via the object store), the small items and the small results cross processes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,7 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import ray
 import ray.exceptions as rex
 
-from pipeline.executors import Outcome, format_error
+from pipeline import deadline
+from pipeline.executors import ExecutorError, Outcome, WorkerStartupError, format_error
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,14 @@ _DEATH_ERRORS: tuple[type[BaseException], ...] = tuple(
 class AssetWorker:
     """Runs `fn(item)` for one item at a time in its own process."""
 
-    def ready(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}"
+    def ready(self, startup: Optional[Callable[[], Any]] = None) -> str:
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        if startup is not None:
+            try:
+                startup()
+            except Exception as e:  # noqa: BLE001 - reported to the driver as this worker's failure
+                raise WorkerStartupError(f"worker {name}: {format_error(e)}") from None
+        return name
 
     def run(self, fn: Callable[[Any], Any], item: Any) -> Any:
         return fn(item)
@@ -67,15 +80,27 @@ class _Slot:
     task: Optional[_Task] = None
     ref: Any = None          # in-flight ref (ready() while starting, run() while busy)
     starting: bool = True
+    since: float = field(default_factory=time.monotonic)   # when this actor was requested
 
 
 class RayExecutor:
     def __init__(self, address: Optional[str] = None, num_workers: Optional[int] = None,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, max_attempts: int = 3,
                  backoff_s: float = 5.0, timeout_s: float = 0.0, retry_exceptions: bool = False,
-                 num_cpus: Optional[int] = None, ray_init_kwargs: Optional[dict] = None):
+                 num_cpus: Optional[int] = None, ray_init_kwargs: Optional[dict] = None,
+                 startup: Optional[Callable[[], Any]] = None, worker_start_timeout_s: float = 600.0,
+                 connect_timeout_s: float = 30.0):
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r}: must be >= 1")
+        if worker_start_timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError(f"worker_start_timeout_s={worker_start_timeout_s!r}, connect_timeout_s="
+                             f"{connect_timeout_s!r}: must be > 0")
+        self.startup = startup
+        self.worker_start_timeout_s = worker_start_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._startup_ref: Any = None
+        self._pending_warned = False
+        self._no_worker_since: Optional[float] = None
         self.address = address
         self.num_workers = num_workers or 0
         self.gpus_per_worker = gpus_per_worker
@@ -97,10 +122,68 @@ class RayExecutor:
         kw = dict(include_dashboard=False, log_to_driver=True)
         kw.update(self.ray_init_kwargs)
         if self.address:
-            ray.init(address=self.address, **kw)
+            self._connect(kw)
         else:
             ray.init(num_cpus=self.num_cpus or os.cpu_count(), **kw)
             self._started_ray = True
+
+    def _connect(self, kw: dict) -> None:
+        """ray.init(address=...) within `connect_timeout_s`, else ExecutorError.
+
+        Why a probe and a thread: against an address where nothing answers, ray.init retries the GCS
+        forever (a warning every 30 s). A refused TCP connection fails at once; anything else that
+        does not answer in time is given up on (the stuck connect thread is a daemon)."""
+        addr = self.address or ""
+        fix = ("check the address (the head node's IP:6379, 'auto' on a cluster node), that the "
+               "cluster is up (ray status) and reachable from here; pipeline.connect_timeout_s sets "
+               "the wait")
+        hostport = addr.split("://", 1)[-1]
+        if addr != "auto" and ":" in hostport:
+            host, port = hostport.rsplit(":", 1)
+            try:
+                socket.create_connection((host.strip("[]"), int(port)),
+                                         timeout=self.connect_timeout_s).close()
+            except (OSError, ValueError) as e:
+                raise ExecutorError(f"cannot reach the Ray cluster at --address {addr!r} "
+                                    f"({type(e).__name__}: {e}); {fix}") from None
+        result: dict = {}
+
+        def init() -> None:
+            try:
+                ray.init(address=addr, **kw)
+                result["ok"] = True
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                result["error"] = e
+
+        t = threading.Thread(target=init, daemon=True, name="ray-connect")
+        t.start()
+        t.join(self.connect_timeout_s)
+        if t.is_alive():
+            raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within "
+                                f"{self.connect_timeout_s:.0f} s; {fix}")
+        if "error" in result:
+            e = result["error"]
+            raise ExecutorError(f"cannot connect to the Ray cluster at --address {addr!r} "
+                                f"({format_error(e)}); {fix}") from None
+
+    def _request(self) -> dict:
+        """The resources one worker actor asks for (as Ray's scheduler sees them)."""
+        req = {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
+        return {k: v for k, v in req.items() if v}
+
+    def _start_timeout_error(self) -> ExecutorError:
+        try:
+            res = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        except Exception as e:  # noqa: BLE001 - the message is still useful without it
+            res = {"unknown": format_error(e)}
+        pending = sum(1 for s in self._slots if s.starting)
+        return ExecutorError(
+            f"no Ray worker started within {self.worker_start_timeout_s:.0f} s "
+            f"(pipeline.worker_start_timeout_s): {pending} actor(s) requesting "
+            f"{json.dumps(self._request())} each are still pending; the cluster has {json.dumps(res)} "
+            f"now. No node can take the request (no GPU node type, quota or driver trouble, an "
+            f"autoscaler that cannot launch); fix the cluster (ray status) or lower "
+            f"pipeline.gpus_per_worker / cpus_per_worker")
 
     def _pool_size(self, n_items: int) -> int:
         n = self.num_workers
@@ -113,16 +196,17 @@ class RayExecutor:
                 n = int(res.get("CPU", 0) // max(self.cpus_per_worker, 1e-9))
                 what = f"CPUs (need {self.cpus_per_worker} per worker)"
             if n < 1:
-                raise RuntimeError(f"the Ray cluster has no free {what}: resources {res}. Pass "
-                                   f"--num-workers N to start N workers and let the autoscaler add "
-                                   f"nodes for them.")
+                res = {k: v for k, v in res.items() if k in ("CPU", "GPU")}
+                raise ExecutorError(f"the Ray cluster has no {what}: resources {json.dumps(res)}; "
+                                    f"pass --num-workers N to start N workers and let the autoscaler "
+                                    f"add nodes for them (pipeline.worker_start_timeout_s bounds the wait)")
         return max(1, min(n, n_items))
 
     def _new_actor(self) -> _Slot:
         actor = AssetWorker.options(num_gpus=self.gpus_per_worker,
                                     num_cpus=self.cpus_per_worker).remote()
         slot = _Slot(actor=actor)
-        slot.ref = actor.ready.remote()
+        slot.ref = actor.ready.remote(self._startup_ref)
         return slot
 
     def _replace(self, i: int) -> None:
@@ -143,11 +227,18 @@ class RayExecutor:
             return
         self._ensure_ray()
         fn_ref = ray.put(fn)
+        self._startup_ref = ray.put(self.startup) if self.startup is not None else None
+        self._pending_warned = False
+        self._no_worker_since = time.monotonic()
         queue: deque[_Task] = deque(tasks)
         self._slots = [self._new_actor() for _ in range(self._pool_size(len(tasks)))]
         remaining = len(tasks)
         try:
             while remaining:
+                if deadline.stop_requested():  # the driver got a signal: dispatch nothing more
+                    log.warning("stopping: %s; %d asset(s) not finished (they resume on the re-run)",
+                                deadline.stop_requested(), remaining)
+                    return
                 now = time.monotonic()
                 # dispatch to idle actors: the first queued task whose backoff has passed
                 for slot in self._slots:
@@ -178,6 +269,7 @@ class RayExecutor:
                         remaining -= 1
                         yield out
                 now = time.monotonic()
+                self._check_start_deadline(now)
                 for i, slot in enumerate(self._slots):
                     t = slot.task
                     if t is not None and now > t.deadline:
@@ -191,6 +283,23 @@ class RayExecutor:
         finally:
             self.close()
 
+    def _check_start_deadline(self, now: float) -> None:
+        """No actor up for `worker_start_timeout_s`: stop (ExecutorError). Some up, some pending: warn
+        once and go on with those that started."""
+        if all(s.starting for s in self._slots):  # (also while replacements of dead ones start)
+            if self._no_worker_since is None:
+                self._no_worker_since = now
+            elif now - self._no_worker_since > self.worker_start_timeout_s:
+                raise self._start_timeout_error()
+            return
+        self._no_worker_since = None
+        late = [s for s in self._slots if s.starting and now - s.since > self.worker_start_timeout_s]
+        if late and not self._pending_warned:
+            self._pending_warned = True
+            log.warning("%d worker actor(s) requesting %s not started after %.0f s; going on with %d",
+                        len(late), json.dumps(self._request()), self.worker_start_timeout_s,
+                        sum(1 for s in self._slots if not s.starting))
+
     def _collect(self, i: int, ref: Any, queue: deque) -> Optional[Outcome]:
         slot = self._slots[i]
         task = slot.task
@@ -200,7 +309,9 @@ class RayExecutor:
             # fn raised: the asset's own failure (its worker is fine)
             slot.ref, slot.task = None, None
             cause = e.cause if getattr(e, "cause", None) is not None else e
-            if task is None:  # ready() itself raised: treat as a broken worker
+            if task is None:  # ready() itself raised
+                if isinstance(cause, WorkerStartupError):  # its start-up check: every worker would
+                    raise ExecutorError(f"a Ray worker failed its start-up check: {cause}") from None
                 log.error("worker failed to start: %s", format_error(cause))
                 self._replace(i)
                 return None

@@ -1,0 +1,74 @@
+"""Checks that run before any work: problems found here would otherwise surface only after a whole
+generation (an unwritable cache) or would make a read-only command write (a mistyped run path).
+Each raises a user-facing error whose one line names the value and what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.storage import StorageError, is_local
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SCTD3D_CACHE"
+
+
+def uses_cache(cfg: Config) -> bool:
+    """Whether this config reads or writes the on-disk cache (toy views and ground truth, Point-E)."""
+    toy_metrics = {"toy_psnr", "toy_rprec"} & set(cfg.metrics.metrics)
+    return (cfg.prior.name == "toy_exact" or cfg.init.method in ("point_e", "toy_shape")
+            or bool(toy_metrics and cfg.pipeline.score) or cfg.metrics.fid_reference == "toy")
+
+
+def cache_dir(cfg: Config) -> tuple[Path, str]:
+    """(the cache folder, where that folder came from) as the stages resolve it."""
+    if cfg.toy.cache_dir:
+        return Path(cfg.toy.cache_dir).expanduser(), "toy.cache_dir"
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser(), f"${CACHE_ENV}"
+    return Path.home() / ".cache" / "sctd3d", f"the default (set ${CACHE_ENV} to change it)"
+
+
+def check_cache_dir(cfg: Config) -> None:
+    """Create the cache folder and write one temp file there, or raise StorageError naming the
+    variable that chose it."""
+    if not uses_cache(cfg):
+        return
+    path, source = cache_dir(cfg)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-probe-"):
+            pass
+    except OSError as e:
+        raise StorageError(f"cache folder {str(path)!r} (from {source}) is not writable: "
+                           f"{e.strerror or e}; set {CACHE_ENV} (or toy.cache_dir) to a writable "
+                           f"folder") from None
+
+
+def check_is_run(uri: str) -> None:
+    """`uri` is an existing run output root (it holds manifest/ or run.json); never creates it."""
+    import fsspec
+
+    if is_local(uri):
+        p = Path(uri.split("://", 1)[-1]).expanduser()
+        if not p.exists():
+            raise StorageError(f"{uri}: no such run folder; give the --out of a `sctd3d run`")
+        if not p.is_dir():
+            raise StorageError(f"{uri}: is a file, not a run folder; give the --out of a `sctd3d run`")
+        if not ((p / "manifest").is_dir() or (p / "run.json").is_file()):
+            raise StorageError(f"{uri}: not a run folder (no manifest/ or run.json); give the --out "
+                               f"of a `sctd3d run`")
+        return
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        found = fs.exists(root.rstrip("/") + "/run.json") or fs.exists(root.rstrip("/") + "/manifest")
+    except (ImportError, ValueError) as e:
+        raise StorageError(f"cannot open {uri!r}: {e}") from None
+    if not found:
+        raise StorageError(f"{uri}: not a run (no manifest/ or run.json there); give the --out of a "
+                           f"`sctd3d run`")
