@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import posixpath
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -402,11 +401,12 @@ def _write_bytes(uri: str, data: bytes) -> None:
     if _protocol(fs) in ("file", "local"):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+        from pipeline.storage import create_temp
+
+        fd, tmp = create_temp(d)  # 0666 & ~umask: reports are meant to be shared
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -23,12 +23,12 @@ def test_schema_v1_columns_in_order():
     assert list(manifest.SCHEMA.names[: len(DESIGN_V1)]) == DESIGN_V1
     assert manifest.SCHEMA.field("status").type == pa.string()
     assert manifest.SCHEMA.field("finished_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCHEMA.metadata[b"sctd3d.manifest.schema_version"] == b"1"
+    assert manifest.SCHEMA.metadata[b"sctd3d.manifest.schema_version"] == b"2"
 
 
 def test_make_record_validates():
     r = manifest.make_record(asset_id="ab12", status="done", prompt="p")
-    assert r["schema_version"] == 1 and r["clip_l"] is None and set(r) == set(manifest.COLUMNS)
+    assert r["schema_version"] == 2 and r["clip_l"] is None and set(r) == set(manifest.COLUMNS)
     with pytest.raises(manifest.ManifestError, match="not one of"):
         manifest.make_record(asset_id="ab12", status="finished")
     with pytest.raises(manifest.ManifestError, match="unknown manifest columns"):
@@ -88,3 +88,98 @@ def _pq_bytes(table):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- issue 14: compaction races, URIs
+def test_compact_never_deletes_a_part_rewritten_while_it_ran(tmp_path, monkeypatch):
+    """The driver overwrites a part (failed -> done) after compact read it and before compact
+    removes it: the newer record must survive (the old compact deleted it)."""
+    st = open_storage(str(tmp_path / "run"))
+    manifest.commit(st, {"asset_id": "aa01", "status": "failed", "error": "oom", "finished_at": _t(1)})
+    manifest.commit(st, {"asset_id": "bb02", "status": "done", "finished_at": _t(2)})
+    driver = open_storage(st.root)
+    real_write = type(st).write_bytes
+
+    def write_then_driver_commits(self, rel, data):
+        out = real_write(self, rel, data)
+        if rel == manifest.COMPACTED:  # compaction's merged file is durable; parts not yet removed
+            manifest.commit(driver, {"asset_id": "aa01", "status": "done", "attempts": 2,
+                                     "finished_at": _t(3)})
+        return out
+
+    monkeypatch.setattr(st, "write_bytes", write_then_driver_commits.__get__(st))
+    manifest.compact(st)
+    rows = manifest.records_by_id(driver)
+    assert rows["aa01"]["status"] == "done" and rows["aa01"]["attempts"] == 2
+    assert driver.ls(manifest.PARTS_DIR) == ["aa01.parquet"]  # kept: its bytes changed
+    manifest.compact(driver)  # the next compaction folds it in
+    assert driver.ls(manifest.PARTS_DIR) == [] and manifest.records_by_id(driver)["aa01"]["status"] == "done"
+
+
+def test_compact_refuses_while_a_run_holds_the_lock(tmp_path):
+    from pipeline.lock import LockHeld, RunLock
+
+    st = open_storage(str(tmp_path / "run"))
+    manifest.commit(st, {"asset_id": "aa01", "status": "done"})
+    lock = RunLock(st).acquire()
+    try:
+        with pytest.raises(LockHeld, match="in use by another run"):
+            manifest.compact(st)
+    finally:
+        lock.release()
+    assert st.ls(manifest.PARTS_DIR) == ["aa01.parquet"] and not st.exists(manifest.COMPACTED)
+
+
+def test_read_survives_a_part_vanishing_between_listing_and_reading(tmp_path, monkeypatch):
+    """A compaction (e.g. another host's) finishes between the reader's listing and its read of a
+    part: the reader re-lists and still sees every record (the old reader raised 'No such file')."""
+    st = open_storage(str(tmp_path / "run"))
+    for i, aid in enumerate(("aa01", "bb02", "cc03")):
+        manifest.commit(st, {"asset_id": aid, "status": "done", "finished_at": _t(i)})
+    other = open_storage(st.root)
+    real_read = type(st).read_bytes
+    fired = []
+
+    def read_bytes(self, *parts):
+        if parts == ("manifest/parts/cc03.parquet",) and not fired:
+            fired.append(1)
+            manifest.compact_locked(other)  # folds cc03 into manifest.parquet and removes the part
+        return real_read(self, *parts)
+
+    monkeypatch.setattr(st, "read_bytes", read_bytes.__get__(st))
+    t = manifest.read(st)
+    assert fired and sorted(t.column("asset_id").to_pylist()) == ["aa01", "bb02", "cc03"]
+
+
+def test_uris_are_stored_relative_and_a_moved_run_keeps_them(tmp_path):
+    st = open_storage(str(tmp_path / "run"))
+    inside = st.uri("assets", "aa", "aa01", "asset.ply")
+    outside = str(tmp_path / "elsewhere" / "asset.ply")
+    manifest.commit(st, {"asset_id": "aa01", "status": "done", "asset_uri": inside,
+                         "frames_uri": st.uri("assets", "aa", "aa01", "frames")})
+    manifest.commit(st, {"asset_id": "bb02", "status": "done", "asset_uri": outside,
+                         "video_uri": "s3://bucket/x.mp4"})
+    raw = pq.read_table(tmp_path / "run" / "manifest" / "parts" / "aa01.parquet").to_pylist()[0]
+    assert raw["asset_uri"] == "assets/aa/aa01/asset.ply" and raw["frames_uri"] == "assets/aa/aa01/frames"
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = open_storage(str(tmp_path / "moved"))
+    manifest.compact(moved)  # compaction keeps them relative
+    raw = pq.read_table(tmp_path / "moved" / "manifest" / "manifest.parquet").to_pylist()
+    assert {r["asset_id"]: r["asset_uri"] for r in raw}["aa01"] == "assets/aa/aa01/asset.ply"
+    rows = manifest.records_by_id(moved)
+    assert rows["aa01"]["asset_uri"] == str(tmp_path / "moved" / "assets" / "aa" / "aa01" / "asset.ply")
+    assert rows["bb02"]["asset_uri"] == outside and rows["bb02"]["video_uri"] == "s3://bucket/x.mp4"
+    assert rows["bb02"]["frames_uri"] is None
+
+
+def test_dedup_rule_vectorised(tmp_path):
+    rows = [{"asset_id": "bb", "status": "failed", "finished_at": _t(1), "error": "old"},
+            {"asset_id": "bb", "status": "failed", "finished_at": _t(5), "error": "new"},
+            {"asset_id": "aa", "status": "failed", "finished_at": _t(9)},
+            {"asset_id": "aa", "status": "done", "finished_at": _t(2)},
+            {"asset_id": "cc", "status": "rejected"},
+            {"asset_id": "cc", "status": "failed", "finished_at": _t(3)}]
+    t = manifest.dedup(manifest.to_table(rows))
+    got = {r["asset_id"]: (r["status"], r["error"]) for r in t.to_pylist()}
+    assert t.column("asset_id").to_pylist() == ["aa", "bb", "cc"]
+    assert got == {"aa": ("done", None), "bb": ("failed", "new"), "cc": ("rejected", None)}

@@ -70,3 +70,25 @@ def test_memory_object_store_roundtrip(tmp_path):
     dst = tmp_path / "dst"
     assert st.get_dir("assets/ab/abcdef01", str(dst)) == 2
     assert (dst / "sub" / "f.bin").read_bytes() == b"123"
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    """Atomic writes used tempfile.mkstemp (always 0600): a shared dataset folder's manifest,
+    run.json and frames were unreadable to its other users (issue 14 item 3)."""
+    from pipeline import manifest
+    from stages.report import _write_bytes as report_write
+
+    old = os.umask(umask)
+    try:
+        st = open_storage(str(tmp_path / "run"))
+        st.write_text("run.json", "{}")
+        st.write_bytes("assets/ab/abcdef01/frames/000.png", b"png")
+        manifest.commit(st, {"asset_id": "abcdef01", "status": "done"})
+        manifest.compact(st)
+        report_write(str(tmp_path / "run" / "report" / "report.html"), b"<html>")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(files) == 4  # run.json, the frame, manifest.parquet, report.html
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +113,8 @@ def object_views(name_or_prompt: str, params: ViewParams | None = None,
             log.warning("toy view cache %s unreadable (%s); re-rendering", path, exc)
     v = render_views(obj, p, cat)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    # a unique temp name created by save_file itself: mode 0666 & ~umask (mkstemp would be 0600)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
     try:
         save_file({"images": v.images, "azimuth_deg": v.azimuth_deg, "elevation_deg": v.elevation_deg},
                   tmp, metadata={"object": obj.name, "params": json.dumps(p.__dict__, default=list)})
