@@ -1,0 +1,105 @@
+"""One exported asset: splat files, renders and transforms.json, built in memory from the .ply.
+
+Why bytes in, bytes out: this is the unit the executors fan out (one call per asset, on CPU or
+GPU workers); it never touches storage, so the orchestrator (pipeline/export.py) alone decides
+where files go and makes an asset folder visible only when it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kernels.ply import PlyFormatError, load_ply
+from stages.export import splats, views
+
+TRANSFORMS_FILE = "transforms.json"
+PLY_FILE = "asset.ply"
+SPZ_FILE = "asset.spz"
+IMAGES_DIR = "images"
+DEPTH_DIR = "depth"
+
+
+class AssetSkip(ValueError):
+    """An asset that cannot be exported (missing or unreadable .ply); recorded, not retried."""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to write per asset; equal specs (plus the same .ply) give the same files."""
+
+    views: int = 120
+    resolution: int = 512
+    formats: tuple = ("ply", "spz")
+    random_views: int = 0
+    seed: int = 0
+    elevation_deg: float = 15.0
+    radius: float = 3.5
+    fovy: float = 0.6
+    sampler: dict = field(default_factory=dict)  # generate.cameras of the run
+    iteration: int = 0  # training iteration whose camera ranges the random views use
+    backend: str = "auto"
+
+    def key(self, ply_sha256: str) -> dict[str, Any]:
+        """The parameters an existing asset folder must match to be reused."""
+        d = asdict(self)
+        d["formats"] = list(self.formats)
+        if not self.random_views:
+            d.pop("seed"), d.pop("sampler"), d.pop("iteration")
+        d.pop("backend")  # both backends render the same picture
+        d["ply_sha256"] = ply_sha256
+        return d
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def frame_names(spec: ExportSpec) -> tuple[list[str], list[str]]:
+    """(frame stems, splits): orbit frames 000..; random frames r000.."""
+    stems = [f"{i:03d}" for i in range(spec.views)] + [f"r{i:03d}" for i in range(spec.random_views)]
+    return stems, ["orbit"] * spec.views + ["random"] * spec.random_views
+
+
+def build_asset(asset_id: str, ply: bytes, spec: ExportSpec) -> tuple[dict[str, bytes], dict]:
+    """({relative path: bytes}, meta) of one asset; raises AssetSkip for an unreadable .ply."""
+    try:
+        g = load_ply(io.BytesIO(ply))
+    except PlyFormatError as e:
+        raise AssetSkip(f"unreadable asset.ply: {str(e).replace('<stream>: ', '')}") from None
+    cams = views.orbit(spec.views, spec.resolution, spec.elevation_deg, spec.radius, spec.fovy)
+    if spec.random_views:
+        import torch
+
+        from kernels.cameras import Cameras
+
+        rnd = views.random_views(spec.random_views, spec.resolution, spec.sampler, spec.iteration,
+                                 spec.seed, asset_id)
+        cams = Cameras(*(torch.cat([getattr(cams, n), getattr(rnd, n)]) for n in
+                         ("viewmats", "Ks")), cams.width, cams.height,
+                       *(torch.cat([getattr(cams, n), getattr(rnd, n)]) for n in
+                         ("azimuth_deg", "elevation_deg", "radius", "fovy")))
+    rgba, depth = views.render_rgba_depth(g, cams, backend=spec.backend)
+    scale = views.depth_scale_for(depth)
+    stems, splits = frame_names(spec)
+    images = [f"{IMAGES_DIR}/{s}.png" for s in stems]
+    depths = [f"{DEPTH_DIR}/{s}.png" for s in stems]
+    files: dict[str, bytes] = {}
+    for i in range(len(stems)):
+        files[images[i]] = views.rgba_png(rgba[i])
+        files[depths[i]] = views.depth_png(depth[i], scale)
+    tf = views.transforms(cams, splits, images, depths, scale)
+    tf["asset_id"] = asset_id
+    files[TRANSFORMS_FILE] = json.dumps(tf, indent=1).encode()
+    if "ply" in spec.formats:
+        files[PLY_FILE] = ply  # the run's file, byte for byte
+    if "spz" in spec.formats:
+        files[SPZ_FILE] = splats.ply_to_spz(ply)
+    meta = {"num_gaussians": g.num(), "sh_degree": g.sh_degree, "num_views": spec.views,
+            "num_random_views": spec.random_views, "depth_scale": scale,
+            "ply_sha256": sha256(ply), "bytes": {k: len(v) for k, v in files.items()
+                                                 if k in (PLY_FILE, SPZ_FILE)}}
+    return files, meta

@@ -1,0 +1,51 @@
+"""The dataset index: one Parquet file, one row per exported asset, plain column types.
+
+Why plain types and relative paths: `datasets.load_dataset("parquet", ...)`, pandas and duckdb
+must read it as is, and the dataset must stay valid when its folder is copied or uploaded, so every
+path is relative to the dataset root.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INDEX_FILE = "index.parquet"
+METRICS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+
+SCHEMA = pa.schema([
+    ("asset_id", pa.string()),
+    ("prompt", pa.string()),
+    ("seed", pa.int64()),
+    ("method", pa.string()),
+    ("prior", pa.string()),
+    ("config_hash", pa.string()),
+    ("code_version", pa.string()),
+    ("status", pa.string()),
+    *[(m, pa.float64()) for m in METRICS],
+    ("num_gaussians", pa.int64()),
+    ("num_views", pa.int32()),
+    ("num_random_views", pa.int32()),
+    ("asset_dir", pa.string()),
+    ("ply_path", pa.string()),
+    ("spz_path", pa.string()),
+    ("transforms_path", pa.string()),
+    ("preview_path", pa.string()),
+    ("shard", pa.string()),
+    ("ply_sha256", pa.string()),
+])
+
+
+def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with SCHEMA's keys; missing keys are null) sorted by asset_id."""
+    rows = sorted(rows, key=lambda r: r["asset_id"])
+    return pa.Table.from_pylist([{n: r.get(n) for n in SCHEMA.names} for r in rows], schema=SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
