@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sctd3d toy train-prior [--recipe latent]", description=__doc__.splitlines()[0],
                                  epilog="--recipe pixel trains the pixel-space toy SD instead (shipped as prior.model=toy_pixel; "
                                         "`sctd3d toy train-prior --recipe pixel --help`).")
-    ap.add_argument("--out", default=None, help=f"output directory (default: {default_out_dir()})")
+    from stages.toyworld.train_prior import FORCE_HELP, OUT_HELP
+
+    ap.add_argument("--out", default=None, help=OUT_HELP)
+    ap.add_argument("--force-package", action="store_true", help=FORCE_HELP)
     ap.add_argument("--steps", type=int, default=LATENT_STEPS, help=f"latent UNet training steps (default {LATENT_STEPS}, the shipped weights)")
     ap.add_argument("--vae-steps", type=int, default=VaeParams.steps, help=f"VAE training steps (default {VaeParams.steps})")
     ap.add_argument("--seed", type=int, default=0)
@@ -205,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (the shipped weights were trained with 1; other counts may differ in the last bits)")
     a = ap.parse_args(argv)
+    from stages.toyworld.train_prior import resolve_out_dir
+
+    out = resolve_out_dir(a.out, "latent", a.force_package)
+    if isinstance(out, str):
+        ap.error(out)
+    a.out = str(out)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     p = latent_unet_params()

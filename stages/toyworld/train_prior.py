@@ -386,22 +386,48 @@ def nearest_object(images: torch.Tensor, views: list) -> torch.Tensor:
     return idx
 
 
+OUT_HELP = ("output directory (default: ./toy_sd_<recipe> under the working directory; use it with "
+            "--set prior.model=DIR). Never the installed package unless --force-package")
+FORCE_HELP = "allow --out inside the installed package (replaces the shipped toy SD weights)"
+
+
+def resolve_out_dir(out: str | None, recipe: str, force_package: bool) -> Path | str:
+    """Where `train-prior` writes: never into the installed package by default (that would
+    silently replace the shipped prior every later run uses). Returns the folder, or an error."""
+    root = Path(__file__).resolve().parent.parent.parent
+    target = Path(out).expanduser().resolve() if out else Path.cwd().resolve() / f"toy_sd_{recipe}"
+    inside = [pkg for pkg in (root / n for n in ("stages", "pipeline", "kernels"))
+              if target == pkg or pkg in target.parents]
+    if inside and not force_package:
+        return (f"--out {target} lies inside the installed package ({inside[0]}); training there "
+                f"replaces the shipped toy SD. Choose another --out, or add --force-package to "
+                f"replace it on purpose")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     """`sctd3d toy train-prior [--recipe latent|pixel] ...`: latent (the shipped toy SD) by default."""
     import sys
 
-    from stages.priors.stable_diffusion import TOY_SD_PIXEL_DIR
-
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", choices=("latent", "pixel"), default="latent")
+    pre.add_argument("--out", default=None)
+    pre.add_argument("--force-package", action="store_true")
     r, rest = pre.parse_known_args(argv)
+    if not any(a in ("-h", "--help") for a in rest):
+        out = resolve_out_dir(r.out, r.recipe, r.force_package)
+        if isinstance(out, str):  # an error message
+            print(f"sctd3d toy train-prior: error: {out}", file=sys.stderr)
+            return 2
+        rest = ["--out", str(out)] + (["--force-package"] if r.force_package else []) + rest
     if r.recipe == "latent":
         from stages.toyworld.train_latent import main as latent_main
 
         return latent_main(rest)
     ap = argparse.ArgumentParser(prog="sctd3d toy train-prior --recipe pixel", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(TOY_SD_PIXEL_DIR), help=f"output directory (default: shipped {TOY_SD_PIXEL_DIR})")
+    ap.add_argument("--out", default=None, help=OUT_HELP)
+    ap.add_argument("--force-package", action="store_true", help=FORCE_HELP)
     ap.add_argument("--steps", type=int, default=TrainParams.steps)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
