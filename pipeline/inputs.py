@@ -21,15 +21,34 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import fsspec
 
 
-from pipeline.config import Config, ConfigError, apply_overrides, config_hash, generation_hash
+from pipeline.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
+                             to_dict)
 from stages.priors.identity import generation_inputs
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
+BOM = b"\xef\xbb\xbf"   # a UTF-8 byte-order mark some editors put first; never part of a prompt
+
+# Per-row `config` overrides: generation settings only. Paths, models, devices, catalogues and
+# resource sizes come from the run's own config and flags, never from a prompt file.
+ROW_OVERRIDE_KEYS = ("generate.method", "generate.iterations", "prior.guidance_scale",
+                     "prior.negative_prompt", "prior.view_dependent_prompt", "prior.front_angle_deg",
+                     "prior.back_angle_deg", "prior.perp_neg", "prior.perp_neg_weight",
+                     "prior.perp_neg_front_decay", "prior.perp_neg_side_decay")
+ROW_OVERRIDE_SECTIONS = ("generate.sctd", "generate.baselines", "generate.optim", "generate.losses",
+                         "generate.augment", "generate.cameras", "generate.densify")
+ROW_OVERRIDE_DENIED = ("generate.densify.max_gaussians",)   # a resource size inside an allowed section
+ROW_OVERRIDE_CAPS = {"generate.iterations": 20_000}          # 4x the spec's 5000: a bounded GPU cost
+ROW_OVERRIDE_RULE = (
+    "a row may override only " + ", ".join(
+        [f"{k} (<= {ROW_OVERRIDE_CAPS[k]})" if k in ROW_OVERRIDE_CAPS else k for k in ROW_OVERRIDE_KEYS]
+        + [f"{sec}.*" for sec in ROW_OVERRIDE_SECTIONS])
+    + f" (not {', '.join(ROW_OVERRIDE_DENIED)}); paths, models, devices and sizes come from the "
+      f"run's config and flags")
 
 
 class InputError(ValueError):
@@ -119,6 +138,76 @@ def _check_prompt(prompt: str, count_tokens: Optional[Callable[[str], int]],
     return None
 
 
+def _flatten(overrides: dict, prefix: str = "") -> Iterator[tuple[Any, Any]]:
+    """(dotted key, value) leaves of a nested and/or dotted override mapping."""
+    for k, v in overrides.items():
+        key = f"{prefix}{k}" if isinstance(k, str) else k
+        if isinstance(key, str) and isinstance(v, dict) and v:
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _is_config_key(tree: dict, key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_row_overrides(cfg: Config, overrides: dict) -> Optional[str]:
+    """None if a row's overrides are all allowed generation settings within bounds, else the
+    reason. Unknown keys pass here: the config's own validation names them (with a did-you-mean)."""
+    tree = to_dict(cfg)
+    for key, value in _flatten(overrides):
+        if not isinstance(key, str) or not _is_config_key(tree, key):
+            continue
+        if key == "generate.seed":
+            return ("config override 'generate.seed' is not allowed in a prompt row: set the row's "
+                    "'seed' field instead (one source of truth for the seed)")
+        allowed = key in ROW_OVERRIDE_KEYS or any(key.startswith(sec + ".")
+                                                   for sec in ROW_OVERRIDE_SECTIONS)
+        if not allowed or key in ROW_OVERRIDE_DENIED:
+            return f"config override {key!r} is not allowed in a prompt row: {ROW_OVERRIDE_RULE}"
+        cap = ROW_OVERRIDE_CAPS.get(key)
+        if cap is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not value <= cap:
+            return (f"config override {key}={value!r} is over the per-row cap of {cap}; raise it in "
+                    f"the run's config instead ({ROW_OVERRIDE_RULE})")
+    return None
+
+
+def _catalogue_check(cfg: Config) -> Optional[Callable[[str], Optional[str]]]:
+    """With toy metrics configured, a prompt must name a catalogue object: checked here, before any
+    work, instead of failing every re-run after generation (with the catalogue's did-you-mean)."""
+    toy_metrics = {"toy_psnr", "toy_rprec"} & set(cfg.metrics.metrics)
+    if not (toy_metrics and cfg.pipeline.score):
+        return None
+    from stages.toyworld.catalogue import CatalogueError, load_catalogue
+
+    try:
+        cat = load_catalogue(cfg.toy.catalogue or None)
+    except CatalogueError as e:
+        raise InputError(str(e)) from None
+
+    def check(prompt: str) -> Optional[str]:
+        try:
+            cat.get(normalise_prompt(prompt))
+        except CatalogueError as e:
+            return f"{e}; metrics.metrics has {sorted(toy_metrics)}, which need a catalogue object"
+        return None
+    return check
+
+
+def _as_seed(seed: Any) -> Any:
+    """Integral floats (pandas stores a seed column with gaps as float64: 1.0) become ints."""
+    if isinstance(seed, float) and seed.is_integer():
+        return int(seed)
+    return seed
+
+
 def _rows_from_text(data: bytes) -> list[tuple[int, Any, Optional[str]]]:
     """(line, raw, decode error) per non-empty-file line; blank lines are kept (and rejected)."""
     out = []
@@ -164,8 +253,11 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
             data = f.read()
     except FileNotFoundError:
         raise InputError(f"prompt file not found: {uri!r}") from None
+    if fmt != "parquet" and data.startswith(BOM):
+        data = data[len(BOM):]
+    in_catalogue = _catalogue_check(cfg)
     base_hash = config_hash(cfg)
-    base_gen = _asset_generation_hash(cfg)
+    base_gen = asset_generation_hash(cfg)
     requests: list[AssetRequest] = []
     rejected: list[RejectedRow] = []
     seen: dict[str, AssetRequest] = {}
@@ -187,9 +279,13 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
     def accept(prompt: str, seed: int, overrides: dict, tags: list, line: int) -> None:
         nonlocal duplicates
         if overrides:
+            not_allowed = check_row_overrides(cfg, overrides)
+            if not_allowed:
+                reject({"prompt": prompt, "config": overrides}, line, not_allowed, seed, tags)
+                return
             try:
                 row_cfg = apply_overrides(cfg, overrides)
-                h, g = config_hash(row_cfg), _asset_generation_hash(row_cfg)
+                h, g = config_hash(row_cfg), asset_generation_hash(row_cfg)
             except ConfigError as e:
                 reject({"prompt": prompt, "config": overrides}, line, f"bad config override: {e}",
                        seed, tags)
@@ -221,6 +317,8 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
                 reject(raw, line, f"invalid UTF-8 at byte {e.start}: {raw[e.start:e.start + 4]!r}")
                 continue
             if fmt == "txt":
+                if text.lstrip().startswith("#"):
+                    continue  # a comment line (documented: a prompt cannot start with '#')
                 row: dict = {"prompt": text}
             else:
                 if not text.strip():
@@ -251,7 +349,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
         if not isinstance(prompt, str):
             reject(row, line, f"'prompt' must be a string, got {type(prompt).__name__}")
             continue
-        seed = row.get("seed")
+        seed = _as_seed(row.get("seed"))
         if seed is None:
             seed = default_seed
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -266,6 +364,8 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
             reject(row, line, f"'config' must be a mapping of overrides, got {overrides!r}", seed, tags)
             continue
         reason = _check_prompt(prompt, count_tokens, max_tokens)
+        if reason is None and in_catalogue is not None:
+            reason = in_catalogue(prompt)
         if reason:
             reject(prompt, line, reason, seed, tags)
             continue
@@ -273,7 +373,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
     return PromptBatch(requests=requests, rejected=rejected, duplicates=duplicates)
 
 
-def _asset_generation_hash(cfg: Config) -> str:
+def asset_generation_hash(cfg: Config) -> str:
     """generation_hash with the prior's weights identity (file digests cached per process)."""
     try:
         return generation_hash(cfg, generation_inputs(cfg))

@@ -12,7 +12,8 @@ from pipeline.inputs import InputError, asset_id_for, read_prompts, slugify
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config("toy.yaml")
+    # scoring off: these prompts are not toy catalogue objects (see test_toy_metrics_need_...)
+    return load_config("toy.yaml", ["pipeline.score=false"])
 
 
 def _words(prompt: str) -> int:
@@ -86,3 +87,87 @@ def test_file_level_errors(tmp_path, cfg):
     (tmp_path / "p.csv").write_text("x")
     with pytest.raises(InputError, match="cannot tell the format"):
         read_prompts(str(tmp_path / "p.csv"), cfg)
+
+
+# ---------------------------------------------------------------- issue 14: hand-written inputs
+@pytest.mark.parametrize("row_config,key", [
+    ({"toy": {"cache_dir": "/tmp/elsewhere"}}, "toy.cache_dir"),
+    ({"prior.model": "/etc"}, "prior.model"),
+    ({"toy.catalogue": "/etc/passwd"}, "toy.catalogue"),
+    ({"init": {"ball_num_gaussians": 10**9}}, "init.ball_num_gaussians"),
+    ({"generate.densify.max_gaussians": 10**9}, "generate.densify.max_gaussians"),
+    ({"pipeline.timeout_s": 1e9}, "pipeline.timeout_s"),
+    ({"metrics": {"fid_cache_dir": "/tmp/x"}}, "metrics.fid_cache_dir"),
+])
+def test_row_overrides_limited_to_generation_settings(tmp_path, cfg, row_config, key):
+    """A prompt file could point a row at any path or size (issue 14 item 4)."""
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"prompt": "a red cube", "config": row_config}) + "\n")
+    b = read_prompts(str(p), cfg)
+    assert b.requests == [] and len(b.rejected) == 1
+    reason = b.rejected[0].reason
+    assert f"config override {key!r} is not allowed in a prompt row" in reason, reason
+    assert "generate.iterations (<= 20000)" in reason and "generate.sctd.*" in reason
+
+
+def test_row_overrides_allowed_and_bounded(tmp_path, cfg):
+    rows = [{"prompt": "a red cube", "config": {"generate": {"method": "sctd", "iterations": 20000,
+                                                             "sctd": {"t_tau": 100}},
+                                                "generate.optim.position_lr_init": 1e-4,
+                                                "prior.guidance_scale": 12.0}},
+            {"prompt": "a red cube", "config": {"generate.iterations": 20001}},
+            {"prompt": "a red cube", "seed": 1, "config": {"generate": {"seed": 5}}}]
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    b = read_prompts(str(p), cfg)
+    assert len(b.requests) == 1 and b.requests[0].line == 1
+    reasons = {r.line: r.reason for r in b.rejected}
+    assert "generate.iterations=20001 is over the per-row cap of 20000" in reasons[2]
+    # one source of truth for the seed: the generate.seed override changed the id but was ignored
+    assert "'generate.seed' is not allowed in a prompt row: set the row's 'seed' field" in reasons[3]
+
+
+def test_bom_and_comment_lines(tmp_path, cfg):
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"a red cube\na blue sphere\n")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf# my prompts\na red cube\n  # not a prompt either\na blue sphere\n")
+    a, b = read_prompts(str(plain), cfg), read_prompts(str(bom), cfg)
+    assert [r.asset_id for r in b.requests] == [r.asset_id for r in a.requests]
+    assert b.rejected == [] and [r.line for r in b.requests] == [2, 4]
+    jl = tmp_path / "bom.jsonl"
+    jl.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a red cube"}).encode() + b"\n")
+    j = read_prompts(str(jl), cfg)
+    assert j.rejected == [] and j.requests[0].asset_id == a.requests[0].asset_id
+
+
+def test_parquet_integral_float_seeds(tmp_path, cfg):
+    """pandas stores a seed column with gaps as float64 (1.0, NaN -> null)."""
+    p = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a red cube", "a blue sphere", "a green cone"],
+                             "seed": pa.array([1.0, None, 2.5])}), p)
+    b = read_prompts(str(p), cfg)
+    assert [(r.prompt, r.seed) for r in b.requests] == [("a red cube", 1), ("a blue sphere", 0)]
+    assert isinstance(b.requests[0].seed, int)
+    assert len(b.rejected) == 1 and "'seed' must be a non-negative integer, got 2.5" in b.rejected[0].reason
+    txt = tmp_path / "p.txt"
+    txt.write_text("a red cube\n")
+    assert b.requests[0].asset_id != read_prompts(str(txt), cfg).requests[0].asset_id  # seed 1 vs 0
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "a red cube", "seed": 1}) + "\n")
+    assert read_prompts(str(jl), cfg).requests[0].asset_id == b.requests[0].asset_id
+
+
+def test_toy_metrics_need_catalogue_prompts_rejected_before_work(tmp_path):
+    """toy.yaml scores toy_psnr/toy_rprec: a prompt outside the catalogue used to be generated and
+    then fail on every re-run (issue 14 item 6); now it is rejected with the did-you-mean."""
+    cfg = load_config("toy.yaml")
+    p = tmp_path / "p.txt"
+    p.write_text("a red cube\na red cubee\na purple elephant\n")
+    b = read_prompts(str(p), cfg)
+    assert [r.prompt for r in b.requests] == ["a red cube"]
+    reasons = {r.line: r.reason for r in b.rejected}
+    assert "is not in the catalogue" in reasons[2] and "did you mean ['a red cube'" in reasons[2]
+    assert "toy_psnr" in reasons[3]
+    off = load_config("toy.yaml", ["pipeline.score=false"])
+    assert len(read_prompts(str(p), off).requests) == 3
