@@ -121,6 +121,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = demo(args.out, num_workers=args.num_workers, n_prompts=args.prompts)
     print(summary.line())
     print(summary.where())
+    from pipeline.export import export_command
+
+    print(f"dataset:  {export_command(summary.out)}")
     return summary.exit_code()
 
 
@@ -149,6 +152,30 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         print(manifest.compact(args.uri))
     else:
         print(manifest.show(args.uri))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
+    from pipeline.export import ExportError, export_dataset
+    from stages.export.select import FilterError
+    from stages.export.splats import SplatToolError
+
+    try:
+        summary = export_dataset(
+            args.run, args.out, where=args.where, views=args.views, resolution=args.resolution,
+            formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
+            seed=args.seed, executor=args.executor, address=args.address,
+            num_workers=args.num_workers, backend=args.backend)
+    except (ExportError, FilterError, SplatToolError) as e:
+        print(f"sctd3d export: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    print(summary.where())
+    if summary.exported == 0:
+        print(f"sctd3d export: error: none of the {summary.selected} selected assets could be "
+              f"exported; see {summary.out.rstrip('/')}/skipped.json", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -219,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("compact", "show"))
     p.add_argument("uri", help="run output root")
     p.set_defaults(fn=cmd_manifest)
+
+    p = sub.add_parser("export", help="a run -> a training-ready dataset (renders, poses, splats, "
+                                      "index, WebDataset shards, dataset card)")
+    p.add_argument("run", metavar="RUN_URI", help="output root of a `sctd3d run`")
+    p.add_argument("--out", required=True, metavar="DATASET_URI", help="dataset root (path or fsspec URL)")
+    p.add_argument("--where", default=None,
+                   help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
+                        "(default: status = 'done')")
+    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
+    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
+    p.add_argument("--formats", default="ply,spz", help="splat formats: ply, spz (comma-separated)")
+    p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
+    p.add_argument("--random-views", type=int, default=0,
+                   help="extra views from the run's training camera distribution")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random views")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
+    p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,
+                   help="renderer (default: the run's render.backend)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")
     toy = p.add_subparsers(dest="action", required=True, metavar="ACTION")

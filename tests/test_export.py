@@ -1,0 +1,326 @@
+"""`sctd3d export`: a synthetic finished run -> dataset (files, index, shards, card, resume)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export_fixtures import asset_id, make_run
+from pipeline.cli import main
+from pipeline.export import ExportError, export_dataset
+from stages.export.select import FilterError, select
+from stages.export.splats import find_splat_transform
+
+HAVE_SPZ = find_splat_transform() is not None
+FORMATS = "ply,spz" if HAVE_SPZ else "ply"
+VIEWS, RES, RANDOM = 6, 32, 2
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    run = make_run(base / "run", n_done=3, missing=True, truncated=True, failed=True)
+    out = base / "ds"
+    s = export_dataset(str(run), str(out), views=VIEWS, resolution=RES, formats=FORMATS,
+                       shard_size=2, random_views=RANDOM, seed=3,
+                       where="status = 'done' OR status = 'failed'")
+    return run, out, s
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+# ------------------------------------------------------------------------------- the filter
+def test_where_unknown_column_and_syntax_error_name_it_and_the_columns(exported, capsys):
+    run, _, _ = exported
+    table = __import__("pipeline.manifest", fromlist=["read"]).read(str(run))
+    with pytest.raises(FilterError, match=r"unknown column 'clip'.*available columns: asset_id, "
+                                          r"prompt.*clip_l"):
+        select(table, "clip >= 0.28")
+    with pytest.raises(FilterError, match=r"syntax error.*available columns"):
+        select(table, "status = = 'done'")
+    # no file access from a filter (a real engine, sandboxed: it can only select rows)
+    with pytest.raises(FilterError, match="disabled"):
+        select(table, "1=1) UNION SELECT * FROM read_csv('/etc/passwd') --")
+    got = select(table, "status = 'done' AND clip_l >= 0.28")
+    assert sorted(got.column("asset_id").to_pylist()) == sorted(
+        [asset_id(2), asset_id(100), asset_id(101)])  # clip_l = 0.2 + 0.05 i
+
+
+def test_cli_bad_inputs_are_one_line_exit_2(exported, tmp_path, capsys):
+    run, _, _ = exported
+    code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d1"), "--where",
+                         "clip >= 1", "--formats", "ply"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "unknown column 'clip'" in err
+    assert "clip_l" in err and "Traceback" not in err
+    code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d2"), "--where",
+                         "clip_l > 50", "--formats", "ply"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "selects no assets" in err
+    assert not (tmp_path / "d2").exists()  # nothing written for an empty selection
+    code, _, err = _cli(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "d3")], capsys)
+    assert code == 2 and "does not exist" in err and not (tmp_path / "nope").exists()
+    (tmp_path / "notarun").mkdir()
+    code, _, err = _cli(["export", str(tmp_path / "notarun"), "--out", str(tmp_path / "d4")], capsys)
+    assert code == 2 and "is not a run" in err and err.count("\n") == 1
+    code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d5"), "--formats",
+                         "ply,gltf"], capsys)
+    assert code == 2 and "unknown format 'gltf'" in err
+
+
+# ------------------------------------------------------------------------------- per asset
+def test_bad_assets_are_recorded_skips_and_nothing_else_is_lost(exported):
+    _, out, s = exported
+    skipped = {r["asset_id"]: r["reason"] for r in json.loads((out / "skipped.json").read_text())}
+    assert "asset.ply missing" in skipped[asset_id(100)]
+    assert "unreadable asset.ply" in skipped[asset_id(101)]
+    assert "status 'failed'" in skipped[asset_id(102)]
+    assert s.exported == 3 and s.skipped == 3
+    for i in range(3):
+        assert (out / "assets" / asset_id(i)[:2] / asset_id(i) / "export.json").is_file()
+    for i in (100, 101, 102):
+        assert not (out / "assets" / asset_id(i)[:2] / asset_id(i)).exists()
+
+
+def test_asset_folder_rgba_depth_and_ply_copy(exported):
+    run, out, _ = exported
+    aid = asset_id(0)
+    adir = out / "assets" / aid[:2] / aid
+    src = run / "assets" / aid[:2] / aid / "asset.ply"
+    assert (adir / "asset.ply").read_bytes() == src.read_bytes()  # byte-compatible copy
+    tf = json.loads((adir / "transforms.json").read_text())
+    assert tf["camera_convention"] == "opengl" and (tf["w"], tf["h"]) == (RES, RES)
+    assert len(tf["frames"]) == VIEWS + RANDOM
+    assert [f["split"] for f in tf["frames"]] == ["orbit"] * VIEWS + ["random"] * RANDOM
+    for fr in tf["frames"]:
+        rgba = np.asarray(Image.open(adir / fr["file_path"]))
+        assert rgba.shape == (RES, RES, 4) and rgba.dtype == np.uint8
+        depth = np.asarray(Image.open(adir / fr["depth_file_path"]))
+        assert depth.dtype == np.uint16 or depth.dtype == np.int32
+        # alpha is the accumulated opacity: transparent background, opaque object centre
+        assert (rgba[..., 3] == 0).any() and rgba[..., 3].max() > 200
+        # depth only where something was hit, and inside the object's depth range
+        hit = rgba[..., 3] > 128
+        d = depth.astype(np.float64) * tf["depth_scale"]
+        assert (d[rgba[..., 3] == 0] == 0).all() and d[hit].min() > 1.0 and d[hit].max() < 6.0
+
+
+def test_depth_png_matches_the_renderer(exported):
+    import torch
+
+    from kernels.ply import load_ply
+    from kernels.render import render
+    from stages.export.views import orbit
+
+    run, out, _ = exported
+    aid = asset_id(1)
+    adir = out / "assets" / aid[:2] / aid
+    tf = json.loads((adir / "transforms.json").read_text())
+    rc = json.loads((run / "run.json").read_text())["config"]["render"]  # the run's orbit
+    cams = orbit(VIEWS, RES, rc["elevation_deg"], rc["radius"], rc["fovy"])
+    o = render(load_ply(str(run / "assets" / aid[:2] / aid / "asset.ply")), cams, backend="torch")
+    for i in range(VIEWS):
+        d = np.asarray(Image.open(adir / tf["frames"][i]["depth_file_path"])).astype(np.float64)
+        a = o.alpha[i, ..., 0].numpy()
+        ref = o.depth[i, ..., 0].numpy()
+        m = a > 0.05
+        assert np.abs(d[m] * tf["depth_scale"] - ref[m]).max() <= tf["depth_scale"]
+
+
+def test_random_views_are_seeded(exported, tmp_path):
+    run, out, _ = exported
+    aid = asset_id(0)
+    tf1 = json.loads((out / "assets" / aid[:2] / aid / "transforms.json").read_text())
+    export_dataset(str(run), str(tmp_path / "other"), views=1, resolution=16, formats="ply",
+                   random_views=RANDOM, seed=4)
+    tf2 = json.loads((tmp_path / "other" / "assets" / aid[:2] / aid / "transforms.json").read_text())
+    r1 = [f["transform_matrix"] for f in tf1["frames"] if f["split"] == "random"]
+    r2 = [f["transform_matrix"] for f in tf2["frames"] if f["split"] == "random"]
+    assert len(r1) == len(r2) == RANDOM and not np.allclose(r1, r2)  # another seed, other views
+    # and the same seed on another asset gives that asset its own views
+    tf3 = json.loads((out / "assets" / asset_id(1)[:2] / asset_id(1) / "transforms.json").read_text())
+    r3 = [f["transform_matrix"] for f in tf3["frames"] if f["split"] == "random"]
+    assert not np.allclose(r1, r3)
+
+
+# ------------------------------------------------------------------------------- index
+def test_index_reads_with_datasets_pandas_and_duckdb(exported, tmp_path):
+    import duckdb
+    import pandas as pd
+    from datasets import load_dataset
+
+    _, out, _ = exported
+    path = str(out / "index.parquet")
+    df = pd.read_parquet(path)
+    assert sorted(df["asset_id"]) == sorted(asset_id(i) for i in range(3))
+    for col in ("prompt", "seed", "method", "config_hash", "clip_l", "toy_psnr", "ply_path",
+                "transforms_path", "num_views", "shard"):
+        assert col in df.columns
+    assert (df["num_views"] == VIEWS).all() and (df["num_random_views"] == RANDOM).all()
+    for rel in list(df["ply_path"]) + list(df["transforms_path"]) + list(df["preview_path"]):
+        assert not os.path.isabs(rel) and (out / rel).is_file()
+    ds = load_dataset("parquet", data_files=path, split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 3 and set(ds["asset_id"]) == set(df["asset_id"])
+    con = duckdb.connect()
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE clip_l >= 0.25").fetchall()
+    assert n[0][0] == 2
+
+
+def test_webdataset_shards_iterate(exported):
+    import webdataset as wds
+
+    _, out, _ = exported
+    tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    assert [os.path.basename(t) for t in tars] == ["shard-00000.tar", "shard-00001.tar"]
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False).decode())
+    assert sorted(s["__key__"] for s in samples) == sorted(asset_id(i) for i in range(3))
+    for s in samples:
+        row = s["json"]
+        assert s["prompt.txt"] == row["prompt"]
+        tf = s["transforms.json"]
+        assert tf["camera_convention"] == "opengl" and len(tf["frames"]) == VIEWS + RANDOM
+        view = Image.open(io.BytesIO(s["view000.png"]))
+        assert view.mode == "RGBA" and view.size == (RES, RES)
+        assert Image.open(io.BytesIO(s["depth000.png"])).mode == "I;16" and "viewr001.png" in s
+        assert isinstance(s["ply"], bytes) and s["ply"].startswith(b"ply")
+        if HAVE_SPZ:
+            assert isinstance(s["spz"], bytes) and s["spz"][:2] == b"\x1f\x8b"  # SPZ v3: gzip
+
+
+# ------------------------------------------------------------------------------- card
+def test_dataset_card_front_matter_counts_plot_and_grid(exported):
+    import yaml
+
+    _, out, _ = exported
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "other" and "TODO" in text.split("---\n")[1]
+    assert front["task_categories"] == ["text-to-3d"] and front["size_categories"] == ["n<1K"]
+    assert front["configs"][0]["data_files"][0]["path"] == "index.parquet"
+    assert "`cafe0123`" in text and "0.1.0+test" in text  # config hash, code version
+    assert "done 5, failed 1, rejected 0" in text  # counts by status of the run
+    assert "status = 'done' OR status = 'failed'" in text and "skipped: 3" in text
+    assert "toy world: 32x32 pixel renders" in text  # the run config's deviations
+    assert '"camera_convention": "opengl"' in text
+    for png in ("card/metrics.png", "card/samples.png"):
+        assert f"]({png})" in text
+        im = Image.open(out / png)
+        assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 1  # not blank
+
+
+# ------------------------------------------------------------------------------- resume
+def test_rerun_rewrites_nothing(exported):
+    run, out, _ = exported
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != "run.lock"]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    s = export_dataset(str(run), str(out), views=VIEWS, resolution=RES, formats=FORMATS,
+                       shard_size=2, random_views=RANDOM, seed=3,
+                       where="status = 'done' OR status = 'failed'")
+    assert (s.exported, s.reused, s.shards_reused) == (3, 3, 2)
+    after = {p: p.stat().st_mtime_ns for p in files}
+    assert before == after
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(files)
+
+
+def test_interrupted_export_resumes_and_keeps_finished_assets(tmp_path, monkeypatch):
+    import stages.export.asset as asset_mod
+    from pipeline import export as export_mod
+
+    run = make_run(tmp_path / "run", n_done=3, failed=False)
+    out = tmp_path / "ds"
+    real = asset_mod.build_asset
+    victim = asset_id(1)
+
+    def crash_on_victim(aid, ply, spec):
+        if aid == victim:
+            raise KeyboardInterrupt("worker killed")  # an interruption, not a bad asset
+        return real(aid, ply, spec)
+
+    monkeypatch.setattr(export_mod, "build_asset", crash_on_victim)
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset(str(run), str(out), views=2, resolution=16, formats="ply")
+    vdir = out / "assets" / victim[:2] / victim
+    assert not vdir.exists()  # nothing half-written is visible
+    assert not list((out / "assets" / victim[:2]).glob(".tmp-*"))
+    done_before = {p: p.stat().st_mtime_ns for p in (out / "assets").rglob("*") if p.is_file()}
+    monkeypatch.setattr(export_mod, "build_asset", real)
+    (out / "run.lock").unlink(missing_ok=True)
+    s = export_dataset(str(run), str(out), views=2, resolution=16, formats="ply")
+    assert s.exported == 3 and s.reused == len({p.parts[-3] for p in done_before
+                                                if p.name == "export.json"})
+    assert (vdir / "export.json").is_file()
+    for p, m in done_before.items():
+        assert p.stat().st_mtime_ns == m
+
+
+def test_changed_settings_reexport_the_asset(exported, tmp_path):
+    run, _, _ = exported
+    out = tmp_path / "ds"
+    export_dataset(str(run), str(out), views=2, resolution=16, formats="ply")
+    s = export_dataset(str(run), str(out), views=3, resolution=16, formats="ply")
+    assert s.reused == 0
+    tf = json.loads((out / "assets" / asset_id(0)[:2] / asset_id(0) / "transforms.json").read_text())
+    assert len(tf["frames"]) == 3
+    assert not list((out / "assets" / asset_id(0)[:2] / asset_id(0) / "images").glob("003.png"))
+
+
+def test_shard_is_a_valid_tar_with_fixed_metadata(exported):
+    _, out, _ = exported
+    with tarfile.open(out / "shards" / "shard-00000.tar") as t:
+        members = t.getmembers()
+    assert members and all(m.mtime == 0 and m.uid == 0 for m in members)
+    names = [m.name for m in members]
+    assert all("/" not in n for n in names)
+
+
+def test_demo_prints_the_export_command(monkeypatch, capsys, tmp_path):
+    import pipeline.run as run_mod
+
+    class FakeSummary:
+        out = str(tmp_path / "demo")
+        failed = 0
+
+        def line(self):
+            return "demo: 1 done"
+
+        def where(self):
+            return "assets: ..."
+
+        def exit_code(self):
+            return 0
+
+    monkeypatch.setattr(run_mod, "demo", lambda *a, **k: FakeSummary())
+    code, out, _ = _cli(["demo", "--out", str(tmp_path / "demo"), "--prompts", "1"], capsys)
+    assert code == 0
+    line = [ln for ln in out.splitlines() if "sctd3d export" in ln]
+    assert line and f"sctd3d export {tmp_path / 'demo'} --out {tmp_path / 'demo'}-dataset" in line[0]
+
+
+def test_bad_options_are_export_errors(exported, tmp_path):
+    run, _, _ = exported
+    with pytest.raises(ExportError, match="--views 0"):
+        export_dataset(str(run), str(tmp_path / "x"), views=0, formats="ply")
+    with pytest.raises(ExportError, match="run folder itself"):
+        export_dataset(str(run), str(run), formats="ply")
+
+
+def test_preview_png_alpha_is_straight(exported):
+    """RGB is straight (un-premultiplied) colour: semi-transparent edge pixels keep their hue."""
+    _, out, _ = exported
+    aid = asset_id(2)
+    rgba = np.asarray(Image.open(io.BytesIO(
+        (out / "assets" / aid[:2] / aid / "images" / "000.png").read_bytes())))
+    edge = (rgba[..., 3] > 20) & (rgba[..., 3] < 120)
+    assert edge.any()
+    assert rgba[edge][:, :3].max(axis=1).mean() > rgba[edge][:, 3].mean()
