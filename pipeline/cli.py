@@ -128,10 +128,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stages.evaluate import evaluate
+    from stages.evaluate import EvaluateError, evaluate
 
     cfg = _cfg(args)
-    result = evaluate(args.target, cfg)
+    try:
+        result = evaluate(args.target, cfg)
+    except EvaluateError as e:  # e.g. the config changes a generation key: `sctd3d run` is the tool
+        print(f"sctd3d evaluate: error: {e}", file=sys.stderr)
+        return 2
     print(_fmt_summary(result))
     return 0
 
@@ -190,11 +194,14 @@ def cmd_toy_list(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.config import config_hash
+    from pipeline.config import config_hash, eval_hash
+    from pipeline.inputs import asset_generation_hash
 
     cfg = _cfg(args)
     print(dump_yaml(cfg), end="")
     print(f"# config_hash: {config_hash(cfg)}")
+    print(f"# generation_hash: {asset_generation_hash(cfg)}  (asset ids: prompt + seed + this)")
+    print(f"# eval_hash: {eval_hash(cfg)}  (evaluation settings; sctd3d evaluate re-scores on change)")
     return 0
 
 
@@ -231,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=4, help="how many toy prompts (>= 1)")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="re-score existing assets (asset dir or manifest URI)")
+    p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
+                                        "regenerating (asset dir or run)")
     p.add_argument("target")
     _add_config_args(p)
     p.set_defaults(fn=cmd_evaluate)

@@ -311,6 +311,7 @@ GENERATION_SECTIONS = ("prior", "init", "generate")
 EVALUATION_SECTIONS = ("render", "metrics")
 NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
+    "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
     "metrics.device": "where the metrics run",
     "toy.cache_dir": "a cache location; cached views are keyed by their content",

@@ -313,7 +313,8 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     `prior` may be passed to reuse a loaded prior across assets; otherwise it is loaded from
     `cfg.prior`. Returns a GenerateResult; a failed asset has ok=False, an error, and no asset.ply.
     """
-    from pipeline.config import config_hash
+    from pipeline.config import config_hash, generation_hash
+    from stages.priors.identity import generation_inputs
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"generate: prompt must be a non-empty string, got {prompt!r}")
@@ -325,7 +326,10 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     ckdir = out / CKPT_DIR
     chash = config_hash(cfg)
-    ident = {"prompt": prompt, "seed": seed, "config_hash": chash}
+    # resume / reuse only what the same generation settings and prior weights made: evaluation
+    # settings (render, metrics) never force a regeneration
+    ghash = generation_hash(cfg, generation_inputs(cfg))
+    ident = {"prompt": prompt, "seed": seed, "generation_hash": ghash}
 
     meta_path = out / "meta.json"
     if meta_path.exists() and (out / "asset.ply").exists():
@@ -338,7 +342,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
 
     if prior is None:
         from stages.priors.base import load_prior
-        prior = load_prior(cfg.prior, cfg.prior.device)
+        prior = load_prior(cfg.prior, cfg.prior.device, toy=cfg.toy)
     device = torch.device(prior.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -355,7 +359,8 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
 
     def fresh_state() -> _State:
         from stages.init import init_gaussians
-        g0 = init_gaussians(cfg.init, prompt, torch.Generator().manual_seed(seed))
+        g0 = init_gaussians(cfg.init, prompt, torch.Generator().manual_seed(seed),
+                            toy_catalogue=cfg.toy.catalogue or None)
         tr = GaussianTrainer(g0.to(device), tparams)
         gen = torch.Generator().manual_seed(seed + 1)
         ns = _noise_seed(seed, 0)
@@ -455,7 +460,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     mem, mem_kind = peak_memory_mb(device)
     meta = {
         "prompt": prompt, "seed": seed, "method": gcfg.method, "prior": cfg.prior.name,
-        "config_hash": chash, "code_version": code_version(), "iterations": it if error is None else it - 1,
+        "config_hash": chash, "generation_hash": ghash, "code_version": code_version(), "iterations": it if error is None else it - 1,
         "iterations_planned": gcfg.iterations, "wall_s": wall, "unet_calls": unet_calls,
         "unet_calls_per_iteration": unet_calls / max(1, len(history)),
         "peak_memory_mb": mem, "peak_memory_kind": mem_kind, "num_gaussians": trainer.g.num(),

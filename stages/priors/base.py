@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig
+    from pipeline.config import PriorConfig, ToyConfig
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,12 @@ def resolve_device(device: str | torch.device | None, cfg_device: str = "auto") 
     return dev
 
 
-def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None) -> Prior:
-    """The prior named by `cfg.name`: stable_diffusion | toy_sd (the shipped toy diffusers dir) | toy_exact."""
+def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None,
+               toy: "ToyConfig | None" = None) -> Prior:
+    """The prior named by `cfg.name`: stable_diffusion | toy_sd (the shipped toy diffusers dir) | toy_exact.
+
+    `toy`: the run's toy section, from which toy_exact builds its view set (catalogue, views per
+    object, cameras); pass `cfg.toy` from a run, None only for the defaults."""
     dev = resolve_device(device, getattr(cfg, "device", "auto"))
     if cfg.name == "stable_diffusion":
         from stages.priors.stable_diffusion import StableDiffusionPrior
@@ -258,5 +262,5 @@ def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None) -> 
         return StableDiffusionPrior.from_config(cfg, dev, model=toy_sd_model(cfg.model), name="toy_sd")
     if cfg.name == "toy_exact":
         from stages.priors import toy_exact
-        return toy_exact.load(cfg, dev)
+        return toy_exact.load(cfg, dev, toy)
     raise ValueError(f"prior.name={cfg.name!r} is unknown; use one of stable_diffusion, toy_sd, toy_exact")

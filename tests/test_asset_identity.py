@@ -1,0 +1,395 @@
+"""Asset identity: an asset id hashes exactly what determines the generated asset.
+
+Every config key is a generation key (changes ids), an evaluation key (changes eval_hash only) or
+neither; the prior's weights enter by content; `sctd3d evaluate` re-scores a finished run under
+new evaluation settings without touching its assets, and refuses a config that would generate
+different ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import manifest
+from pipeline.config import (EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHED, TOY_EVALUATION_KEYS,
+                             TOY_GENERATION_KEYS, Config, ConfigError, apply_overrides, eval_hash,
+                             load_config, to_dict)
+from pipeline.inputs import read_prompts
+from stages.priors import identity
+
+PROMPT = "a red cube"
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _leaves(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _leaves(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f))
+    return out
+
+
+LEAVES = dict(_leaves())
+
+
+def _get(cfg: Config, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _candidates(key: str, value, meta: dict) -> list:
+    """Valid-looking different values for one key, most natural first."""
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices:
+        return [c for c in choices if c != value]
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        c = [value + 1, value - 1, lo, hi]
+        return [int(x) for x in c if x is not None and x != value and (lo is None or x >= lo)
+                and (hi is None or x <= hi)]
+    if isinstance(value, float):
+        c = [value * 1.5 if value else 0.5, value + 0.1, value * 0.5, value - 0.1, lo, hi]
+        return [float(x) for x in c if x is not None and x != value and (lo is None or x >= lo)
+                and (hi is None or x <= hi)]
+    if isinstance(value, str):
+        return {"prior.model": ["someorg/other-model"], "prior.revision": ["0123abc"],
+                "prior.device": ["cpu"], "metrics.device": ["cpu"],
+                "metrics.metrics": []}.get(key, [value + "-changed" if value else "changed"])
+    if isinstance(value, list):
+        if key == "metrics.metrics":
+            return [["clip_l"], ["toy_psnr"]]
+        if value and all(isinstance(x, (int, float)) for x in value):
+            return [value[:-1] + [value[-1] * 1.02 + 0.01], [value[0] * 0.98] + value[1:], value[:-1]]
+        return [value + ["x"], ["x"]]
+    if isinstance(value, dict):
+        return [{**value, "clip_l": 9.0}]
+    raise AssertionError(f"no candidate for {key}={value!r}")
+
+
+def _changed(cfg: Config, key: str) -> Config:
+    """`cfg` with `key` set to a different value that validation accepts."""
+    errors = []
+    for v in _candidates(key, _get(cfg, key), dict(LEAVES[key].metadata)):
+        try:
+            new = apply_overrides(cfg, {key: v})
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        assert _get(new, key) != _get(cfg, key)
+        return new
+    raise AssertionError(f"no valid changed value for {key}: {errors}")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> str:
+    p = tmp_path_factory.mktemp("prompts") / "p.txt"
+    p.write_text(PROMPT + "\n")
+    return str(p)
+
+
+def _id(prompts: str, cfg: Config) -> str:
+    [req] = read_prompts(prompts, cfg).requests
+    return req.asset_id
+
+
+def _classified(key: str) -> str:
+    section = key.split(".")[0]
+    if key in NOT_HASHED or section in NOT_HASHED:
+        return "neither"
+    if section in GENERATION_SECTIONS:
+        return "generation"
+    if section in EVALUATION_SECTIONS:
+        return "evaluation"
+    if section == "toy" and key.split(".", 1)[1] in TOY_EVALUATION_KEYS:
+        return "evaluation"
+    return "unclassified"
+
+
+GEN_KEYS = sorted(k for k in LEAVES if _classified(k) == "generation")
+EVAL_KEYS = sorted(k for k in LEAVES if _classified(k) == "evaluation")
+NEITHER_KEYS = sorted(k for k in LEAVES if _classified(k) == "neither" and k != "generate.seed")
+TOY_GEN_KEYS = sorted({f"toy.{k}" for keys in TOY_GENERATION_KEYS.values() for k in keys})
+
+
+# ----------------------------------------------------------------------------------------------
+# the classification and the hashes
+# ----------------------------------------------------------------------------------------------
+def test_every_config_key_is_classified():
+    unclassified = [k for k in LEAVES if _classified(k) == "unclassified"]
+    assert not unclassified, f"decide whether these change the asset, its scores, or neither: {unclassified}"
+    assert len(GEN_KEYS) > 80 and len(EVAL_KEYS) > 20  # the sections are really walked
+    assert "prior.dtype" in GEN_KEYS and "prior.device" not in GEN_KEYS
+
+
+@pytest.mark.parametrize("key", GEN_KEYS)
+def test_each_generation_key_changes_the_id(prompts, key):
+    base = Config()
+    assert _id(prompts, _changed(base, key)) != _id(prompts, base)
+
+
+@pytest.mark.parametrize("key", EVAL_KEYS)
+def test_each_evaluation_key_keeps_the_id_and_changes_eval_hash(prompts, key):
+    base = Config()
+    new = _changed(base, key)
+    assert _id(prompts, new) == _id(prompts, base)
+    assert eval_hash(new) != eval_hash(base)
+
+
+@pytest.mark.parametrize("key", NEITHER_KEYS)
+def test_each_other_key_keeps_the_id_and_eval_hash(prompts, key):
+    base = Config()
+    new = _changed(base, key)
+    assert _id(prompts, new) == _id(prompts, base)
+    assert eval_hash(new) == eval_hash(base)
+
+
+@pytest.mark.parametrize("key", TOY_GEN_KEYS)
+def test_toy_keys_are_generation_keys_only_where_the_toy_world_generates(prompts, key):
+    sd = Config()
+    assert _id(prompts, _changed(sd, key)) == _id(prompts, sd)  # Stable Diffusion never reads them
+    exact = apply_overrides(Config(), {"prior.name": "toy_exact"})
+    assert _id(prompts, _changed(exact, key)) != _id(prompts, exact)
+
+
+def test_default_seed_enters_as_the_rows_seed(tmp_path):
+    rows = tmp_path / "p.jsonl"
+    rows.write_text(json.dumps({"prompt": PROMPT}) + "\n" + json.dumps({"prompt": PROMPT, "seed": 7}) + "\n")
+    a = read_prompts(str(rows), Config()).requests
+    b = read_prompts(str(rows), apply_overrides(Config(), {"generate.seed": 3})).requests
+    assert a[0].asset_id != b[0].asset_id  # the row without a seed now runs with seed 3
+    assert a[1].asset_id == b[1].asset_id  # the row with its own seed is the same asset
+
+
+def test_same_prompt_seed_settings_same_id_across_processes(tmp_path, prompts):
+    cfg = load_config("toy.yaml")
+    other = tmp_path / "q.txt"
+    other.write_text("  a  red   cube \r\n")  # formatting never makes a new asset
+    here = _id(prompts, cfg)
+    assert here == _id(prompts, load_config("toy.yaml")) == _id(str(other), cfg)
+    assert here == _id(prompts, load_config("toy.yaml", ["prior.device=auto", "pipeline.max_attempts=9"]))
+    code = ("from pipeline.config import load_config; from pipeline.inputs import read_prompts; "
+            f"print(read_prompts({prompts!r}, load_config('toy.yaml')).requests[0].asset_id)")
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(Path(__file__).resolve().parent.parent), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == here
+
+
+# ----------------------------------------------------------------------------------------------
+# prior weights by content
+# ----------------------------------------------------------------------------------------------
+def _toy_sd_copy(tmp_path) -> Path:
+    from stages.priors.stable_diffusion import TOY_SD_DIR
+
+    dst = tmp_path / "toy_sd"
+    shutil.copytree(TOY_SD_DIR, dst)
+    return dst
+
+
+def _flip_byte(path: Path, offset: int, mtime_ns: int | None = None) -> None:
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+    # a later write has a later mtime; set it explicitly so coarse filesystem clocks cannot hide it
+    ns = mtime_ns if mtime_ns is not None else st.st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(ns, ns))
+
+
+def test_prior_weights_content_changes_the_id(tmp_path, prompts):
+    d = _toy_sd_copy(tmp_path)
+    cfg = load_config("toy.yaml", [f"prior.model={d}"])
+    first = _id(prompts, cfg)
+    weights = d / "unet" / "diffusion_pytorch_model.safetensors"
+    _flip_byte(weights, weights.stat().st_size // 2)
+    perturbed = _id(prompts, cfg)
+    assert perturbed != first
+    _flip_byte(weights, weights.stat().st_size // 2)  # restored bytes: the original asset again
+    assert _id(prompts, cfg) == first
+
+
+def test_single_safetensors_file_is_identified_by_content(tmp_path, prompts):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(64))
+    cfg = apply_overrides(Config(), {"prior.model": str(f)})
+    a = _id(prompts, cfg)
+    _flip_byte(f, 40)
+    assert _id(prompts, cfg) != a
+
+
+def test_weight_digests_are_cached_by_path_size_mtime(tmp_path):
+    d = _toy_sd_copy(tmp_path)
+    first = identity.tree_digest(d)
+    weights = d / "vae" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    # same size, same mtime: the cached digest is used, the file is not read again
+    _flip_byte(weights, 100, mtime_ns=before)
+    assert identity.tree_digest(d) == first
+    os.utime(weights, ns=(before + 10**9, before + 10**9))
+    assert identity.tree_digest(d) != first
+
+
+def test_hub_id_identity_uses_the_cached_commit(tmp_path, monkeypatch):
+    commit = "a" * 40
+    snap = tmp_path / "models--org--m" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "model_index.json").write_text("{}")
+    (tmp_path / "models--org--m" / "refs").mkdir()
+    (tmp_path / "models--org--m" / "refs" / "main").write_text(commit)
+    import huggingface_hub.constants as hc
+    import huggingface_hub.file_download as fd
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path), raising=False)
+    cfg = apply_overrides(Config(), {"prior.model": "org/m"})
+    assert identity.prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
+    missing = apply_overrides(Config(), {"prior.model": "org/not-cached"})
+    assert identity.prior_identity(missing)["commit"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# load_prior: the run's toy section reaches the exact prior
+# ----------------------------------------------------------------------------------------------
+def test_load_prior_builds_toy_exact_from_the_runs_toy_section(tmp_path):
+    from stages.priors.base import load_prior
+
+    cfg = load_config("toy.yaml", ["prior.name=toy_exact", "prior.image_size=8", "toy.views_per_object=2",
+                                   f"toy.cache_dir={tmp_path}"])
+    prior = load_prior(cfg.prior, "cpu", toy=cfg.toy)
+    assert all(x.shape[0] == 2 for x in prior._x)  # 2 views per object, not the default 256
+
+
+def test_generate_and_workers_pass_the_toy_section(tmp_path, monkeypatch):
+    """The two run paths that load a prior (stages.generate and a worker's cached prior) hand it
+    cfg.toy; before, toy_exact silently used ToyConfig() defaults."""
+    from pipeline import run as run_mod
+    from stages.generate import generate
+    from stages.priors import toy_exact
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_load(prior_cfg, device, toy=None):
+        seen.append(toy)
+        raise Stop
+
+    monkeypatch.setattr(toy_exact, "load", recording_load)
+    cfg = load_config("toy.yaml", ["prior.name=toy_exact", "toy.views_per_object=3"])
+    with pytest.raises(Stop):
+        generate(cfg, PROMPT, 0, str(tmp_path / "a"), progress=False)
+    monkeypatch.setattr(run_mod, "_PRIORS", {})
+    with pytest.raises(Stop):
+        run_mod._real_generate(cfg, PROMPT, 0, str(tmp_path / "b"))
+    assert len(seen) == 2 and all(t is not None and t.views_per_object == 3 for t in seen)
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest schema v2
+# ----------------------------------------------------------------------------------------------
+def test_v1_records_read_with_null_identity_columns(tmp_path):
+    from pipeline.storage import open_storage
+
+    st = open_storage(str(tmp_path))
+    v1_cols = [f for f in manifest.SCHEMA if f.name not in ("generation_hash", "eval_hash", "evaluated_at")]
+    v1 = pa.Table.from_pylist([{**{f.name: None for f in v1_cols}, "asset_id": "ab12", "status": "done",
+                                "config_hash": "cafe", "schema_version": 1}], schema=pa.schema(v1_cols))
+    os.makedirs(tmp_path / manifest.PARTS_DIR)
+    pq.write_table(v1, tmp_path / manifest.PARTS_DIR / "ab12.parquet")
+    [r] = manifest.read(st).to_pylist()
+    assert r["schema_version"] == 1 and r["config_hash"] == "cafe"
+    assert r["generation_hash"] is None and r["eval_hash"] is None and r["evaluated_at"] is None
+    assert manifest.SCHEMA_VERSION == 2
+
+
+def test_evaluate_check_reads_v1_run_json_config():
+    from stages.evaluate import EvaluateError, check_same_generation
+
+    cfg = load_config("toy.yaml")
+    v1 = {"config": to_dict(cfg)}  # a run from before generation_hash was recorded
+    check_same_generation(load_config("toy.yaml", ["render.num_views=7"]), v1, [])
+    with pytest.raises(EvaluateError, match=r"would generate different assets \(generate.iterations: 600 -> 601\); "
+                                            r"use sctd3d run"):
+        check_same_generation(load_config("toy.yaml", ["generate.iterations=601"]), v1, [])
+    with pytest.raises(EvaluateError, match="cannot tell which settings"):
+        check_same_generation(cfg, {}, [{"generation_hash": None}])
+
+
+# ----------------------------------------------------------------------------------------------
+# `sctd3d evaluate` on a finished run
+# ----------------------------------------------------------------------------------------------
+TINY = ["generate.iterations=3", "generate.save_ply_at=[]", "generate.checkpoint_every=0",
+        "init.ball_num_gaussians=150", "render.num_views=3", "render.video=false",
+        "metrics.metrics=[toy_psnr]", "metrics.fid=false", "pipeline.report=false"]
+
+
+def test_evaluate_rescores_a_run_without_touching_its_assets(tmp_path, prompts, capsys):
+    from pipeline.cli import main
+    from pipeline.run import run_batch
+
+    out = str(tmp_path / "run")
+    cfg = load_config("toy.yaml", TINY)
+    s = run_batch(prompts, cfg, out, progress=False)
+    assert s.done == 1
+    [rec] = manifest.read(out).to_pylist()
+    run_info = json.loads(Path(out, "run.json").read_text())
+    assert rec["eval_hash"] == eval_hash(cfg) == run_info["eval_hash"]
+    assert rec["generation_hash"] == run_info["generation_hash"] and rec["evaluated_at"] is None
+    adir = Path(out, "assets", rec["asset_id"][:2], rec["asset_id"])
+    ply = adir / "asset.ply"
+    ply_bytes, ply_mtime = ply.read_bytes(), ply.stat().st_mtime_ns
+    assert len(list((adir / "frames").glob("*.png"))) == 3
+
+    # a new evaluation orbit: re-rendered and re-scored, the asset untouched
+    new = load_config("toy.yaml", TINY + ["render.num_views=5", "render.elevation_deg=30"])
+    from stages.evaluate import evaluate
+
+    summary = evaluate(out, new)
+    assert summary["rescored"] == 1 and summary["eval_hash"] == eval_hash(new) != eval_hash(cfg)
+    assert ply.read_bytes() == ply_bytes and ply.stat().st_mtime_ns == ply_mtime
+    assert sorted(p.name for p in (adir / "frames").glob("*.png")) == [f"{i:03d}.png" for i in range(5)]
+    [after] = manifest.read(out).to_pylist()
+    assert after["asset_id"] == rec["asset_id"] and after["eval_hash"] == eval_hash(new)
+    assert after["evaluated_at"] is not None and after["generation_hash"] == rec["generation_hash"]
+    assert after["toy_psnr"] is not None and after["toy_psnr"] != rec["toy_psnr"]
+    assert after["finished_at"] == rec["finished_at"] and after["attempts"] == rec["attempts"]
+
+    # same settings again: nothing to do; a run with the new settings finds the asset done
+    assert evaluate(out, new)["rescored"] == 0
+    again = run_batch(prompts, new, out, progress=False)
+    assert again.skipped == 1 and again.done == 0
+    assert ply.read_bytes() == ply_bytes and ply.stat().st_mtime_ns == ply_mtime
+
+    # a generation key changed: refused in one line, nothing written
+    parts = {p.name: p.read_bytes() for p in Path(out, manifest.PARTS_DIR).iterdir()}
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", out, "--config", "toy.yaml", *sum((["--set", o] for o in TINY), []),
+              "--set", "generate.iterations=4"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert err == ("sctd3d evaluate: error: this config would generate different assets "
+                   "(generate.iterations: 3 -> 4); use sctd3d run")
+    assert {p.name: p.read_bytes() for p in Path(out, manifest.PARTS_DIR).iterdir()} == parts
