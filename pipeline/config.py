@@ -260,6 +260,11 @@ class ReportConfig:
     # reported but never gate. done_rate: fraction of shared assets that finished `done`.
     thresholds: dict = _f({"clip_l": 0.5, "image_reward": 0.02, "toy_psnr": 0.5,
                            "toy_rprec": 0.05, "fid": 2.0, "done_rate": 0.1})
+    # measured run-to-run spread of each metric's mean paired difference (SD over clean nights of
+    # other seeds; benchmarks/nightly_power.py): what a threshold is set from. Shown next to each
+    # decision on the report page; never gates. Empty = not measured for this config.
+    spreads: dict = _f({}, doc="metric -> run-to-run SD of the mean paired difference (display only)")
+    spread_source: str = _f("", doc="where `spreads` were measured (shown on the report page)")
     top_movers: int = _f(8, lo=0)
     rule: str = _f("ci_beyond_threshold", choices=("ci_beyond_threshold", "significant_and_material"),
                    doc="see stages/regression.py: decide()")
@@ -462,6 +467,10 @@ def _check_cross_field(cfg: Config, source: str) -> None:
         if not _is_num(v) or v < 0:
             raise ConfigError(f"{source}: report.thresholds.{k}: expected a finite number >= 0, "
                               f"got {v!r}")
+    for k, v in cfg.report.spreads.items():
+        if not _is_num(v) or v < 0:
+            raise ConfigError(f"{source}: report.spreads.{k}: expected a finite number >= 0 (the "
+                              f"measured run-to-run SD), got {v!r}")
     for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
         if not all(isinstance(x, str) for x in items):
             raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")

@@ -299,6 +299,16 @@ def _check_thresholds(rcfg) -> dict[str, float]:
     return out
 
 
+def spreads(rcfg) -> dict[str, float]:
+    """report.spreads (metric -> measured run-to-run SD of the mean paired difference)."""
+    out = {}
+    for k, v in rcfg.spreads.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ReportError(f"report.spreads.{k}: expected a number >= 0, got {v!r}")
+        out[str(k)] = float(v)
+    return out
+
+
 def paired_frame(run: RunData, base: RunData) -> pd.DataFrame:
     """Assets (by prompt, seed, method) present in both runs, columns suffixed _run / _base."""
     r, b = run.by_key(), base.by_key()
@@ -473,7 +483,9 @@ def build_report(manifest_uri: str, out: str, baseline: str | None = None,
         "metrics": {d.metric: d.to_json() for d in decisions},
         "decision": {"rule": rcfg.rule, "n_boot": rcfg.n_boot, "confidence": rcfg.confidence,
                      "seed": rcfg.seed, "min_pairs": rcfg.min_pairs,
-                     "thresholds": _check_thresholds(rcfg)},
+                     "thresholds": _check_thresholds(rcfg),
+                     # measured run-to-run spread each threshold was set from (display only)
+                     "spreads": spreads(rcfg), "spread_source": rcfg.spread_source},
         "trend": trend,
         "report_html": posixpath.basename(str(out)),
     }

@@ -273,10 +273,13 @@ def _regression_section(decisions: list[MetricDecision], pairs: pd.DataFrame | N
     banner = (f'<div class="banner bad" id="verdict">REGRESSION in {esc(", ".join(reg))}</div>' if reg else
               '<div class="banner good" id="verdict">No metric regressed.</div>')
     dc = summary["decision"]
+    spread = dc.get("spreads") or {}
     rows, cls = [], []
     for d in decisions:
+        sp = spread.get(d.metric)
         rows.append([esc(d.metric), esc(d.direction), fmt(d.n), fmt(d.baseline_mean), fmt(d.run_mean),
                      fmt(d.mean_diff), f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}]", fmt(d.threshold),
+                     "not measured" if sp is None else f"± {fmt(sp)}",
                      f"<b>{esc(d.status)}</b>", esc(d.note)])
         cls.append({"regressed": "regressed", "improved": "improved", "missing": "missing"}.get(d.status, ""))
     plots = [diff_plot(pairs, d) for d in decisions] if pairs is not None else []
@@ -286,9 +289,11 @@ def _regression_section(decisions: list[MetricDecision], pairs: pd.DataFrame | N
             f'<div class="muted">Baseline: {esc(base.label)} — {summary["n_paired"]} shared assets '
             f'(prompt, seed, method). Rule <span class="mono">{esc(dc["rule"])}</span>, '
             f'{int(dc["confidence"] * 100)}% bootstrap CI of the mean paired difference, '
-            f'{dc["n_boot"]} resamples, seed {dc["seed"]}.</div>'
+            f'{dc["n_boot"]} resamples, seed {dc["seed"]}. Run-to-run spread: the measured SD of '
+            f'the mean difference between clean runs, which the threshold was set from'
+            + (f' ({esc(dc["spread_source"])})' if dc.get("spread_source") else '') + '.</div>'
             + _table(["metric", "better", "n", "baseline", "run", "run − base", "CI", "threshold",
-                      "status", "note"], rows, cls, elem_id="regression-table")
+                      "run-to-run spread", "status", "note"], rows, cls, elem_id="regression-table")
             + f'<div class="plots">{imgs}</div>')
 
 

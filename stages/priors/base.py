@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import Tensor
 
+from stages import faults
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PriorConfig, ToyConfig
 
@@ -228,7 +230,8 @@ def make_guided_eps_from_config(prior: Prior, cfg: "PriorConfig", prompt: str,
                                 azimuths_deg: Sequence[float] | Tensor) -> BatchedGuidedEps:
     """`make_guided_eps` with every constant taken from the `prior` config section."""
     pn = PerpNegParams(cfg.perp_neg_weight, cfg.perp_neg_front_decay, cfg.perp_neg_side_decay) if cfg.perp_neg else None
-    return make_guided_eps(prior, prompt, azimuths_deg, cfg.negative_prompt, cfg.guidance_scale, pn,
+    w = faults.guidance_sign() * cfg.guidance_scale  # identity unless a benchmark injects distill_sign
+    return make_guided_eps(prior, prompt, azimuths_deg, cfg.negative_prompt, w, pn,
                            cfg.view_dependent_prompt, cfg.front_angle_deg, cfg.back_angle_deg)
 
 
