@@ -10,6 +10,9 @@
   chunk is recomputed in backward (activation checkpointing), so memory stays bounded.
 - "gsplat": `gsplat.rasterization` (CUDA), render_mode "RGB+ED".
 - "auto": gsplat when the Gaussians live on CUDA and gsplat's CUDA extension loads, else torch.
+  Whether the extension loads is found out once per process (a failed build is not retried on every
+  render, and it is one WARNING, not one per render); `resolve_backend` names the backend a render
+  uses, so callers can record it (meta.json, the manifest's `renderer` column).
 
 Both return `RenderOutput` with `means2d` (B, N, 2) in pixels; while autograd is recording,
 `means2d.retain_grad()` has been called so densification can read the view-space gradient.
@@ -79,23 +82,43 @@ def render(
             bg = bg.expand(B, 3)
         if bg.shape != (B, 3):
             raise ValueError(f"render: background must be (3,) or ({B}, 3), got {tuple(bg.shape)}")
-    if backend == "auto":
-        backend = "gsplat" if (dev.type == "cuda" and gsplat_available()) else "torch"
+    backend = resolve_backend(backend, dev)
     if backend == "gsplat":
         return _render_gsplat(g, cams, bg, near, far)
     return _render_torch(g, cams, bg, near, far, settings or RasterSettings())
 
 
+_GSPLAT: dict[str, object] = {}  # per process: {"ok": bool, "reason": str} once gsplat was tried
+
+
 def gsplat_available() -> bool:
-    """True when gsplat's CUDA rasteriser can run here."""
+    """True when gsplat's CUDA rasteriser can run here; decided once per process.
+
+    Why once: importing the extension may JIT-compile it (minutes, inside an asset's timeout) and a
+    failed build would otherwise be retried, and warned about, on every render."""
     if not torch.cuda.is_available():
         return False
-    try:
-        from gsplat.cuda._backend import _C  # noqa: F401  (the compiled extension)
-    except Exception as exc:  # ImportError or a build failure: report, fall back
-        log.warning("gsplat CUDA extension unavailable (%s); using the torch backend", exc)
-        return False
-    return _C is not None
+    if "ok" not in _GSPLAT:
+        try:
+            from gsplat.cuda._backend import _C  # noqa: F401  (the compiled extension)
+            ok, reason = _C is not None, "" if _C is not None else "gsplat.cuda._backend._C is None"
+        except Exception as exc:  # noqa: BLE001 - ImportError or a build failure: remembered, warned once
+            last = (str(exc).strip().splitlines() or [""])[-1]
+            ok, reason = False, f"{type(exc).__name__}: {last}"[:300]
+        _GSPLAT.update(ok=ok, reason=reason)
+        if not ok:
+            log.warning("gsplat CUDA extension unavailable (%s); rendering with the torch backend "
+                        "(slower; recorded as renderer=torch in meta.json and the manifest)", reason)
+    return bool(_GSPLAT["ok"])
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend `render(..., backend=backend)` uses for Gaussians on `device`: 'torch' or 'gsplat'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"render: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "gsplat" if (torch.device(device).type == "cuda" and gsplat_available()) else "torch"
+    return backend
 
 
 # ----------------------------------------------------------------------------------------------

@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that carry a user-facing message (imported only once something failed)."""
     from kernels.ply import PlyFormatError
+    from pipeline.executors import ExecutorError
     from pipeline.inputs import InputError
     from pipeline.lock import LockHeld
     from stages.toyworld.catalogue import CatalogueError
@@ -354,12 +355,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stages.generate import CheckpointError
     from stages.init import InitError
     from stages.metrics.errors import MetricWeightsError
+    from stages.priors.device import DeviceError
     from stages.priors.stable_diffusion import PriorLoadError
     from stages.report import ReportError
 
     return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
             InitError, MetricWeightsError, PriorLoadError, ReportError, UsageError, CatalogueError,
-            OSError)
+            ExecutorError, DeviceError, OSError)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ SCHEMA = pa.schema([
     pa.field("generation_hash", pa.string()),
     pa.field("eval_hash", pa.string()),
     pa.field("evaluated_at", pa.timestamp("ms", tz="UTC")),
+    # renderer: the splat backend generation actually used ('gsplat' | 'torch'); a torch value on a
+    # CUDA device is a gsplat fallback (its reason is in the worker's log). Null: an older record.
+    pa.field("renderer", pa.string()),
 ], metadata={b"sctd3d.manifest.schema_version": str(SCHEMA_VERSION).encode()})
 
 COLUMNS = tuple(SCHEMA.names)

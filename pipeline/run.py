@@ -312,6 +312,7 @@ def process_asset(task: dict, generate_fn: Optional[GenerateFn] = None) -> dict:
         "sheet_uri": uri_of(r.get("sheet_uri")),
         **{k: m.get(k) for k in ("clip_l", "image_reward", "toy_psnr", "toy_rprec")},
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "renderer": g.get("renderer") or meta.get("renderer"),
     }
 
 
@@ -588,21 +589,31 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
     if executor == "ray":
         opts = dict(address=address, num_workers=num_workers or p.num_workers or None,
                     gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
-                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
+                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
+                    worker_start_timeout_s=p.worker_start_timeout_s,
+                    connect_timeout_s=p.connect_timeout_s,
+                    # the prior's device check runs in each worker as it starts, never here (a
+                    # cluster's head node has no GPU by design)
+                    startup=_device_check(cfg) if generate_fn is None else None)
     else:
         opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
     opts.update(executor_options)
     ex = make_executor(executor, **opts)
-    if todo and hasattr(ex, "_ensure_ray") and not deadline.stop_requested():
-        ex._ensure_ray()     # connect first: ray.init replaces the SIGTERM handler ...
-        signals.reinstall()  # ... so ours goes back on top
     fn = functools.partial(process_asset, generate_fn=generate_fn)
     items = [{"request": dataclasses.asdict(r), "cfg": cfg, "out": st.root,
               **({"storage_options": storage_options} if storage_options else {})} for r in todo]
-    bar = _Progress(len(todo), progress, ex.running)
+    bar = _Progress(0, False, ex.running)  # the real bar starts once the run can start
     n_done = n_failed = 0
     interrupted = False
     try:
+        if todo and executor == "local" and generate_fn is None:
+            check = _device_check(cfg)
+            if check is not None:
+                check()  # the local worker is this process: fail before the first asset
+        if todo and hasattr(ex, "_ensure_ray") and not deadline.stop_requested():
+            ex._ensure_ray()     # connect first: ray.init replaces the SIGTERM handler ...
+            signals.reinstall()  # ... so ours goes back on top
+        bar = _Progress(len(todo), progress, ex.running)
         for o in ex.map(items, fn):
             req = by_id[o.item["request"]["asset_id"]]
             attempts = prior_attempts[req.asset_id] + o.attempts
@@ -658,7 +669,17 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
     interrupted = interrupted or bool(stopped_by)
     report_code = None
     if not interrupted:
-        report_code = _run_level(cfg, st)
+        try:
+            report_code = _run_level(cfg, st, ex, run_info)
+        except BaseException as e:  # FID or the report failed: run.json must not say running
+            run_info.update(status="failed", finished_at=_now().isoformat(),
+                            error=f"{type(e).__name__}: {e}"[:2000],
+                            this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
+            try:
+                _write_run_json(st, run_info)
+            except StorageError as e2:
+                log.error("%s", e2)
+            raise
     summary = RunSummary(out=st.root, total=len(batch.requests), skipped=skipped, done=n_done,
                          failed=n_failed, rejected=len(batch.rejected), duplicates=batch.duplicates,
                          wall_s=time.perf_counter() - t_run, report_exit_code=report_code,
@@ -697,18 +718,44 @@ def _read_run_json(st: Storage) -> dict:
     return prev if isinstance(prev, dict) else {}
 
 
-def _run_level(cfg: Config, st: Storage) -> Optional[int]:
-    """FID and the report, when those stages exist and are enabled."""
+def _device_check(cfg: Config) -> Optional[Callable[[], Any]]:
+    """The prior's device requirement (stages.priors.device) as a picklable no-argument call."""
+    require = _stage("stages.priors.device", "require_device")
+    return functools.partial(require, cfg.prior) if require is not None else None
+
+
+def _on_worker(ex: Any, fn: Callable[[Any], Any], item: Any) -> Any:
+    """Run one run-level task through the run's executor (where the GPUs are); raise on failure."""
+    outs = list(ex.map([item], fn))
+    if not outs or not outs[0].ok:
+        raise RuntimeError(f"run-level task failed on {outs[0].worker if outs else 'no worker'}: "
+                           f"{outs[0].error if outs else 'not run (stopped)'}")
+    return outs[0].value
+
+
+def _run_level(cfg: Config, st: Storage, ex: Any = None, run_info: Optional[dict] = None
+               ) -> Optional[int]:
+    """FID and the report, when those stages exist and are enabled.
+
+    FID's reference images, when sampled from the prior, are made by a worker of `ex` (the head
+    node of a cluster has no GPU); a skipped FID says why in metrics/fid.json and run.json."""
     fid = _stage("stages.metrics.fid", "run_fid") if cfg.metrics.fid else None
+    rec: Optional[dict] = None
     if fid is not None:
         done = [r for r in manifest.read(st).to_pylist() if r["status"] == "done"]
         dirs = [asset_dir(st.root, r["asset_id"]) for r in done]
         if not cfg.pipeline.render:
             log.info("run-level FID skipped: pipeline.render is off (FID needs evaluation frames)")
+            rec = {"fid": None, "reason": "pipeline.render is off (FID needs evaluation frames)"}
         else:
-            fid(cfg, dirs, [r["prompt"] for r in done], st.root)
+            runner = functools.partial(_on_worker, ex) if ex is not None else None
+            rec = fid(cfg, dirs, [r["prompt"] for r in done], st.root, run_on_worker=runner)
     elif cfg.metrics.fid:
         log.info("run-level FID skipped: stages.metrics.fid.run_fid is not installed")
+        rec = {"fid": None, "reason": "stages.metrics.fid.run_fid is not installed"}
+    if run_info is not None and rec is not None:
+        run_info["fid"] = {k: rec.get(k) for k in ("fid", "reason", "reference", "n_generated",
+                                                   "n_reference") if k in rec}
     build = _stage("stages.report", "build_report") if cfg.pipeline.report else None
     if build is None:
         return None

@@ -31,7 +31,7 @@ from kernels.ddim import TimestepParams
 from kernels.distill import SCTDParams, Schedule, get_method, latent_grad_loss, make_eps_star, make_schedule
 from kernels.gaussians import Gaussians, GaussianTrainer, TrainerParams
 from kernels.ply import save_ply
-from kernels.render import RenderOutput, render
+from kernels.render import RenderOutput, render, resolve_backend
 from pipeline import deadline
 
 log = logging.getLogger(__name__)
@@ -465,7 +465,8 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
         "unet_calls_per_iteration": unet_calls / max(1, len(history)),
         "peak_memory_mb": mem, "peak_memory_kind": mem_kind, "num_gaussians": trainer.g.num(),
         "retries": attempt, "noise_seed": noise_seed, "resumed_from": resumed_from,
-        "device": str(device), "terms": summarise_terms(history),
+        "device": str(device), "renderer": resolve_backend(gcfg.render_backend, device),
+        "terms": summarise_terms(history),
         "deviations": list(getattr(cfg, "deviations", [])),
         "status": "done" if error is None else "failed", "error": error,
     }

@@ -138,3 +138,86 @@ def test_local_per_asset_timeout_is_cooperative_and_not_retried():
     assert list(make_executor("local", timeout_s=0.0).map([0.05], spins))[0].ok
     with pytest.raises(ValueError, match="timeout_s"):
         make_executor("local", timeout_s=-1)
+
+
+def test_ray_worker_start_deadline_and_no_gpu_cluster(ray_local):
+    """A worker that can never start (it asks for a GPU the cluster does not have) stops the map
+    after pipeline.worker_start_timeout_s with one line naming the resource request, instead of
+    waiting forever; without num_workers a GPU-less cluster is a clean ExecutorError."""
+    from pipeline.executors import ExecutorError
+    from pipeline.executors.ray import RayExecutor
+
+    ex = RayExecutor(num_workers=1, gpus_per_worker=1, worker_start_timeout_s=2)
+    t0 = time.monotonic()
+    with pytest.raises(ExecutorError) as e:
+        list(ex.map([1, 2], square))
+    assert time.monotonic() - t0 < 30
+    msg = str(e.value)
+    assert "\n" not in msg and '{"CPU": 1.0, "GPU": 1.0}' in msg
+    assert "pipeline.worker_start_timeout_s" in msg and '"CPU": 2.0' in msg
+    with pytest.raises(ExecutorError, match=r"no GPUs.*--num-workers"):
+        list(RayExecutor(gpus_per_worker=1).map([1], square))
+    # the pending actor was released: the cluster still runs work
+    assert [o.value for o in RayExecutor(num_workers=1).map([2], square)] == [{"y": 4}]
+
+
+def _run_cfg(*extra):
+    from pipeline.config import load_config
+
+    return load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
+                                    "pipeline.report=false", "metrics.fid=false", *extra])
+
+
+def fake_generate(cfg, prompt, seed, asset_dir, progress=False):
+    with open(os.path.join(asset_dir, "asset.ply"), "w") as f:
+        f.write("ply\n")
+    return {"num_gaussians": 1, "device": "cpu"}
+
+
+def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
+    """run_batch on a cluster that cannot start a worker: stops after the deadline, run.json says
+    failed (with the reason), the lock is released, and the fixed re-run goes through."""
+    import json
+
+    from pipeline.executors import ExecutorError
+    from pipeline.run import run_batch
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    out = tmp_path / "out"
+    with pytest.raises(ExecutorError, match=r'"GPU": 1\.0'):
+        run_batch(str(prompts), _run_cfg("pipeline.gpus_per_worker=1",
+                                         "pipeline.worker_start_timeout_s=2"),
+                  str(out), executor="ray", num_workers=1, generate_fn=fake_generate, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "worker_start_timeout_s" in info["error"]
+    assert not (out / "run.lock").exists()
+    s = run_batch(str(prompts), _run_cfg("pipeline.gpus_per_worker=0"), str(out), executor="ray",
+                  num_workers=1, generate_fn=fake_generate, progress=False)
+    assert s.done == 1 and json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_ray_prior_device_check_runs_in_the_worker(tmp_path, ray_local):
+    """An SD config on workers without CUDA: the check runs in each actor as it starts (the driver
+    never checks: a head node has no GPU) and stops the run with the worker's one-line reason."""
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.executors import ExecutorError
+    from pipeline.run import run_batch
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    cfg = load_config("sd21.yaml", ["init.method=ball", "prior.model=/nonexistent/sd",
+                                    "pipeline.gpus_per_worker=0", "pipeline.render=false",
+                                    "pipeline.score=false", "metrics.fid=false"])
+    with pytest.raises(ExecutorError) as e:
+        run_batch(str(prompts), cfg, str(tmp_path / "out"), executor="ray", num_workers=1,
+                  progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "start-up check: worker " in msg and "DeviceError" in msg
+    assert "prior.allow_cpu" in msg and "CUDA" in msg
+    worker_pid = int(msg.split("start-up check: worker ")[1].split(":")[1])
+    assert worker_pid != os.getpid()
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "out" / "assets").exists()

@@ -28,6 +28,15 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+class ExecutorError(RuntimeError):
+    """The executor cannot run any item: the cluster is unreachable, no worker can start, or every
+    worker fails its start-up check. The message is one line naming what was asked for."""
+
+
+class WorkerStartupError(RuntimeError):
+    """Raised inside a worker whose start-up check (e.g. the prior's CUDA requirement) failed."""
+
+
 def make_executor(kind: str, **kwargs: Any) -> Executor:
     """`local` or `ray` (kwargs go to the executor's constructor)."""
     if kind == "local":

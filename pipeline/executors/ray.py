@@ -168,7 +168,7 @@ class RayExecutor:
 
     def _request(self) -> dict:
         """The resources one worker actor asks for (as Ray's scheduler sees them)."""
-        req = {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker}
+        req = {"CPU": float(self.cpus_per_worker), "GPU": float(self.gpus_per_worker)}
         return {k: v for k, v in req.items() if v}
 
     def _start_timeout_error(self) -> ExecutorError:

@@ -9,6 +9,12 @@
   prior for the same prompts (`metrics.fid_reference_per_prompt` each, DDIM with CFG).
 - Reference features (hence mu, sigma) are cached by a content hash of the reference images plus the
   extractor and mode, under `metrics.fid_cache_dir` (default <out>/metrics/fid_reference).
+- `metrics.fid_reference_stats`: a precomputed .npz with `mu` (2048,) and `sigma` (2048, 2048) of
+  the same extractor; when set, it is the reference and nothing is sampled or read.
+- Where: the "prior" reference needs the 2D prior, i.e. a GPU. `run_fid(..., run_on_worker=...)` hands
+  its sampling to a worker of the run's executor (`prior_reference_task`); the driver (a cluster's
+  head node, no GPU) only computes the generated frames' features. Nothing done = nothing sampled:
+  FID is skipped with the reason in metrics/fid.json.
 - FID is biased upward for small sets (the covariance of n < 2048 samples is rank-deficient and
   the bias shrinks like 1/n): compare FIDs only between runs with the same image counts.
 """
@@ -22,7 +28,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -214,7 +220,7 @@ def prior_reference(cfg: Config, prompts: Sequence[str], folder: str, seed: int 
     from stages.priors.sampling import sample
     from stages.render import to_uint8
 
-    prior = load_prior(cfg.prior, metric_device(cfg.metrics.device))
+    prior = load_prior(cfg.prior, toy=cfg.toy)  # the prior's own device rule: no silent CPU fallback for SD
     n = cfg.metrics.fid_reference_per_prompt
     files: list[str] = []
     for j, prompt in enumerate(sorted(set(prompts))):
@@ -225,42 +231,122 @@ def prior_reference(cfg: Config, prompts: Sequence[str], folder: str, seed: int 
     return files
 
 
-def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out: str) -> dict:
+class ReferenceStatsError(MetricWeightsError):
+    """metrics.fid_reference_stats names a file that is not usable statistics (one line)."""
+
+
+def load_reference_stats(uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from a precomputed statistics file (metrics.fid_reference_stats), checked."""
+    what = f"fid: metrics.fid_reference_stats={uri!r}"
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)  # read-only: no folder is created for a mistyped path
+    if not fs.isfile(path):
+        raise ReferenceStatsError(f"{what} does not exist; give an .npz with mu (2048,) and sigma "
+                                f"(2048, 2048), or set it to '' to use metrics.fid_reference")
+    try:
+        with fs.open(path, "rb") as fh:
+            blob = fh.read()
+        z = np.load(io.BytesIO(blob), allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with z:
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise ReferenceStatsError(f"{what}: not an .npz with arrays 'mu' and 'sigma' "
+                                  f"({type(e).__name__}: {e})") from None
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    if d < 1 or sigma.shape != (d, d) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ReferenceStatsError(f"{what}: expected finite mu (d,) and sigma (d, d), got "
+                                  f"{mu.shape} and {sigma.shape}")
+    return mu, sigma
+
+
+def reference_cache_uri(cfg: Config, out: str) -> str:
+    return cfg.metrics.fid_cache_dir or open_storage(out).uri("metrics", "fid_reference")
+
+
+def prior_reference_task(item: dict) -> dict:
+    """Worker side of the "prior" reference: sample it, compute and cache its features.
+
+    `item`: {"cfg": Config, "prompts": [...], "cache": cache URI}. Returns {"key", "n_reference",
+    "cached"}; the features are `<cache>/<key>.npz` (large data travels by URI, not by result)."""
+    cfg: Config = item["cfg"]
+    mc = cfg.metrics
+    dev = metric_device(mc.device)
+    with tempfile.TemporaryDirectory(prefix="sctd3d-fidref-") as tmp:
+        ref = prior_reference(cfg, item["prompts"], tmp)
+        if len(ref) < 2:
+            return {"key": None, "n_reference": len(ref), "cached": False}
+        key = _files_hash(ref, _extractor_id(mc.fid_inception))
+        _, cached = reference_statistics(ref, mc, item["cache"], None, dev)
+    return {"key": key, "n_reference": len(ref), "cached": cached}
+
+
+def _skip(st, rec: dict, reason: str) -> dict:
+    rec["reason"] = reason
+    st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
+    log.info("run-level FID skipped: %s", reason)
+    return rec
+
+
+def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out: str,
+            run_on_worker: Callable[[Callable[[dict], dict], dict], dict] | None = None) -> dict:
     """FID of all assets' evaluation frames vs the configured reference; writes out/metrics/fid.json.
 
     Returns dict(fid, n_generated, n_reference, reference, feature_extractor, mode, note); fid is
-    None (with `reason`) when FID is switched off or there are fewer than 2 images on a side.
+    None (with `reason`) when FID is switched off, no asset is given, or there are fewer than 2
+    images on a side. `run_on_worker(fn, item)`: runs the prior reference's sampling where the GPUs
+    are (the pipeline passes its executor); None = in this process (`sctd3d evaluate`, tests).
     """
     mc = cfg.metrics
     st = open_storage(out)
-    rec: dict = {"fid": None, "n_generated": 0, "n_reference": 0, "reference": mc.fid_reference,
+    rec: dict = {"fid": None, "n_generated": 0, "n_reference": 0,
+                 "reference": f"stats:{mc.fid_reference_stats}" if mc.fid_reference_stats
+                 else mc.fid_reference,
                  "feature_extractor": _extractor_id(mc.fid_inception), "mode": MODE,
                  "note": SMALL_SET_NOTE}
     if not mc.fid:
-        rec["reason"] = "metrics.fid is false"
-        st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
-        return rec
+        return _skip(st, rec, "metrics.fid is false")
+    if not asset_dirs:  # nothing to score: load nothing, sample nothing
+        return _skip(st, rec, "no asset is done")
     dev = metric_device(mc.device)
     model = load_inception(mc.fid_inception, dev)
     with tempfile.TemporaryDirectory(prefix="sctd3d-fid-") as tmp:
         gen: list[str] = []
         for k, d in enumerate(asset_dirs):
             gen += list_images(d.rstrip("/") + "/frames", os.path.join(tmp, f"gen{k}"))
-        ref_kind = mc.fid_reference
-        if ref_kind == "toy":
-            ref = toy_reference(cfg, prompts, os.path.join(tmp, "ref"))
-        elif ref_kind == "prior":
-            ref = prior_reference(cfg, prompts, os.path.join(tmp, "ref"))
+        rec["n_generated"] = len(gen)
+        if len(gen) < 2:
+            return _skip(st, rec, f"need >= 2 generated images, got {len(gen)}")
+        cache = reference_cache_uri(cfg, out)
+        f_ref = stats = None
+        if mc.fid_reference_stats:
+            stats = load_reference_stats(mc.fid_reference_stats)
+            rec["n_reference"] = None  # unknown: the statistics file does not say
+        elif mc.fid_reference == "prior":
+            item = {"cfg": cfg, "prompts": sorted(set(prompts)), "cache": cache}
+            res = (run_on_worker or (lambda fn, it: fn(it)))(prior_reference_task, item)
+            rec["n_reference"] = res["n_reference"]
+            if res["key"] is not None:
+                f_ref = np.load(io.BytesIO(open_storage(cache).read_bytes(f"{res['key']}.npz")))["feats"]
+                rec["reference_cached"] = res["cached"]
         else:
-            ref = list_images(ref_kind, os.path.join(tmp, "ref"))
-        rec["n_generated"], rec["n_reference"] = len(gen), len(ref)
-        if len(gen) < 2 or len(ref) < 2:
-            rec["reason"] = f"need >= 2 images on each side (generated {len(gen)}, reference {len(ref)})"
+            ref = (toy_reference(cfg, prompts, os.path.join(tmp, "ref")) if mc.fid_reference == "toy"
+                   else list_images(mc.fid_reference, os.path.join(tmp, "ref")))
+            rec["n_reference"] = len(ref)
+            if len(ref) >= 2:
+                f_ref, rec["reference_cached"] = reference_statistics(ref, mc, cache, model, dev)
+        if stats is None and f_ref is None:
+            return _skip(st, rec, f"need >= 2 reference images, got {rec['n_reference']}")
+        f_gen = file_features(gen, model, dev, mc.batch_size)
+        if stats is not None:
+            if stats[0].shape[0] != f_gen.shape[1]:
+                raise ReferenceStatsError(f"fid: metrics.fid_reference_stats has {stats[0].shape[0]}-d "
+                                 f"statistics, the extractor gives {f_gen.shape[1]}-d features")
+            rec["fid"] = frechet_distance(*statistics(f_gen), *stats)
         else:
-            cache = mc.fid_cache_dir or st.uri("metrics", "fid_reference")
-            f_ref, cached = reference_statistics(ref, mc, cache, model, dev)
-            rec["fid"] = frechet_distance_features(file_features(gen, model, dev, mc.batch_size), f_ref)
-            rec["reference_cached"] = cached
+            rec["fid"] = frechet_distance_features(f_gen, f_ref)
     st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
-    log.info("fid: %s (generated %d, reference %d)", rec["fid"], rec["n_generated"], rec["n_reference"])
+    log.info("fid: %s (generated %d, reference %s)", rec["fid"], rec["n_generated"], rec["n_reference"])
     return rec

@@ -238,16 +238,12 @@ def make_guided_eps_from_config(prior: Prior, cfg: "PriorConfig", prompt: str,
 # ----------------------------------------------------------------------------------------------
 # Loading by name
 # ----------------------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None, cfg_device: str = "auto") -> torch.device:
-    """None/'auto' -> cuda when available else cpu; anything else is taken literally (and checked)."""
-    want = str(device) if device is not None else cfg_device
-    if want in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(want)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"prior device {want!r} requested but CUDA is not available here; "
-                           "set prior.device=cpu (slow) or auto")
-    return dev
+def resolve_device(cfg: "PriorConfig", device: str | torch.device | None = None) -> torch.device:
+    """The prior's device: `device` if given, else `cfg.device`; no silent CPU fallback for a real
+    prior (see stages.priors.device.require_device)."""
+    from stages.priors.device import require_device
+
+    return require_device(cfg, device)
 
 
 def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None,
@@ -256,7 +252,7 @@ def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None,
 
     `toy`: the run's toy section, from which toy_exact builds its view set (catalogue, views per
     object, cameras); pass `cfg.toy` from a run, None only for the defaults."""
-    dev = resolve_device(device, getattr(cfg, "device", "auto"))
+    dev = resolve_device(cfg, device)
     if cfg.name == "stable_diffusion":
         from stages.priors.stable_diffusion import StableDiffusionPrior
         return StableDiffusionPrior.from_config(cfg, dev)
