@@ -28,7 +28,6 @@ import fsspec
 
 from pipeline.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
                              to_dict)
-from stages.priors.identity import generation_inputs
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
 BOM = b"\xef\xbb\xbf"   # a UTF-8 byte-order mark some editors put first; never part of a prompt
@@ -375,6 +374,8 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
 
 def asset_generation_hash(cfg: Config) -> str:
     """generation_hash with the prior's weights identity (file digests cached per process)."""
+    from stages.priors.identity import generation_inputs  # imports torch (stages.priors): lazily
+
     try:
         return generation_hash(cfg, generation_inputs(cfg))
     except ValueError as e:  # e.g. prior.model names no shipped toy SD nor a directory

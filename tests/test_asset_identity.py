@@ -186,13 +186,13 @@ def test_same_prompt_seed_settings_same_id_across_processes(tmp_path, prompts):
     here = _id(prompts, cfg)
     assert here == _id(prompts, load_config("toy.yaml")) == _id(str(other), cfg)
     assert here == _id(prompts, load_config("toy.yaml", ["prior.device=auto", "pipeline.max_attempts=9"]))
-    code = ("from pipeline.config import load_config; from pipeline.inputs import read_prompts; "
-            f"print(read_prompts({prompts!r}, load_config('toy.yaml')).requests[0].asset_id)")
+    code = ("from pipeline.config import Config; from pipeline.inputs import read_prompts; "
+            f"print(read_prompts({prompts!r}, Config()).requests[0].asset_id)")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(Path(__file__).resolve().parent.parent), timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == here
+    assert out.stdout.strip() == _id(prompts, Config())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,3 +393,22 @@ def test_evaluate_rescores_a_run_without_touching_its_assets(tmp_path, prompts, 
     assert err == ("sctd3d evaluate: error: this config would generate different assets "
                    "(generate.iterations: 3 -> 4); use sctd3d run")
     assert {p.name: p.read_bytes() for p in Path(out, manifest.PARTS_DIR).iterdir()} == parts
+
+
+def test_generate_reuses_an_asset_when_only_evaluation_settings_change(tmp_path, prompts):
+    """A generated but uncommitted asset (driver died before the commit) is reused by the next
+    attempt under new evaluation settings; meta.json records the id's generation_hash."""
+    from stages.generate import generate
+
+    cfg = load_config("toy.yaml", TINY)
+    adir = tmp_path / "a"
+    res = generate(cfg, PROMPT, 0, str(adir), progress=False)
+    assert res.ok
+    [req] = read_prompts(prompts, cfg).requests
+    meta = json.loads((adir / "meta.json").read_text())
+    assert meta["generation_hash"] == req.generation_hash
+    ply = adir / "asset.ply"
+    before = (ply.read_bytes(), ply.stat().st_mtime_ns)
+    new = load_config("toy.yaml", TINY + ["render.num_views=9", "metrics.metrics=[toy_rprec]"])
+    again = generate(new, PROMPT, 0, str(adir), progress=False)
+    assert again.ok and (ply.read_bytes(), ply.stat().st_mtime_ns) == before
