@@ -184,6 +184,8 @@ class GenerateConfig:
     checkpoint_every: int = _f(500, lo=0, doc="0 = no checkpoints")
     nan_retries: int = _f(3, lo=0)
     render_backend: str = _f("auto", choices=("auto", "torch", "gsplat"))
+    log_every: int = _f(0, lo=0, doc="read loss terms back from the device and log them every N "
+                        "iterations (0 = 20 times per run); other iterations never wait for the device")
     sctd: SCTDConfig = field(default_factory=SCTDConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     cameras: CameraConfig = field(default_factory=CameraConfig)
@@ -318,6 +320,7 @@ NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
     "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
+    "generate.log_every": "how often the loop logs its loss terms (the asset is the same)",
     "metrics.device": "where the metrics run",
     "toy.cache_dir": "a cache location; cached views are keyed by their content",
     "pipeline": "executors, retries, timeouts, which stages run",
@@ -491,6 +494,11 @@ def _read_yaml(path: Path) -> dict:
                           f"{', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path}: is a directory; give a YAML file (e.g. "
+                          f"{path}/<name>.yaml or a shipped name like toy.yaml)") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read it: {e.strerror or e}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

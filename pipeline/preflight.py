@@ -72,3 +72,26 @@ def check_is_run(uri: str) -> None:
     if not found:
         raise StorageError(f"{uri}: not a run (no manifest/ or run.json there); give the --out of a "
                            f"`sctd3d run`")
+
+
+def check_prompts_file(uri: str) -> None:
+    """A local prompt file exists, is a file, and a `.parquet` one is Parquet (its magic bytes):
+    refused before the run takes the lock or writes anything. Remote files are read as usual."""
+    from pipeline.inputs import InputError
+
+    if not is_local(uri):
+        return
+    p = Path(uri.split("://", 1)[-1]).expanduser()
+    if not p.exists():
+        raise InputError(f"prompt file not found: {uri!r}")
+    if p.is_dir():
+        raise InputError(f"prompt file {uri!r} is a directory; give a .txt, .jsonl or .parquet file")
+    if p.suffix.lower() == ".parquet":
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(4)
+            f.seek(max(0, size - 4))
+            tail = f.read(4)
+        if size < 12 or head != b"PAR1" or tail != b"PAR1":
+            raise InputError(f"prompt file {uri!r} is not a Parquet file (no Parquet magic bytes); "
+                             f"write it with pandas.to_parquet / pyarrow, or use .txt / .jsonl")

@@ -447,12 +447,14 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
               address: Optional[str] = None, num_workers: Optional[int] = None, *,
               generate_fn: Optional[GenerateFn] = None, progress: bool = True,
               stop_after: Optional[int] = None, executor_options: Optional[dict] = None,
-              storage_options: Optional[dict] = None) -> RunSummary:
+              storage_options: Optional[dict] = None, redo: str = "failed") -> RunSummary:
     """Run (or resume) a batch. Re-running the same command skips committed assets.
 
     generate_fn: replaces stages.generate.generate (tests, benchmarks). stop_after: stop
     scheduling after this many commits (simulates an interrupted run; the rest resume later).
     storage_options: fsspec options of the output store (e.g. endpoint_url), for every process.
+    redo: which committed assets run again (REDO_CHOICES); a `done` asset whose files are gone is
+    always redone.
     SIGINT/SIGTERM (main thread only): no new asset starts, the running one stops at its next
     iteration (local) or is left to resume from its checkpoint (Ray), run.json says `interrupted`.
     """
@@ -461,11 +463,14 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
         cfg = load_config(cfg)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
+    if redo not in REDO_CHOICES:
+        raise ValueError(f"--redo {redo!r} is not one of {list(REDO_CHOICES)}")
     from stages.init import check_requirements
 
     check_requirements(cfg.init)  # e.g. Point-E missing: one line before the lock, run.json or the prior
-    from pipeline.preflight import check_cache_dir
+    from pipeline.preflight import check_cache_dir, check_prompts_file
 
+    check_prompts_file(prompts_uri)  # a directory or a non-Parquet .parquet: before the lock
     check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
     if storage_options:
         set_storage_options(out, storage_options)
@@ -480,7 +485,7 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
         with _StopOnSignals() as signals:
             return _run_locked(prompts_uri, cfg, st, executor, address, num_workers, generate_fn,
                                progress, stop_after, executor_options or {}, t_run, signals,
-                               storage_options or {})
+                               storage_options or {}, redo)
     finally:
         lock.release()
 
@@ -530,10 +535,19 @@ class _StopOnSignals:
 def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, address: Optional[str],
                 num_workers: Optional[int], generate_fn: Optional[GenerateFn], progress: bool,
                 stop_after: Optional[int], executor_options: dict, t_run: float,
-                signals: "_StopOnSignals", storage_options: dict) -> RunSummary:
+                signals: "_StopOnSignals", storage_options: dict, redo: str = "failed"
+                ) -> RunSummary:
     count_tokens, max_tokens = token_limit(cfg)
-    batch: PromptBatch = read_prompts(prompts_uri, cfg, count_tokens=count_tokens,
-                                      max_tokens=max_tokens)
+    import pyarrow as pa
+
+    try:
+        batch: PromptBatch = read_prompts(prompts_uri, cfg, count_tokens=count_tokens,
+                                          max_tokens=max_tokens)
+    except pa.ArrowException as e:  # a damaged Parquet prompt file: one line, not a traceback
+        from pipeline.inputs import InputError
+
+        raise InputError(f"cannot read the prompt file {prompts_uri!r} as Parquet: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not batch.requests and not batch.rejected and not batch.duplicates:
         from pipeline.inputs import InputError
 
@@ -566,18 +580,14 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
     rej_records = [{"asset_id": r.asset_id, "prompt": r.prompt, "seed": r.seed, "status": "rejected",
                     "error": r.reason, "attempts": 0, "finished_at": now, "tags": r.tags,
                     "input_line": r.line, "code_version": version, "method": cfg.generate.method,
-                    "prior": cfg.prior.name, "config_hash": config_hash(cfg)}
+                    "prior": cfg.prior.name, "config_hash": config_hash(cfg),
+                    "input_uri": input_key(prompts_uri)}
                    for r in batch.rejected]
-    if rej_records:
-        import hashlib
+    _commit_rejects(st, prompts_uri, rej_records, existing)
+    for r in batch.rejected:
+        log.warning("rejected input line %d: %s (%s)", r.line, r.reason, r.prompt[:80])
 
-        stem = "rejected-" + hashlib.sha256(
-            "\n".join(sorted(r["asset_id"] for r in rej_records)).encode()).hexdigest()[:16]
-        manifest.commit_many(st, rej_records, stem)
-        for r in batch.rejected:
-            log.warning("rejected input line %d: %s (%s)", r.line, r.reason, r.prompt[:80])
-
-    todo = [r for r in batch.requests if (existing.get(r.asset_id) or {}).get("status") != "done"]
+    todo = select_todo(st, batch.requests, existing, redo)
     skipped = len(batch.requests) - len(todo)
     if skipped:
         log.info("%d of %d assets already committed; %d to do", skipped, len(batch.requests), len(todo))
@@ -667,6 +677,8 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
 
     stopped_by = deadline.stop_requested()
     interrupted = interrupted or bool(stopped_by)
+    # merge this run's parts (we hold the lock): FID, the report and every later reader read one file
+    manifest.compact_locked(st)
     report_code = None
     if not interrupted:
         try:
@@ -696,6 +708,94 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         log.warning("stopped by %s: %d asset(s) committed in this run; re-run the same command to "
                     "resume the rest", stopped_by, n_done + n_failed)
     return summary
+
+
+REDO_CHOICES = ("failed", "missing", "all")
+
+
+def select_todo(st: Storage, requests: list[AssetRequest], existing: dict[str, dict],
+                redo: str = "failed") -> list[AssetRequest]:
+    """The requests to run: `failed` (default) = no record, a failed record, or a `done` record
+    whose files are gone; `missing` = the same without retrying failed ones; `all` = every request.
+
+    Why verify: a `done` record whose asset.ply was deleted used to be skipped as done forever. The
+    check is one existence test per recorded file of a done asset (threaded on object stores)."""
+    if redo == "all":
+        return list(requests)
+    done = [r for r in requests if (existing.get(r.asset_id) or {}).get("status") == "done"]
+    gone = {r.asset_id for r, ok in zip(done, _files_present(st, [existing[r.asset_id] for r in done]))
+            if not ok}
+    for aid in sorted(gone):
+        log.warning("asset %s is recorded done but its files are gone (%s); redoing it", aid,
+                    existing[aid].get("asset_uri"))
+    keep_failed = redo == "missing"
+    todo = []
+    for r in requests:
+        status = (existing.get(r.asset_id) or {}).get("status")
+        if status == "done" and r.asset_id not in gone:
+            continue
+        if status == "failed" and keep_failed:
+            continue
+        todo.append(r)
+    return todo
+
+
+def _files_present(st: Storage, records: list[dict]) -> list[bool]:
+    """Per done record: do its recorded files (asset, video, sheet) still exist?"""
+    import fsspec
+
+    prefix = st.root.rstrip("/") + "/"
+
+    def exists(uri: str) -> bool:
+        if uri.startswith(prefix):
+            return st.exists(uri[len(prefix):])
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs.exists(path)
+
+    def present(rec: dict) -> bool:
+        return all(exists(u) for u in (rec.get("asset_uri"), rec.get("video_uri"), rec.get("sheet_uri"))
+                   if isinstance(u, str) and u)
+    if st.local or len(records) < 8:
+        return [present(r) for r in records]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(present, records))
+
+
+def input_key(prompts_uri: str) -> str:
+    """The prompt file's identity in the manifest's `input_uri` (local paths made absolute)."""
+    from pipeline.storage import is_local
+
+    if is_local(prompts_uri):
+        return os.path.abspath(os.path.expanduser(prompts_uri.split("://", 1)[-1]))
+    return prompts_uri
+
+
+def _commit_rejects(st: Storage, prompts_uri: str, records: list[dict],
+                    existing: dict[str, dict]) -> None:
+    """One rejected part per prompt file, replaced by each run: a row fixed in the input no longer
+    shows as rejected. Rejects of this input that the compacted manifest still holds are dropped
+    by a compaction (we hold the run lock); rejects of other inputs are kept."""
+    import hashlib
+
+    key = input_key(prompts_uri)
+    name = "rejected-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    for r in records:  # the same bad row in two prompt files: two records, one per file
+        r["asset_id"] = "r" + hashlib.sha256(f"{key}\0{r['asset_id']}".encode()).hexdigest()[:19]
+    if records:
+        manifest.commit_many(st, records, name)
+    else:
+        st.rm(f"{manifest.PARTS_DIR}/{name}.parquet")
+    current = {r["asset_id"] for r in records}
+    stale = {aid for aid, r in existing.items() if r.get("status") == "rejected"
+             and r.get("input_uri") == key and aid not in current}
+    if stale:
+        log.info("%d rejected record(s) of %s superseded by the fixed input", len(stale), key)
+        if st.exists(manifest.COMPACTED):
+            manifest.compact_locked(st, drop_ids=stale)
+        for aid in stale:
+            existing.pop(aid, None)
 
 
 _FULL_STORE = ("No space left on device", "Read-only file system", "Disk quota exceeded")

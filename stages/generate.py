@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kernels.cameras import CameraSamplerParams, sample_training_cameras
-from kernels.ddim import TimestepParams
-from kernels.distill import SCTDParams, Schedule, get_method, latent_grad_loss, make_eps_star, make_schedule
+from kernels.cameras import Cameras, CameraSamplerParams, sample_training_cameras
+from kernels.ddim import TimestepParams, TimestepSample
+from kernels.distill import (DistillMethod, SCTDParams, Schedule, get_method, latent_grad_loss, make_eps_star,
+                             make_schedule)
 from kernels.gaussians import Gaussians, GaussianTrainer, TrainerParams
 from kernels.ply import save_ply
 from kernels.render import RenderOutput, render, resolve_backend
@@ -346,7 +347,8 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     device = torch.device(prior.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    alphas = prior.alphas_cumprod.to(device=device, dtype=torch.float32)
+    # alpha_bar as host floats (the float32 values): reading a_t never waits for the device
+    alphas = tuple(prior.alphas_cumprod.detach().to("cpu", torch.float32).tolist())
     res = int(prior.image_size)
     B = gcfg.batch_views
     latent_shape = (B, *prior.latent_shape)
@@ -401,10 +403,21 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
                    dynamic_ncols=True, leave=False)
     it = state.iteration
     error: str | None = None
-    log_every = max(1, gcfg.iterations // 20)
+    log_every = gcfg.log_every or max(1, gcfg.iterations // 20)
     try:
         while it < gcfg.iterations:
-            deadline.check(f"generate iteration {it + 1}")  # local executor's per-asset limit
+            try:
+                deadline.check(f"generate iteration {it + 1}")  # per-asset limit, run stop request
+            except deadline.RunInterrupted:  # SIGINT/SIGTERM: keep the work done so far, then stop
+                if gcfg.checkpoint_every > 0 and it > last_good.iteration:
+                    read_terms(history)
+                    _save_checkpoint(ckdir, _State(
+                        it, trainer.state_dict(), gen.get_state(), gen_noise.get_state(),
+                        eps_star.detach().cpu() if eps_star is not None else None, attempt,
+                        noise_seed, list(history), unet_calls,
+                        elapsed0 + time.perf_counter() - t_start), ident)
+                    log.info("%s: interrupted; checkpoint at iteration %d", out, it)
+                raise
             it += 1
             try:
                 terms = _iteration(it, trainer, gen, gen_noise, eps_star, prior, alphas, method, sched, p,
@@ -437,16 +450,19 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
             unet_calls += int(terms.get("unet_calls", 0))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({"N": trainer.g.num(), "grad": f"{terms['grad_norm']:.3g}",
-                                 **{k: f"{v:.3g}" for k, v in terms.items() if k.endswith("_norm")
-                                    and k != "grad_norm"}})
             if it % log_every == 0 or it == gcfg.iterations:
+                read_terms(history)                     # the one device read of logging iterations
+                if bar is not None:
+                    bar.set_postfix({"N": trainer.g.num(), "grad": f"{terms['grad_norm']:.3g}",
+                                     **{k: f"{v:.3g}" for k, v in terms.items() if k.endswith("_norm")
+                                        and k != "grad_norm"}})
                 log.info("generate %s", json.dumps({"asset": str(out), "it": it, "of": gcfg.iterations,
                                                     "gaussians": trainer.g.num(),
                                                     **{k: round(v, 6) for k, v in terms.items()}}))
             if it in ply_at and it != gcfg.iterations:
                 _save_ply_atomic(out / f"asset_it{it}.ply", trainer.g)
             if gcfg.checkpoint_every > 0 and it % gcfg.checkpoint_every == 0:
+                read_terms(history)
                 last_good = _State(it, trainer.state_dict(), gen.get_state(), gen_noise.get_state(),
                                    eps_star.detach().cpu() if eps_star is not None else None, attempt,
                                    noise_seed, list(history), unet_calls,
@@ -456,6 +472,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
         if bar is not None:
             bar.close()
 
+    read_terms(history)
     wall = elapsed0 + time.perf_counter() - t_start
     mem, mem_kind = peak_memory_mb(device)
     meta = {
@@ -483,33 +500,76 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
                           resumed_from=resumed_from, meta=meta)
 
 
-def _check_finite(name: str, x: Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"{name} is not finite")
+@dataclass
+class IterationDraw:
+    """The host-side random inputs of one iteration (drawn from the CPU generator `gen`)."""
+
+    cameras: Cameras
+    azimuths: list[float]
+    background: Tensor
+    use_depth: bool
+    flip: bool
+    ts: TimestepSample
+
+
+def draw_iteration(it: int, batch: int, res: int, cam_p: CameraSamplerParams, aug, method: DistillMethod,
+                   sched: Schedule, gen: torch.Generator) -> IterationDraw:
+    """Cameras, backgrounds, depth/flip flags and timesteps, in the order that fixes a seed's run.
+
+    All of it lives on the host, so reading these values (azimuths for the view prompts, the
+    flags, the timesteps) never waits for the device."""
+    cams = sample_training_cameras(batch, res, res, it, cam_p, gen)
+    bg = sample_backgrounds(batch, aug.background_random_p, gen)
+    use_depth = bool(torch.rand((), generator=gen) < aug.depth_input_p)
+    flip = bool(torch.rand((), generator=gen) < aug.flip_p)
+    ts = method.sample(it, sched, gen)
+    return IterationDraw(cams, cams.azimuth_deg.tolist(), bg, use_depth, flip, ts)
+
+
+def read_terms(history: list[dict]) -> None:
+    """Replace the 0-d device tensors among `history`'s terms by floats, in one transfer.
+
+    The loop keeps each iteration's norms on the device and reads them only on logging and
+    checkpoint iterations (and at the end), so the other iterations never wait for the device.
+    """
+    slots = [(h, k) for h in history for k, v in h.items() if isinstance(v, Tensor)]
+    if not slots:
+        return
+    values = torch.stack([h[k].detach().reshape(()).to(torch.float64) for h, k in slots]).tolist()
+    for (h, k), v in zip(slots, values):
+        h[k] = v
+
+
+def check_finite(named: list[tuple[str, Tensor]]) -> None:
+    """Raise FloatingPointError naming the first non-finite tensor; one device read for all."""
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if not bool(ok.all()):
+        first = next(name for (name, _), good in zip(named, ok.tolist()) if not good)
+        raise FloatingPointError(f"{first} is not finite")
 
 
 def _iteration(it, trainer, gen, gen_noise, eps_star, prior, alphas, method, sched, p, cam_p, aug, lw,
                res, B, latent_shape, prompt, cfg, make_guided_eps, backend) -> dict[str, float]:
-    """One optimisation step; raises FloatingPointError on any non-finite value."""
+    """One optimisation step; raises FloatingPointError on any non-finite value.
+
+    Host-side draws (cameras, background, flags, timesteps) come from CPU generators; the device
+    work is queued without reading anything back until the one finiteness check at the end.
+    """
     g = trainer.g
     device = g.means.device
-    cams = sample_training_cameras(B, res, res, it, cam_p, gen).to(device)
-    bg = sample_backgrounds(B, aug.background_random_p, gen).to(device)
-    use_depth = bool(torch.rand((), generator=gen) < aug.depth_input_p)
-    flip = bool(torch.rand((), generator=gen) < aug.flip_p)
-    ts = method.sample(it, sched, gen)
+    d = draw_iteration(it, B, res, cam_p, aug, method, sched, gen)
+    cams, bg, use_depth, flip, ts = d.cameras.to(device), d.background.to(device), d.use_depth, d.flip, d.ts
+    azimuths = d.azimuths
     noise = eps_star if method.fixed_noise else torch.randn(latent_shape, generator=gen_noise).to(device)
+    guided = make_guided_eps(prior, cfg.prior, prompt, azimuths)  # before any device work is queued
 
     out: RenderOutput = render(g, cams, background=bg, backend=backend)
-    _check_finite("render", out.rgb)
     img = depth_image(out.depth) if use_depth else out.rgb
     img = img.permute(0, 3, 1, 2)
     if flip:
         img = img.flip(-1)
     z = prior.encode(img, generator=gen_noise)
-    guided = make_guided_eps(prior, cfg.prior, prompt, cams.azimuth_deg.tolist())
     grad, terms = method.grad(z, ts, alphas, guided, noise.to(z.dtype), p)
-    _check_finite("distillation gradient", grad)
     loss = latent_grad_loss(z, grad)
     extra = {}
     if lw.tv_rgb > 0:
@@ -522,11 +582,12 @@ def _iteration(it, trainer, gen, gen_noise, eps_star, prior, alphas, method, sch
     for k, v in extra.items():
         loss = loss + weights[k] * v
     loss.backward()
-    trainer.step(it, out)                            # raises FloatingPointError on non-finite grads
-    for name, t in trainer.g.params().items():
-        _check_finite(f"parameter {name}", t)
+    grad_norms = trainer.step(it, out)
+    check_finite([("render", out.rgb), ("distillation gradient", grad),
+                  *((f"gradient norm of {n}", v) for n, v in grad_norms.items()),
+                  *((f"parameter {n}", t) for n, t in trainer.g.params().items())])
     terms = dict(terms)
-    terms.update({k: float(v.detach()) for k, v in extra.items()})
+    terms.update({k: v.detach() for k, v in extra.items()})
     terms["depth_input"] = float(use_depth)
     terms["gaussians"] = float(trainer.g.num())
     return terms

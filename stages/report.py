@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import posixpath
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -269,8 +270,8 @@ def load_history(uri: str, exclude_root: str | None = None) -> list[RunData]:
             if exclude_root is not None and _same(run.root, exclude_root):
                 continue
             runs.append(run)
-    if not runs:
-        raise ReportError(f"--history {uri}: no earlier runs with a manifest found")
+    if not runs:  # the first night of a nightly job: no baseline yet, not an error
+        log.info("--history %s: no earlier runs with a manifest yet (no baseline)", uri)
     far = pd.Timestamp.max.tz_localize("UTC")
     runs.sort(key=lambda r: (r.time if r.time is not None else far, r.label))
     return runs
@@ -522,9 +523,14 @@ def run_cli(args: argparse.Namespace) -> int:
         code = build_report(args.manifest_uri, args.out, baseline=args.baseline,
                             history=args.history, cfg=cfg)
     except (ReportError, ConfigError) as e:
-        print(f"sctd3d report: error: {e}")
+        print(f"sctd3d report: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({'REGRESSION' if code else 'no regression'})")
+    out_dir = posixpath.dirname(args.out) if "://" in args.out else os.path.dirname(os.path.abspath(args.out))
+    written = _read_json(join_uri(out_dir, "summary.json")) or {}
+    if args.history and written.get("baseline") is None:
+        print(f"wrote {args.out} (no baseline yet: no earlier run under {args.history})")
+    else:
+        print(f"wrote {args.out} ({'REGRESSION' if code else 'no regression'})")
     return code
 
 
