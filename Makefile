@@ -12,6 +12,8 @@ $(BIN)/sctd3d: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# image-reward 1.5 pins timm==0.6.13 (open-clip needs timm>=1.0.17): install without its deps.
 	$(BIN)/pip install -q --no-deps image-reward==1.5
+	# PlayCanvas splat-transform (npm) for `sctd3d export --formats spz`
+	bash scripts/install_splat_tools.sh
 	touch $(BIN)/sctd3d
 
 setup: $(BIN)/sctd3d
