@@ -412,3 +412,29 @@ def test_generate_reuses_an_asset_when_only_evaluation_settings_change(tmp_path,
     new = load_config("toy.yaml", TINY + ["render.num_views=9", "metrics.metrics=[toy_rprec]"])
     again = generate(new, PROMPT, 0, str(adir), progress=False)
     assert again.ok and (ply.read_bytes(), ply.stat().st_mtime_ns) == before
+
+
+def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, monkeypatch):
+    """Generate now, score later: a run with the render/score stages off records no eval_hash;
+    `evaluate` with the same config renders and scores every asset and records it."""
+    from kernels.ply import save_ply
+    from pipeline import run as run_mod
+    from pipeline.run import run_batch
+    from stages.evaluate import evaluate
+    from stages.toyworld.catalogue import build_object
+
+    def exact_object(cfg, prompt, seed, asset_dir, progress=False):  # the catalogue object itself
+        save_ply(str(Path(asset_dir) / "asset.ply"), build_object(prompt))
+        (Path(asset_dir) / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
+        return {"num_gaussians": 1, "device": "cpu"}
+
+    monkeypatch.setattr(run_mod, "_real_generate", exact_object)
+    out = str(tmp_path / "run")
+    cfg = load_config("toy.yaml", TINY + ["pipeline.render=false", "pipeline.score=false"])
+    assert run_batch(prompts, cfg, out, progress=False).done == 1
+    [rec] = manifest.read(out).to_pylist()
+    assert rec["eval_hash"] is None and rec["toy_psnr"] is None and rec["frames_uri"] is None
+    assert evaluate(out, cfg)["rescored"] == 1
+    [after] = manifest.read(out).to_pylist()
+    assert after["eval_hash"] == eval_hash(cfg) and after["toy_psnr"] > 30  # the object vs itself
+    assert after["frames_uri"] and len(list(Path(after["frames_uri"]).glob("*.png"))) == 3
