@@ -13,7 +13,12 @@ from torch import Tensor
 
 
 def _as_alpha(a: Tensor | float, like: Tensor) -> Tensor:
-    """alpha_bar as a tensor broadcastable against `like` (scalar or per-batch (B,))."""
+    """alpha_bar as a tensor broadcastable against `like` (scalar or per-batch (B,)).
+
+    A python number becomes a device scalar by `torch.full` (a fill, not a host-to-device copy,
+    which would wait for the device's queue)."""
+    if isinstance(a, (int, float)):
+        return torch.full((), a, dtype=like.dtype, device=like.device)
     a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
     if a.ndim == 1 and like.ndim > 1:
         a = a.view(-1, *([1] * (like.ndim - 1)))
@@ -27,9 +32,13 @@ def ddim_step(x: Tensor, a_from: Tensor | float, a_to: Tensor | float, eps: Tens
     The same formula inverts (a_to < a_from means more noise); with the same `eps` a step there
     and back is the identity up to float rounding.
     """
+    if isinstance(a_from, (int, float)) and isinstance(a_to, (int, float)):
+        bad = not (0.0 < a_from <= 1.0 and 0.0 < a_to <= 1.0)   # checked on the host: no device sync
+    else:
+        bad = any(bool(((t <= 0) | (t > 1)).any()) for t in (torch.as_tensor(a_from), torch.as_tensor(a_to)))
     af = _as_alpha(a_from, x)
     at = _as_alpha(a_to, x)
-    if bool((af <= 0).any()) or bool((at <= 0).any()) or bool((af > 1).any()) or bool((at > 1).any()):
+    if bad:
         raise ValueError(f"ddim_step: alpha_bar must lie in (0, 1], got a_from={a_from!r}, a_to={a_to!r}")
     x0 = (x - (1.0 - af).sqrt() * eps) / af.sqrt()
     return at.sqrt() * x0 + (1.0 - at).sqrt() * eps

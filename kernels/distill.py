@@ -2,11 +2,13 @@
 
 Every method has the same signature, `grad(z, ts, alphas, eps, noise, p) -> (g, terms)`:
 `z` the encoded renders (B, C, h, w), `ts` the iteration's timesteps, `alphas` the prior's
-alpha_bar (1000,), `eps` a `GuidedEps` (one code path for CFG and Perp-Neg: the guided
+alpha_bar (1000,) (a host sequence of floats in the generate loop, so reading a_t never waits
+for the device; a tensor works too), `eps` a `GuidedEps` (one code path for CFG and Perp-Neg: the guided
 combination is the prior side's business), `noise` the fixed per-asset eps_star (or fresh noise
 for SDS), `p` the numbers of SCTD-SPEC.md. The gradient enters the graph with
 `latent_grad_loss(z, g)` (custom autograd: d/dz == g; the scalar value means nothing and is
-never logged). `terms` holds norms of the parts of g and the number of prior calls made.
+never logged). `terms` holds norms of the parts of g as 0-d tensors (left on the device: the
+loop reads them only when it logs) and host floats (weights, timesteps, prior calls made).
 
 The generate loop picks a method from `METHODS` and never branches on its name.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -55,8 +57,9 @@ class SCTDParams:
     ism_delta_s: int = 200               # ISM: inversion stride from 0 to s
 
 
-Terms = dict[str, float]
-GradFn = Callable[[Tensor, TimestepSample, Tensor, GuidedEps, Tensor, SCTDParams], tuple[Tensor, Terms]]
+Terms = dict[str, Union[float, Tensor]]
+Alphas = Union[Sequence[float], Tensor]
+GradFn = Callable[[Tensor, TimestepSample, Alphas, GuidedEps, Tensor, SCTDParams], tuple[Tensor, Terms]]
 
 
 def make_eps_star(shape: tuple[int, ...], offset: float, generator: torch.Generator,
@@ -93,29 +96,30 @@ def latent_grad_loss(z: Tensor, g: Tensor) -> Tensor:
     return _LatentGrad.apply(z, g.detach().to(z.dtype))
 
 
-def _check(z: Tensor, noise: Tensor, alphas: Tensor, ts: TimestepSample) -> None:
+def _check(z: Tensor, noise: Tensor, alphas: Alphas, ts: TimestepSample) -> None:
     if z.ndim != 4:
         raise ValueError(f"expected latents of shape (B, C, h, w), got {tuple(z.shape)}")
     if noise.shape != z.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(z.shape)}; "
                          f"eps_star must be drawn for the same batch size and latent shape")
-    n = alphas.shape[0]
+    n = len(alphas)
     for name in ("t", "s", "s_m"):
         v = getattr(ts, name)
         if not 0 <= v < n:
             raise ValueError(f"timestep {name}={v} outside [0, {n})")
 
 
-def _norm(x: Tensor) -> float:
-    return float(x.float().norm())
+def _norm(x: Tensor) -> Tensor:
+    """A 0-d norm left on x's device (float() it to read: that waits for the device)."""
+    return x.detach().float().norm()
 
 
-def _a(alphas: Tensor, k: int) -> float:
+def _a(alphas: Alphas, k: int) -> float:
     return float(alphas[k])
 
 
 @torch.no_grad()
-def _consistency(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, eps_star: Tensor,
+def _consistency(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
                  p: SCTDParams, use_self: bool, use_cross: bool) -> tuple[Tensor, Terms]:
     """SCTD-SPEC steps 2-10 (CDS = self term only; GCS = both terms over one segment)."""
     _check(z, eps_star, alphas, ts)
@@ -160,19 +164,19 @@ def _consistency(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, 
     return g, terms
 
 
-def sctd_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, eps_star: Tensor,
+def sctd_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
               p: SCTDParams) -> tuple[Tensor, Terms]:
     """SCTD: g = b(t) [(A - z_sm) + (omega + 1)(z_sm - B)] (SCTD-SPEC "One SCTD step")."""
     return _consistency(z, ts, alphas, eps, eps_star, p, use_self=True, use_cross=True)
 
 
-def cds_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, eps_star: Tensor,
+def cds_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
              p: SCTDParams) -> tuple[Tensor, Terms]:
     """CDS (Consistent3D): the self-consistency term only (sampled over one whole-trajectory segment)."""
     return _consistency(z, ts, alphas, eps, eps_star, p, use_self=True, use_cross=False)
 
 
-def gcs_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, eps_star: Tensor,
+def gcs_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
              p: SCTDParams) -> tuple[Tensor, Terms]:
     """GCS (ConnectCD): self + cross consistency over the whole trajectory.
 
@@ -183,7 +187,7 @@ def gcs_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, eps_
 
 
 @torch.no_grad()
-def sds_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, noise: Tensor,
+def sds_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, noise: Tensor,
              p: SCTDParams) -> tuple[Tensor, Terms]:
     """SDS (DreamFusion): g = w(t) (e_w(x_t) - noise), x_t = sqrt(a_t) z + sqrt(1 - a_t) noise.
 
@@ -201,7 +205,7 @@ def sds_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, nois
 
 
 @torch.no_grad()
-def ism_grad(z: Tensor, ts: TimestepSample, alphas: Tensor, eps: GuidedEps, noise: Tensor,
+def ism_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, noise: Tensor,
              p: SCTDParams) -> tuple[Tensor, Terms]:
     """ISM (LucidDreamer): DDIM-invert z with `null` to s = t - delta_t (stride delta_s), then s -> t;
     g = w(t) (e_w(x_t, t) - eps(x_s, s, null)), w(t) = lambda sqrt((1 - a_t) / a_t). `noise` unused.

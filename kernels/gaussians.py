@@ -207,27 +207,34 @@ class GaussianTrainer:
         return p.grad_clip_start + (p.grad_clip_end - p.grad_clip_start) * t
 
     # one iteration ---------------------------------------------------------------------------
-    def step(self, iteration: int, render_out: "RenderOutput | None" = None) -> None:
-        """Clip, Adam step, densification statistics, then densify/prune/reset on schedule."""
+    def step(self, iteration: int, render_out: "RenderOutput | None" = None) -> dict[str, Tensor]:
+        """Clip, Adam step, densification statistics, then densify/prune/reset on schedule.
+
+        Returns each parameter's gradient norm before clipping (0-d tensors on the device). The
+        step never reads a value back to the host (the clip factor is computed on the device), so
+        a non-finite gradient is not detected here: the caller checks these norms (the generate
+        loop folds them into its one finiteness check per iteration and rolls back on failure).
+        """
         p, g = self.p, self.g
         max_norm = self.grad_clip(iteration)
         lrs = self.learning_rates(iteration)
         b1, b2 = p.adam_betas
         self.last_log = {"grad_clip": max_norm, "lr_means": lrs["means"]}
+        norms: dict[str, Tensor] = {}
         with torch.no_grad():
             for name in PARAM_NAMES:
                 param = getattr(g, name)
                 grad = param.grad
                 if grad is None:
                     continue
-                norm = float(grad.norm())
+                norm = grad.norm()
+                norms[name] = norm
                 self.last_log[f"gradnorm_{name}"] = norm
-                if not math.isfinite(norm):
-                    raise FloatingPointError(
-                        f"GaussianTrainer.step: non-finite gradient norm for {name} at iteration {iteration}"
-                    )
-                if norm > max_norm:
-                    grad = grad * (max_norm / (norm + 1e-6))
+                # clip by max_norm / (norm + 1e-6) when norm > max_norm, in float64 as python's
+                # float arithmetic would do it (bit-identical to the host version), without a sync
+                n64 = norm.double()
+                factor = torch.where(n64 > max_norm, max_norm / (n64 + 1e-6), torch.ones_like(n64))
+                grad = grad * factor
                 if name == "sh" and g.sh.shape[1] > 1:  # higher SH bands learn slower (3DGS)
                     lr = torch.full((1, g.sh.shape[1], 1), lrs[name] * p.color_rest_lr_ratio,
                                     dtype=param.dtype, device=param.device)
@@ -249,6 +256,7 @@ class GaussianTrainer:
         if (p.opacity_reset_every > 0 and iteration % p.opacity_reset_every == 0
                 and iteration < p.densify_end):
             self.reset_opacity()
+        return norms
 
     # densification ---------------------------------------------------------------------------
     def _reset_stats(self) -> None:

@@ -249,3 +249,52 @@ def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path, mon
     assert list((tmp_path / "checkpoints").glob("ckpt_0000004*"))  # progress kept for the next attempt
     res = generate(cfg, "a red square", 2, str(tmp_path), progress=False, prior=FakePrior())
     assert res.ok and res.resumed_from == 4 and res.iterations == 12
+
+
+@pytest.mark.parametrize("method", ["sctd", "ism"])
+def test_iterations_read_the_device_once_outside_logging(tmp_path, method):
+    # issue 13 item 7: the loop used to read device values back ~20-45 times per iteration
+    # (alpha_bar lookups, DDIM alpha checks, finite checks, gradient-norm clips, loss-term floats,
+    # the azimuths of device cameras); now one fused finiteness check per iteration, plus one
+    # batched read of the loss terms on logging iterations
+    from pipeline import deadline
+    from sync_count import count_syncs
+
+    cfg = tiny_cfg(f"generate.method={method}", "generate.log_every=4", "generate.checkpoint_every=0",
+                   "generate.save_ply_at=[]", "generate.densify.start=1000")
+    with count_syncs(deadline) as c:
+        res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=FakePrior())
+    assert res.ok
+    for it in range(1, 12):                               # the last iteration also writes the asset
+        device = c.count(it, "device")
+        bound = 2 if it % 4 == 0 else 1
+        assert device <= bound, (it, c.where(it, "device"))
+        assert c.count(it, "host") <= 6, (it, c.where(it, "host"))   # cameras, flags, timesteps
+    assert c.where(1, "device") == {"__bool__@generate.py:check_finite": 1}
+    assert c.where(4, "device")["tolist@generate.py:read_terms"] == 1
+
+
+def test_logged_terms_are_every_iterations_values(tmp_path):
+    # the terms are read back in batches; meta.json must still summarise every iteration's value
+    cfg = tiny_cfg("generate.method=sds", "generate.log_every=5", "generate.checkpoint_every=0")
+    res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=FakePrior())
+    t = res.meta["terms"]["sds_norm"]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in t.values())
+    assert t["min"] <= t["first10pct"] <= t["max"] and t["min"] < t["max"]   # 12 distinct values
+
+
+class CountingTokensPrior(FakePrior):
+    def __init__(self):
+        super().__init__()
+        self.token_counts = 0
+
+    def count_tokens(self, prompt):
+        self.token_counts += 1
+        return super().count_tokens(prompt)
+
+
+def test_prompt_is_tokenized_once_not_every_iteration(tmp_path):
+    prior = CountingTokensPrior()
+    cfg = tiny_cfg("generate.method=sds", "generate.checkpoint_every=0")
+    assert generate(cfg, "a red square, tokenized once", 0, str(tmp_path), progress=False, prior=prior).ok
+    assert prior.token_counts == 1                       # was one tokenizer call per iteration (12)

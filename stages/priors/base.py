@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_WARNED_LONG: set[str] = set()  # prompts already warned about truncation (once per process)
+# prompts whose length was checked, per prior kind: the tokenizer runs once per prompt and process,
+# not on every generate iteration (and the truncation warning is given once)
+_LENGTH_CHECKED: set[tuple[str, int, str]] = set()
 VIEW_SUFFIXES = {"front": ", front view", "side": ", side view", "back": ", back view"}
 
 
@@ -198,11 +200,13 @@ def make_guided_eps(prior: Prior, prompt: str, azimuths_deg: Sequence[float] | T
     if not az:
         raise ValueError("make_guided_eps: azimuths_deg is empty; pass one azimuth per rendered view")
     b = len(az)
-    ntok = prior.count_tokens(prompt + ", front view")
-    if ntok > prior.max_prompt_tokens and prompt not in _WARNED_LONG:
-        _WARNED_LONG.add(prompt)
-        log.warning("prompt %r has %d tokens with its view suffix; the prior truncates at %d",
-                    prompt, ntok, prior.max_prompt_tokens)
+    checked = (f"{type(prior).__name__}/{prior.name}", int(prior.max_prompt_tokens), prompt)
+    if checked not in _LENGTH_CHECKED:
+        _LENGTH_CHECKED.add(checked)
+        ntok = prior.count_tokens(prompt + ", front view")
+        if ntok > prior.max_prompt_tokens:
+            log.warning("prompt %r has %d tokens with its view suffix; the prior truncates at %d",
+                        prompt, ntok, prior.max_prompt_tokens)
     null_emb, neg_emb = prior.embed(["", negative_prompt])
     null_b = null_emb.expand(b, *null_emb.shape)
     neg_b = neg_emb.expand(b, *neg_emb.shape)
