@@ -70,6 +70,9 @@ SCHEMA = pa.schema([
     pa.field("slug", pa.string()),
     pa.field("input_line", pa.int64()),
     pa.field("worker", pa.string()),
+    # input_uri: the prompt file a `rejected` record came from; a later run of the same file
+    # replaces that file's rejects, so a row fixed in the input no longer shows as rejected
+    pa.field("input_uri", pa.string()),
     # --- additions (v2): asset identity split from evaluation settings ---
     # generation_hash: what the asset id hashes besides prompt and seed (generation settings +
     # prior weights identity, pipeline.config.generation_hash); eval_hash: the evaluation settings

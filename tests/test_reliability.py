@@ -125,6 +125,9 @@ def test_two_drivers_then_driver_killed_rerun_finishes(tmp_path, tiny_pixel_sd_d
 
     before = _committed(out)
     done_ids = {n.split(".")[0] for n in before}
+    committed = lambda: {r["asset_id"]: r for r in manifest.read(str(out)).to_pylist()  # noqa: E731
+                         if r["asset_id"] in done_ids}
+    before_rows = committed()
     assert done_ids and len(done_ids) < len(PROMPTS)
     plys = {d.name: (d / "asset.ply").stat().st_mtime_ns for d in adirs() if d.name in done_ids}
     killed = [d for d in adirs() if d.name not in done_ids]
@@ -138,8 +141,8 @@ def test_two_drivers_then_driver_killed_rerun_finishes(tmp_path, tiny_pixel_sd_d
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "taking over stale run lock" in rerun.stderr
     assert f"{len(PROMPTS)} done" not in rerun.stdout and f"{len(done_ids)} already done" in rerun.stdout
-    after = _committed(out)
-    assert {k: after[k] for k in before} == before  # committed records untouched
+    # committed records untouched (the re-run compacted the parts into manifest.parquet)
+    assert committed() == before_rows and len(before_rows) == len(done_ids)
     assert {d: (out / "assets" / d[:2] / d / "asset.ply").stat().st_mtime_ns for d in plys} == plys
     rows = {r["asset_id"]: r for r in manifest.read(str(out)).to_pylist()}
     assert len(rows) == len(PROMPTS) and {r["status"] for r in rows.values()} == {"done"}
@@ -272,3 +275,134 @@ def test_train_prior_never_writes_into_the_package_by_default(tmp_path, monkeypa
     assert len(seen) == 2  # nothing trained into the package
     assert train_prior.main(["--out", str(TOY_SD_DIR), "--force-package", "--steps", "1"]) == 0
     assert seen[-1] == ("latent", str(TOY_SD_DIR))
+
+
+class CountingGenerate:
+    """generate_fn double: writes asset.ply + meta.json, records each call's prompt; fails the
+    prompts in `fail`; `hook(n)` runs before the n-th call (1-based)."""
+
+    def __init__(self, fail=(), hook=None):
+        self.calls: list[str] = []
+        self.fail, self.hook = set(fail), hook
+
+    def __call__(self, cfg, prompt, seed, asset_dir, progress=False):
+        self.calls.append(prompt)
+        if self.hook is not None:
+            self.hook(len(self.calls))
+        if prompt in self.fail:
+            raise ValueError(f"CountingGenerate: NaN loss for {prompt!r}")
+        d = Path(asset_dir)
+        (d / "asset.ply").write_bytes(b"ply\n" + prompt.encode())
+        (d / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
+        return {"num_gaussians": 1, "device": "cpu"}
+
+
+def _fast_cfg():
+    return load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
+                                    "pipeline.report=false", "metrics.fid=false",
+                                    "pipeline.backoff_s=0.01", "pipeline.max_attempts=1"])
+
+
+def test_deleted_asset_is_redone_and_redo_modes(tmp_path):
+    """A deleted asset.ply was skipped as 'already done' forever (issue 14 item 15)."""
+    cfg, out = _fast_cfg(), str(tmp_path / "out")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue sphere\na green cone\n")
+    g = CountingGenerate(fail={"a green cone"})
+    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False)
+    assert (s.done, s.failed) == (2, 1)
+    rows = {r["prompt"]: r for r in manifest.read(out).to_pylist()}
+    Path(rows["a blue sphere"]["asset_uri"]).unlink()
+
+    g = CountingGenerate(fail={"a green cone"})
+    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="missing")
+    assert sorted(g.calls) == ["a blue sphere"] and s.skipped == 2  # the failed one is left alone
+    assert Path(rows["a blue sphere"]["asset_uri"]).exists()
+    g = CountingGenerate()
+    run_batch(str(prompts), cfg, out, generate_fn=g, progress=False)  # default: failed retried
+    assert g.calls == ["a green cone"]
+    g = CountingGenerate()
+    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="all")
+    assert sorted(g.calls) == ["a blue sphere", "a green cone", "a red cube"] and s.done == 3
+    with pytest.raises(ValueError, match="--redo 'some'"):
+        run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="some")
+
+
+def test_run_survives_a_concurrent_compact(tmp_path):
+    """`manifest compact` during a run is refused (the run holds the lock); a compaction that
+    ignores the lock (another host on an object store) loses nothing either (issue 14 item 1)."""
+    from pipeline.lock import LockHeld
+
+    cfg, out = _fast_cfg(), str(tmp_path / "out")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue sphere\na green cone\na yellow torus\n")
+    refused = []
+
+    def compact_now(n):
+        if n in (2, 3):
+            with pytest.raises(LockHeld, match="in use by another run") as e:
+                manifest.compact(out)
+            refused.append(str(e.value))
+            manifest.compact_locked(open_storage(out))  # a lockless compaction mid-run
+
+    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(hook=compact_now), progress=False)
+    assert s.done == 4 and len(refused) == 2
+    assert manifest.counts(manifest.read(out)) == {"done": 4, "failed": 0, "rejected": 0}
+    assert json.loads((Path(out) / "run.json").read_text())["status"] == "finished"
+    # the run compacted its own parts at the end: later readers read one file
+    assert list((Path(out) / "manifest" / "parts").iterdir()) == []
+
+
+def test_moved_run_folder_keeps_its_asset_links(tmp_path):
+    """Absolute URIs in the manifest broke a moved run's report (issue 14 item 16)."""
+    cfg, out = _fast_cfg(), tmp_path / "out"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    run_batch(str(prompts), cfg, str(out), generate_fn=CountingGenerate(), progress=False)
+    import pyarrow.parquet as pq
+
+    raw = pq.read_table(out / "manifest" / "manifest.parquet").to_pylist()[0]
+    assert raw["asset_uri"].startswith("assets/") and raw["asset_uri"].endswith("/asset.ply")
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    row = manifest.read(str(moved)).to_pylist()[0]
+    assert row["asset_uri"] == str(moved / raw["asset_uri"]) and Path(row["asset_uri"]).is_file()
+    g = CountingGenerate()  # the moved run resumes: its asset is found, nothing redone
+    assert run_batch(str(prompts), cfg, str(moved), generate_fn=g, progress=False).skipped == 1
+    assert g.calls == []
+
+
+def test_fixed_prompt_supersedes_its_rejected_record(tmp_path):
+    """Rejected records stayed after the input was fixed (issue 14 item 14)."""
+    cfg, out = _fast_cfg(), str(tmp_path / "out")
+    prompts, other = tmp_path / "p.jsonl", tmp_path / "other.txt"
+    prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n" + json.dumps({"prompt": ""}) + "\n"
+                       + json.dumps({"prompt": "a blue sphere", "seed": -1}) + "\n")
+    other.write_text("a green cone\n\n")
+    run_batch(str(other), cfg, out, generate_fn=CountingGenerate(), progress=False)
+    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(), progress=False)
+    assert s.rejected == 2 and manifest.counts(manifest.read(out))["rejected"] == 3
+    assert (Path(out) / "manifest" / "manifest.parquet").exists()  # the rejects are compacted
+    prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n" + json.dumps({"prompt": "a yellow torus"})
+                       + "\n" + json.dumps({"prompt": "a blue sphere", "seed": 1}) + "\n")
+    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(), progress=False)
+    assert (s.done, s.rejected) == (2, 0)
+    rows = manifest.read(out).to_pylist()
+    rejected = [r for r in rows if r["status"] == "rejected"]
+    assert [(r["input_uri"], r["input_line"]) for r in rejected] == [(str(other), 2)]  # other input's kept
+    assert "rejected 1" in manifest.show(out)
+
+
+def test_run_outputs_respect_the_umask(tmp_path):
+    """Manifest, run.json and the rest were 0600 whatever the umask (issue 14 item 3)."""
+    cfg, out = _fast_cfg(), tmp_path / "out"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n\n")
+    old = os.umask(0o022)
+    try:
+        run_batch(str(prompts), cfg, str(out), generate_fn=CountingGenerate(), progress=False)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert "manifest/manifest.parquet" in modes and "run.json" in modes
+    assert set(modes.values()) == {"0o644"}, modes
