@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _cfg(args, extra)
     summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
                         address=args.address, num_workers=cfg.pipeline.num_workers or None,
-                        storage_options=_storage_options(args))
+                        storage_options=_storage_options(args), redo=args.redo)
     print(summary.line())
     print(summary.where())
     return summary.exit_code()
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same as --set pipeline.executor=...")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
+    p.add_argument("--redo", choices=("failed", "missing", "all"), default="failed",
+                   help="which committed assets run again: failed (default: failed ones and done ones "
+                        "whose files are gone), missing (only done ones whose files are gone, not "
+                        "failed ones), all (every asset; generation resumes from its checkpoints)")
     p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
                    metavar="KEY=VALUE", help="fsspec option for an object-store --out, e.g. "
                    "endpoint_url=http://127.0.0.1:9000, profile=NAME, anon=true (repeatable)")
