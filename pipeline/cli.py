@@ -313,12 +313,12 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
-def _error(command: str, e: BaseException, verbose: bool) -> None:
+def _error(prog: str, e: BaseException, verbose: bool) -> None:
     """One line on stderr (the traceback only with -v)."""
     if verbose:
         log.debug("traceback", exc_info=e)
     msg = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
-    print(f"sctd3d {command}: error: {msg}", file=sys.stderr)
+    print(f"{prog}: error: {msg}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,19 +332,25 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(guarded(f"sctd3d {args.command}", lambda: args.fn(args), args.verbose))
+
+
+def guarded(prog: str, fn, verbose: bool = False) -> int:
+    """`fn()`'s exit code, or 2 with one line `<prog>: error: ...` for a user-facing error, or 130
+    for a Ctrl-C outside a run's own signal handling (loading, reading inputs). Shared by
+    scripts/ray_entry.py so every entry point answers alike."""
     try:
-        code = args.fn(args)
-    except KeyboardInterrupt:  # Ctrl-C outside a run's own handler (loading, reading inputs)
-        print(f"sctd3d {args.command}: interrupted", file=sys.stderr)
-        code = 130
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as e:
-        _error(args.command, e, args.verbose)
-        code = 2
+        _error(prog, e, verbose)
+        return 2
     except _user_errors() as e:
         # errors whose message already says what is wrong and what to do: no traceback
-        _error(args.command, e, args.verbose)
-        code = 2
-    sys.exit(code)
+        _error(prog, e, verbose)
+        return 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -4,8 +4,9 @@
 
 Runs on the cluster's head node, connects to the running cluster (`--address auto`) and runs the
 batch with the Ray executor. Re-running the same command resumes: committed assets are skipped.
-Exit code: 0 when every asset is done (or rejected as bad input), 1 when some failed, 2 on a bad
-command line or config, the report's exit code when the report says a metric regressed.
+Exit codes (as `sctd3d run`): 0 every asset done; 1 some failed or were rejected, or the report
+says a metric regressed; 2 a bad command line, config, input file or store (one line
+`ray_entry.py: error: ...` on stderr); 130 / 143 stopped by SIGINT / SIGTERM (re-run to resume).
 """
 
 from __future__ import annotations
@@ -25,25 +26,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default="auto", help="Ray address (default: the running cluster)")
     ap.add_argument("--num-workers", type=int, default=None,
                     help="GPU actors (default: pipeline.num_workers, 0 = one per GPU now present)")
+    ap.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                    metavar="KEY=VALUE", help="fsspec option for an object-store --out (repeatable)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks for errors")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pipeline.config import ConfigError, load_config
-    from pipeline.run import run_batch
-    from stages.init import InitError
+    from pipeline.cli import _storage_options, guarded
 
-    try:
+    def run() -> int:
+        from pipeline.config import load_config
+        from pipeline.run import run_batch
+
         cfg = load_config(args.config, args.set)
-        summary = run_batch(args.prompts, cfg, args.out, executor="ray", address=args.address,
-                            num_workers=args.num_workers, progress=not args.no_progress)
-    except (ConfigError, InitError) as e:  # bad config, or an init method that cannot run: one line
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    if summary.failed:
-        return 1
-    return summary.report_exit_code or 0
+        summary = run_batch(args.prompts, cfg, args.out, executor="ray", address=args.address or None,
+                            num_workers=args.num_workers, progress=not args.no_progress,
+                            storage_options=_storage_options(args))
+        print(summary.line())
+        return summary.exit_code()
+
+    return guarded("ray_entry.py", run, args.verbose)
 
 
 if __name__ == "__main__":
