@@ -267,6 +267,8 @@ def test_hub_id_identity_uses_the_cached_commit(tmp_path, monkeypatch):
     assert identity.prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
     missing = apply_overrides(Config(), {"prior.model": "org/not-cached"})
     assert identity.prior_identity(missing)["commit"] is None
+    gone = apply_overrides(Config(), {"prior.model": str(tmp_path / "no-such-dir")})
+    assert identity.prior_identity(gone) == {"kind": "missing", "path": str(tmp_path / "no-such-dir")}
 
 
 # ----------------------------------------------------------------------------------------------

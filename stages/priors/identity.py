@@ -81,11 +81,13 @@ def _hub_commit(model: str, revision: str) -> Optional[str]:
     rev = revision or "main"
     if re.fullmatch(r"[0-9a-f]{40}", rev):
         return rev
-    if not _HUB_ID_RE.fullmatch(model) or ".." in model:
-        return None
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(model, "model_index.json", revision=rev)
+    try:
+        hit = try_to_load_from_cache(model, "model_index.json", revision=rev)
+    except ValueError as e:  # an id or revision the hub client refuses: the loader names it
+        log.debug("hub cache lookup of %s@%s: %s", model, rev, e)
+        return None
     if isinstance(hit, str):  # .../snapshots/<commit>/model_index.json
         return Path(hit).parent.name
     return None
@@ -98,6 +100,8 @@ def _path_identity(model: str, revision: str = "") -> dict[str, Any]:
         return {"kind": "dir", "sha256": tree_digest(p)}
     if p.is_file():
         return {"kind": "file", "sha256": file_digest(p)}
+    if not _HUB_ID_RE.fullmatch(model) or ".." in model or p.suffix == ".safetensors":
+        return {"kind": "missing", "path": model}  # a local path that is not there: loading says so
     commit = _hub_commit(model, revision)
     if commit is None and model not in _WARNED:
         _WARNED.add(model)
