@@ -289,6 +289,18 @@ def compact_locked(st: Storage, drop_ids: Iterable[str] = ()) -> str:
     """Merge parts into manifest/manifest.parquet (atomic), then remove each merged part only if
     its bytes are still the ones merged (a part rewritten meanwhile stays; `read` dedups it).
     `drop_ids`: records to leave out (superseded rejects). The caller holds the run lock."""
+    return _compact(st, drop_ids)[0]
+
+
+def read_compacting(st: Storage) -> pa.Table:
+    """`read`, but parts are first merged into manifest.parquet: a run's start reads each part
+    once, and every later read of the run (FID, report, counts) is one file. Caller holds the lock."""
+    if not st.ls(PARTS_DIR):
+        return read(st)
+    return _resolve(st, _compact(st)[1])
+
+
+def _compact(st: Storage, drop_ids: Iterable[str] = ()) -> tuple[str, pa.Table]:
     parts = [rel for rel in _sources(st) if rel != COMPACTED]
 
     def load(rel: str) -> Optional[bytes]:
@@ -322,7 +334,7 @@ def compact_locked(st: Storage, drop_ids: Iterable[str] = ()) -> str:
 
     removed = sum(_pmap(remove_if_unchanged, parts))
     log.info("compacted %d part(s) into %s (%d records)", removed, uri, table.num_rows)
-    return uri
+    return uri, table
 
 
 def counts(table: pa.Table) -> dict[str, int]:

@@ -555,7 +555,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                          f"(.txt), JSONL rows or a Parquet 'prompt' column")
     # everything that can refuse this run is read before run.json is touched (a refused re-run
     # must leave a `finished` run.json as it was)
-    existing = manifest.records_by_id(st)
+    existing = {r["asset_id"]: r for r in manifest.read_compacting(st).to_pylist()}  # parts read once
     version = code_version()
     caps = capabilities()
     prev = _read_run_json(st)
