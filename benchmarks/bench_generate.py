@@ -1,10 +1,12 @@
 """Seconds and UNet calls per generate iteration.
 
   python benchmarks/bench_generate.py toy  [--iters 20]   # toy prior (toy.yaml) on CPU, every method
-  python benchmarks/bench_generate.py sd21 [--iters 20]   # CUDA: SD 2.1-base architecture, random
-                                                          # weights, 512x512, 4 views, fp16
-Prints one line per configuration; the sd21 mode also prints peak memory and the projected
+  python benchmarks/bench_generate.py sd21 [--iters 20]   # CUDA: SD 2.1-base built from configs at
+                                                          # random init, 512x512, 4 views, fp16,
+                                                          # 81,920 Gaussians, densification active
+Prints one line per configuration; the sd21 mode also prints peak GPU memory and the projected
 minutes for a 5000-iteration asset. Random weights time the architecture, not the result.
+`--device cpu --size 16 --views 1 --model DIR` is a CPU smoke run of the same code (tests).
 """
 
 from __future__ import annotations
@@ -77,84 +79,77 @@ def bench_toy(iters: int, model: str = "toy") -> None:
         print(json.dumps(_run(cfg, prior, f"toy/{method}", iters, warm=2)))
 
 
-def _tokenizer(folder: Path):
-    """A byte-level CLIP BPE vocabulary without merges (no tokenizer files ship offline)."""
-    from transformers import CLIPTokenizer
-
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    toks = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(toks)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+def sd21_overrides(model: str, device: str, size: int, views: int, gaussians: int) -> list[str]:
+    """The paper's settings (sd21.yaml: 512 px, 4 views, fp16) on a ball of `gaussians` (Point-E's
+    81,920 count), with densification active inside the timed window: densify every 10 iterations
+    from iteration 10 (10x the spec's rate from 100; the timing is an upper bound)."""
+    o = [f"prior.model={model}", f"prior.device={device}", f"prior.image_size={size}",
+         f"generate.batch_views={views}", "init.method=ball", f"init.ball_num_gaussians={gaussians}",
+         "init.ball_radius=1.0", "generate.densify.start=10", "generate.densify.every=10"]
+    return o + (["prior.allow_cpu=true"] if device == "cpu" else [])
 
 
-def sd21_random_prior(device: str = "cuda"):
-    """SD 2.1-base architecture (UNet 865M, OpenCLIP-H text encoder, KL VAE), random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from stages.priors.stable_diffusion import StableDiffusionPrior
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        latent_channels=4, sample_size=512, scaling_factor=0.18215)
-    tok = _tokenizer(Path(tempfile.mkdtemp()) / "tok")
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
-                                        num_attention_heads=16, num_hidden_layers=23, max_position_embeddings=77,
-                                        hidden_act="gelu", projection_dim=1024))
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    alphas = torch.cumprod(1 - betas, 0).float()
-    return StableDiffusionPrior(unet, text, tok, vae, alphas, device=torch.device(device), dtype=torch.float16,
-                                image_size=512, name="sd21_random")
-
-
-def bench_sd21(iters: int, methods: list[str]) -> None:
-    if not torch.cuda.is_available():
-        print("sd21 benchmark needs CUDA; none here")
-        return
+def bench_sd21(iters: int, methods: list[str], *, model: str = "", device: str = "cuda", size: int = 512,
+               views: int = 4, gaussians: int = 81920, warm: int = 3, repeats: int = 3,
+               config: str = "sd21.yaml") -> int:
+    """SD 2.1-base at random init (built from configs unless `model` names a directory), loaded by
+    the production loader; one JSON line per method."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("sd21 benchmark needs CUDA; none here (use --device cpu for a CPU smoke run)")
+        return 1
     from kernels.render import gsplat_available
+    from stages.priors.base import load_prior
 
+    if not model:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from build_random_sd21 import build
+
+        t0 = time.perf_counter()
+        model = str(Path(tempfile.mkdtemp(prefix="sd21_random_")) / "stable-diffusion-2-1-base")
+        counts = build(Path(model), "fp16")
+        print(f"# random-init SD 2.1-base built from configs in {time.perf_counter() - t0:.1f} s: "
+              + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()))
+    base = load_config(config, sd21_overrides(model, device, size, views, gaussians))
     t0 = time.perf_counter()
-    prior = sd21_random_prior()
-    print(f"# {torch.cuda.get_device_name()}: SD 2.1-base architecture (random weights) built in "
-          f"{time.perf_counter() - t0:.1f} s; gsplat CUDA: {gsplat_available()}")
+    prior = load_prior(base.prior, device)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"# {name}: {config} prior loaded in {time.perf_counter() - t0:.1f} s ({prior.dtype}); "
+          f"{size}px, {views} views, {gaussians} Gaussians; gsplat CUDA: {gsplat_available()}")
     for method in methods:
-        cfg = load_config("sd21.yaml", [f"generate.method={method}", "init.method=ball",
-                                         "init.ball_num_gaussians=81920", "init.ball_radius=1.0",
-                                         "prior.device=cuda"])
-        torch.cuda.reset_peak_memory_stats()
-        rec = _run(cfg, prior, f"sd21/{method}", iters, warm=3)
-        rec["projected_min_per_5000_it"] = rec["s_per_it"] * 5000 / 60
-        print(json.dumps(rec))
+        cfg = load_config(config, sd21_overrides(model, device, size, views, gaussians) +
+                          [f"generate.method={method}"])
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rec = _run(cfg, prior, f"{config.removesuffix('.yaml')}/{method}", iters, warm=warm, repeats=repeats)
+        rec["projected_min_per_5000_it"] = round(rec["s_per_it"] * 5000 / 60, 2)
+        rec["meets_6_min_goal"] = rec["projected_min_per_5000_it"] <= 6.0
+        if device == "cuda":
+            rec["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        print(json.dumps(rec), flush=True)
+    return 0
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("toy", "sd21"))
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--methods", default="sctd,sds", help="sd21 mode: comma-separated methods")
     ap.add_argument("--toy-model", default="toy", help="toy mode: prior.model (toy = latent toy SD, toy_pixel)")
+    ap.add_argument("--model", default="", help="sd21 mode: a diffusers SD dir (default: build the random SD 2.1-base)")
+    ap.add_argument("--config", default="sd21.yaml", help="sd21 mode: sd21.yaml or sd21_perpneg.yaml")
+    ap.add_argument("--device", default="cuda", help="sd21 mode: cuda (default) or cpu (smoke run)")
+    ap.add_argument("--size", type=int, default=512, help="sd21 mode: render size (paper: 512)")
+    ap.add_argument("--views", type=int, default=4, help="sd21 mode: views per iteration (paper: 4)")
+    ap.add_argument("--gaussians", type=int, default=81920, help="sd21 mode: initial Gaussians (paper: 81,920)")
+    ap.add_argument("--warm", type=int, default=3, help="sd21 mode: untimed warm-up iterations")
+    ap.add_argument("--repeats", type=int, default=3, help="sd21 mode: runs per length (minimum kept)")
     a = ap.parse_args()
     if a.mode == "toy":
         bench_toy(a.iters, a.toy_model)
-    else:
-        bench_sd21(a.iters, a.methods.split(","))
+        return 0
+    return bench_sd21(a.iters, a.methods.split(","), model=a.model, device=a.device, size=a.size, views=a.views,
+                      gaussians=a.gaussians, warm=a.warm, repeats=a.repeats, config=a.config)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
