@@ -168,3 +168,166 @@ def test_prior_reference_samples_the_toy_sd_per_prompt(tmp_path):
     r = run_fid(cfg, [str(d)], ["a red cube"], str(tmp_path / "run"))
     assert r["reference"] == "prior" and r["n_reference"] == 3 and r["n_generated"] == 4
     assert r["fid"] is not None and np.isfinite(r["fid"]) and r["fid"] > 0
+
+
+def test_distance_to_stats_equals_the_covariance_form(feats):
+    from stages.metrics.fid import frechet_distance_to_stats
+
+    a, b = feats[0][:6, :256], feats[1][:, :256]  # n < d: the small form; b's statistics as the reference
+    mu, sigma = statistics(b)
+    assert frechet_distance_to_stats(a, mu, sigma) == pytest.approx(
+        frechet_distance(*statistics(a), mu, sigma), rel=1e-6)
+
+
+def _asset_with_frames(tmp_path, files, name="aa11"):
+    asset = tmp_path / "run" / "assets" / name[:2] / name
+    (asset / "frames").mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (asset / "frames" / f.split("/")[-1]).write_bytes(open(f, "rb").read())
+    return asset
+
+
+def _no_prior(monkeypatch):
+    """Loading any prior fails the test: FID must not sample where it is not asked to."""
+    import stages.priors.base as base
+
+    def refuse(*a, **k):
+        raise AssertionError("a prior was loaded")
+
+    monkeypatch.setattr(base, "load_prior", refuse)
+
+
+def test_reference_stats_file_is_used_and_nothing_is_sampled(tmp_path, monkeypatch):
+    """metrics.fid_reference_stats: the .npz's mu/sigma are the reference (FID of a set against its
+    own statistics ~0); no prior is loaded although fid_reference says 'prior'."""
+    from stages.metrics.fid import ReferenceStatsError
+
+    _no_prior(monkeypatch)
+    files = make_set(tmp_path / "ref")
+    asset = _asset_with_frames(tmp_path, files)
+    mu, sigma = statistics(file_features(files, load_inception(), batch_size=4))
+    stats = tmp_path / "ref_stats.npz"
+    np.savez(stats, mu=mu, sigma=sigma)
+    cfg = load_config("toy.yaml", ["metrics.fid_reference=prior", f"metrics.fid_reference_stats={stats}",
+                                   "metrics.batch_size=4"])
+    r = run_fid(cfg, [str(asset)], ["a red cube"], str(tmp_path / "run"))
+    assert r["reference"] == f"stats:{stats}" and r["n_generated"] == 8
+    assert r["fid"] == pytest.approx(0.0, abs=1e-2)
+    shifted = _asset_with_frames(tmp_path, make_set(tmp_path / "shifted", shift=60, seed=1), "bb22")
+    assert run_fid(cfg, [str(shifted)], ["a red cube"], str(tmp_path / "run"))["fid"] > 1.0
+
+    np.savez(tmp_path / "bad.npz", mu=mu)  # no sigma
+    for bad, match in ((tmp_path / "bad.npz", "'mu' and 'sigma'"), (tmp_path / "none.npz", "does not exist")):
+        cfg = load_config("toy.yaml", [f"metrics.fid_reference_stats={bad}"])
+        with pytest.raises(ReferenceStatsError, match=match):
+            run_fid(cfg, [str(asset)], ["a red cube"], str(tmp_path / "run"))
+    assert not (tmp_path / "none.npz").exists()
+
+
+def test_nothing_done_is_skipped_with_a_reason_before_any_model_loads(tmp_path, monkeypatch):
+    import stages.metrics.fid as fid
+
+    _no_prior(monkeypatch)
+    monkeypatch.setattr(fid, "load_inception", lambda *a, **k: pytest.fail("Inception was loaded"))
+    cfg = load_config("sd21.yaml", ["metrics.fid_reference=prior"])
+    r = run_fid(cfg, [], [], str(tmp_path / "run"))
+    assert r["fid"] is None and r["reason"] == "no asset is done"
+    assert json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())["reason"] == "no asset is done"
+
+
+def test_prior_reference_is_sampled_by_the_worker_runner(tmp_path, monkeypatch):
+    """With a runner (the pipeline passes its executor) the prior reference is sampled only inside
+    it, from a small picklable item; the features come back by URI (the cache)."""
+    import stages.metrics.fid as fid
+
+    inside = {"now": False, "calls": []}
+    real_sample = fid.prior_reference
+
+    def guarded(cfg, prompts, folder, seed=0):
+        assert inside["now"], "the prior reference was sampled outside the worker runner"
+        return real_sample(cfg, prompts, folder, seed)
+
+    monkeypatch.setattr(fid, "prior_reference", guarded)
+
+    def runner(fn, item):
+        inside["calls"].append((fn.__name__, sorted(item)))
+        inside["now"] = True
+        try:
+            return fn(item)
+        finally:
+            inside["now"] = False
+
+    cfg = load_config("toy.yaml", ["prior.name=toy_sd", "prior.image_size=32", "metrics.fid_reference=prior",
+                                   "metrics.fid_reference_per_prompt=3", "metrics.fid_reference_steps=4",
+                                   "metrics.batch_size=4"])
+    asset = _asset_with_frames(tmp_path, make_set(tmp_path / "gen", n=4))
+    r = run_fid(cfg, [str(asset)], ["a red cube", "a red cube"], str(tmp_path / "run"), run_on_worker=runner)
+    assert inside["calls"] == [("prior_reference_task", ["cache", "cfg", "prompts"])]
+    assert r["n_reference"] == 3 and r["n_generated"] == 4 and np.isfinite(r["fid"])
+    assert r["reference_cached"] is False
+    assert list((tmp_path / "run" / "metrics" / "fid_reference").glob("*.npz"))
+
+
+class _RecordingExecutor:
+    """Wraps the local executor and records what each map ran (a cluster's executor stand-in)."""
+
+    def __init__(self, inner):
+        self.inner, self.ran = inner, []
+
+    def map(self, items, fn):
+        items = list(items)
+        self.ran.append((getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "?")),
+                         len(items)))
+        return self.inner.map(items, fn)
+
+    def running(self):
+        return self.inner.running()
+
+    def close(self):
+        self.inner.close()
+
+
+def test_pipeline_samples_the_fid_reference_through_its_executor(tmp_path, monkeypatch):
+    """run_batch: the run-level FID's prior reference is one task on the run's executor (where the
+    GPUs are); with nothing done, FID is skipped, no prior is loaded, and run.json says why."""
+    from pathlib import Path
+
+    import pipeline.run as prun
+    from kernels.ply import save_ply
+    from pipeline.executors import make_executor
+    from stages.toyworld.catalogue import build_object
+
+    made = []
+
+    def recording(kind, **kw):
+        made.append(_RecordingExecutor(make_executor(kind, **kw)))
+        return made[-1]
+
+    monkeypatch.setattr(prun, "make_executor", recording)
+
+    def from_catalogue(cfg, prompt, seed, asset_dir, progress=False):
+        if prompt == "a blue sphere":
+            raise ValueError("fails on purpose")
+        g = build_object(prompt)
+        save_ply(str(Path(asset_dir) / "asset.ply"), g)
+        return {"num_gaussians": g.num(), "device": "cpu"}
+
+    cfg = load_config("toy.yaml", ["prior.name=toy_sd", "prior.image_size=32", "metrics.fid_reference=prior",
+                                   "metrics.fid_reference_per_prompt=2", "metrics.fid_reference_steps=2",
+                                   "metrics.batch_size=4", "pipeline.score=false", "pipeline.report=false",
+                                   "render.video=false", "render.num_views=4", "render.resolution=16"])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    s = prun.run_batch(str(prompts), cfg, str(tmp_path / "ok"), generate_fn=from_catalogue, progress=False)
+    assert s.done == 1
+    assert made[-1].ran == [("process_asset", 1), ("prior_reference_task", 1)]
+    info = json.loads((tmp_path / "ok" / "run.json").read_text())
+    assert info["fid"]["reference"] == "prior" and info["fid"]["n_reference"] == 2
+    assert info["fid"]["fid"] is not None
+
+    _no_prior(monkeypatch)
+    prompts.write_text("a blue sphere\n")
+    s = prun.run_batch(str(prompts), cfg, str(tmp_path / "none"), generate_fn=from_catalogue, progress=False)
+    assert s.failed == 1 and made[-1].ran == [("process_asset", 1)]
+    info = json.loads((tmp_path / "none" / "run.json").read_text())
+    assert info["status"] == "finished" and info["fid"]["reason"] == "no asset is done"

@@ -1,0 +1,76 @@
+"""`--executor ray --address` to a cluster that is not there fails within a bounded time with one
+line naming the address and exit 2 (it used to hang, warning every 30 s); run.json says failed and
+the lock is released. No Ray instance may be running in this process for these tests."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _unused_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: a connection is refused
+    return port
+
+
+def _prompts(tmp_path) -> str:
+    p = tmp_path / "p.txt"
+    p.write_text("a red cube\n")
+    return str(p)
+
+
+def test_refused_address_fails_fast_with_one_line(tmp_path, capsys):
+    import ray
+
+    from pipeline.cli import main
+
+    if ray.is_initialized():  # pragma: no cover - another module left Ray up in this process
+        ray.shutdown()
+    addr = f"127.0.0.1:{_unused_port()}"
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        main(["run", _prompts(tmp_path), "--out", str(out), "--executor", "ray", "--address", addr,
+              "--config", "toy.yaml", "--set", "pipeline.render=false"])
+    assert e.value.code == 2 and time.monotonic() - t0 < 30
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and addr in err[0] and "sctd3d run: error:" in err[0], err
+    assert "pipeline.connect_timeout_s" in err[0]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and addr in info["error"]
+    assert not (out / "run.lock").exists() and not ray.is_initialized()
+
+
+def test_silent_address_gives_up_after_connect_timeout(tmp_path):
+    """Something listens but is no Ray cluster (or a firewall swallows the handshake): ray.init
+    would retry forever; the run gives up after pipeline.connect_timeout_s. In a subprocess: the
+    abandoned connect thread must not share a process with other tests."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    addr = f"127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [sys.executable, "-c", "from pipeline.cli import main; main()", "run", _prompts(tmp_path),
+             "--out", str(tmp_path / "out"), "--executor", "ray", "--address", addr,
+             "--config", "toy.yaml", "--set", "pipeline.connect_timeout_s=3"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        wall = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert wall < 60
+    mine = [ln for ln in res.stderr.splitlines() if ln.startswith("sctd3d run: error:")]
+    assert len(mine) == 1 and addr in mine[0] and "within 3 s" in mine[0], res.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
