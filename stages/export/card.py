@@ -182,7 +182,8 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
         "import webdataset as wds",
         'for sample in wds.WebDataset("shards/shard-{00000..%05d}.tar", shardshuffle=False):'
         % max(shards - 1, 0),
-        '    prompt = sample["prompt.txt"].decode(); ply = sample["ply"]',
+        '    prompt = sample["prompt.txt"].decode(); splat = sample["%s"]'
+        % ("ply" if "ply" in formats else "spz"),
         "```",
         "",
     ]
