@@ -205,9 +205,13 @@ def test_reference_stats_file_is_used_and_nothing_is_sampled(tmp_path, monkeypat
     _no_prior(monkeypatch)
     files = make_set(tmp_path / "ref")
     asset = _asset_with_frames(tmp_path, files)
-    mu, sigma = statistics(file_features(files, load_inception(), batch_size=4))
+    from stages.metrics.fid import MetricsConfig, save_reference_stats
+
     stats = tmp_path / "ref_stats.npz"
-    np.savez(stats, mu=mu, sigma=sigma)
+    assert save_reference_stats(str(tmp_path / "ref"), str(stats), MetricsConfig(batch_size=4)) == 8
+    with np.load(stats) as z:
+        mu, sigma = z["mu"], z["sigma"]
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
     cfg = load_config("toy.yaml", ["metrics.fid_reference=prior", f"metrics.fid_reference_stats={stats}",
                                    "metrics.batch_size=4"])
     r = run_fid(cfg, [str(asset)], ["a red cube"], str(tmp_path / "run"))

@@ -283,6 +283,22 @@ def load_reference_stats(uri: str) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
+def save_reference_stats(images_uri: str, out_npz: str, mc: MetricsConfig | None = None) -> int:
+    """Write the .npz that `metrics.fid_reference_stats` reads (mu, sigma of a folder/URI of images,
+    through the same extractor and mode); returns the image count. Run it once where the images are."""
+    mc = mc or MetricsConfig()
+    dev = metric_device(mc.device)
+    with tempfile.TemporaryDirectory(prefix="sctd3d-fidstats-") as tmp:
+        files = list_images(images_uri, tmp)
+        mu, sigma = statistics(file_features(files, load_inception(mc.fid_inception, dev), dev,
+                                             mc.batch_size))
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, sigma=sigma, n=len(files), feature_extractor=_extractor_id(mc.fid_inception))
+    parent, _, name = out_npz.rstrip("/").rpartition("/")
+    open_storage(parent or ".").write_bytes(name, buf.getvalue())
+    return len(files)
+
+
 def reference_cache_uri(cfg: Config, out: str) -> str:
     return cfg.metrics.fid_cache_dir or open_storage(out).uri("metrics", "fid_reference")
 
