@@ -440,3 +440,33 @@ def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, m
     [after] = manifest.read(out).to_pylist()
     assert after["eval_hash"] == eval_hash(cfg) and after["toy_psnr"] > 30  # the object vs itself
     assert after["frames_uri"] and len(list(Path(after["frames_uri"]).glob("*.png"))) == 3
+
+
+def test_toy_catalogue_enters_by_content_where_generation_reads_it(tmp_path, prompts, monkeypatch):
+    from stages import init as init_mod
+    from stages.generate import generate
+    from stages.toyworld.catalogue import SHIPPED_CATALOGUE
+
+    cat = tmp_path / "catalogue.yaml"
+    shutil.copy(SHIPPED_CATALOGUE, cat)
+    for base in ({"prior.name": "toy_exact"}, {"init.method": "toy_shape"}):
+        cfg = apply_overrides(load_config("toy.yaml"), {**base, "toy.catalogue": str(cat)})
+        before = _id(prompts, cfg)
+        cat.write_text(cat.read_text() + "\n# edited\n")
+        os.utime(cat, ns=(cat.stat().st_mtime_ns + 10**9,) * 2)
+        assert _id(prompts, cfg) != before, base
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def recording_init(cfg, prompt, generator, toy_catalogue=None):
+        seen["catalogue"] = toy_catalogue
+        raise Stop
+
+    monkeypatch.setattr(init_mod, "init_gaussians", recording_init)
+    cfg = load_config("toy.yaml", TINY + ["init.method=toy_shape", f"toy.catalogue={cat}"])
+    with pytest.raises(Stop):
+        generate(cfg, PROMPT, 0, str(tmp_path / "a"), progress=False)
+    assert seen["catalogue"] == str(cat)  # toy_shape draws from the run's catalogue, not the shipped one
