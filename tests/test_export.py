@@ -324,3 +324,24 @@ def test_preview_png_alpha_is_straight(exported):
     edge = (rgba[..., 3] > 20) & (rgba[..., 3] < 120)
     assert edge.any()
     assert rgba[edge][:, :3].max(axis=1).mean() > rgba[edge][:, 3].mean()
+
+
+def test_object_store_dataset_marker_last_and_resume(tmp_path):
+    """On an object store (memory://) an asset counts as done only once its export.json exists."""
+    import fsspec
+    import pandas as pd
+
+    run = make_run(tmp_path / "run", n_done=2, failed=False)
+    uri = f"memory://export-{tmp_path.name}"
+    s = export_dataset(str(run), uri, views=2, resolution=16, formats="ply", shard_size=1)
+    assert (s.exported, s.shards) == (2, 2)
+    fs = fsspec.filesystem("memory")
+    root = uri[len("memory://"):]
+    aid = asset_id(1)
+    fs.rm(f"/{root}/assets/{aid[:2]}/{aid}/export.json")  # as if killed before the marker
+    s = export_dataset(str(run), uri, views=2, resolution=16, formats="ply", shard_size=1)
+    assert (s.exported, s.reused) == (2, 1)
+    assert fs.exists(f"/{root}/assets/{aid[:2]}/{aid}/export.json")
+    df = pd.read_parquet(io.BytesIO(fs.cat_file(f"/{root}/index.parquet")))
+    assert sorted(df["asset_id"]) == sorted([asset_id(0), aid])
+    fs.rm(f"/{root}", recursive=True)
