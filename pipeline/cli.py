@@ -79,6 +79,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code()
 
 
+def _apply_storage_options(args: argparse.Namespace, uri: str) -> None:
+    opts = _storage_options(args)
+    if opts:
+        from pipeline.storage import set_storage_options
+
+        set_storage_options(uri, opts)
+
+
+def _add_storage_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec option for an object store, e.g. "
+                   "endpoint_url=http://127.0.0.1:9000, profile=NAME, anon=true (repeatable)")
+
+
 def _storage_options(args: argparse.Namespace) -> dict:
     """`--storage-option key=value` pairs (fsspec options of the output store), values YAML-typed."""
     import yaml
@@ -143,6 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from stages.report import run_cli
 
+    _apply_storage_options(args, args.manifest_uri)
+
     return int(run_cli(args))
 
 
@@ -151,6 +167,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
     from pipeline.preflight import check_is_run
 
+    _apply_storage_options(args, args.uri)
     check_is_run(args.uri)  # read-only: a mistyped path is refused, never created
     if args.action == "compact":
         print(manifest.compact(args.uri))
@@ -230,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which committed assets run again: failed (default: failed ones and done ones "
                         "whose files are gone), missing (only done ones whose files are gone, not "
                         "failed ones), all (every asset; generation resumes from its checkpoints)")
-    p.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                   metavar="KEY=VALUE", help="fsspec option for an object-store --out, e.g. "
-                   "endpoint_url=http://127.0.0.1:9000, profile=NAME, anon=true (repeatable)")
+    _add_storage_option_arg(p)
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)
 
@@ -252,11 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     from stages.report import add_arguments as add_report_arguments
 
     add_report_arguments(p)
+    _add_storage_option_arg(p)
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("manifest", help="manifest tools")
     p.add_argument("action", choices=("compact", "show"))
     p.add_argument("uri", help="run output root")
+    _add_storage_option_arg(p)
     p.set_defaults(fn=cmd_manifest)
 
     p = sub.add_parser("export", help="a run -> a training-ready dataset (renders, poses, splats, "

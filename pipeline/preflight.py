@@ -69,6 +69,8 @@ def check_is_run(uri: str) -> None:
         found = fs.exists(root.rstrip("/") + "/run.json") or fs.exists(root.rstrip("/") + "/manifest")
     except (ImportError, ValueError) as e:
         raise StorageError(f"cannot open {uri!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a client error (endpoint, credentials): one line
+        raise StorageError(f"cannot use {uri}: {_first_line(e)}; {STORE_HINT}") from None
     if not found:
         raise StorageError(f"{uri}: not a run (no manifest/ or run.json there); give the --out of a "
                            f"`sctd3d run`")
@@ -95,3 +97,29 @@ def check_prompts_file(uri: str) -> None:
         if size < 12 or head != b"PAR1" or tail != b"PAR1":
             raise InputError(f"prompt file {uri!r} is not a Parquet file (no Parquet magic bytes); "
                              f"write it with pandas.to_parquet / pyarrow, or use .txt / .jsonl")
+
+
+STORE_HINT = ("check the endpoint (AWS_ENDPOINT_URL, or --storage-option endpoint_url=URL) and the "
+              "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+              "--storage-option profile=NAME)")
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:400]
+
+
+def check_store(st) -> None:
+    """An object-store output root answers a listing with these credentials (one round trip).
+
+    Why: an unreachable endpoint or missing credentials otherwise surface as a client library's
+    traceback from deep inside the lock (botocore's errors are not OSErrors)."""
+    if st.local:
+        return
+    try:
+        st.fs.ls(st.root_path, detail=False)
+    except FileNotFoundError:
+        return  # a new run folder: fine
+    except Exception as e:  # noqa: BLE001 - any client error: one line naming the store
+        raise StorageError(f"cannot use the output store {st.root}: {_first_line(e)}; "
+                           f"{STORE_HINT}") from None

@@ -474,8 +474,11 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
     check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
     if storage_options:
         set_storage_options(out, storage_options)
+    from pipeline.preflight import check_store
+
     try:
         st = open_storage(out)
+        check_store(st)  # object stores: endpoint reachable, credentials accepted (one line if not)
         lock = RunLock(st, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
     except OSError as e:  # read-only mount, permissions, full disk: say so before any work
         raise StorageError(f"cannot write to the output root {out!r}: {e.strerror or e} "
