@@ -214,7 +214,9 @@ def _write_shard(st: Storage, name: str, samples: list, read) -> None:
     if st.local:
         target = st.path(name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+        # not mkstemp: its 0600 mode would ignore the umask (shared dataset folders)
+        tmp = os.path.join(os.path.dirname(target), f".tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 shards.write_shard(f, samples, read)

@@ -345,3 +345,12 @@ def test_object_store_dataset_marker_last_and_resume(tmp_path):
     df = pd.read_parquet(io.BytesIO(fs.cat_file(f"/{root}/index.parquet")))
     assert sorted(df["asset_id"]) == sorted([asset_id(0), aid])
     fs.rm(f"/{root}", recursive=True)
+
+
+def test_dataset_files_respect_the_umask(exported):
+    _, out, _ = exported
+    umask = os.umask(0)
+    os.umask(umask)
+    for rel in ("shards/shard-00000.tar", "index.parquet", "README.md",
+                f"assets/{asset_id(0)[:2]}/{asset_id(0)}/images/000.png"):
+        assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~umask, rel
