@@ -183,3 +183,21 @@ def test_dedup_rule_vectorised(tmp_path):
     got = {r["asset_id"]: (r["status"], r["error"]) for r in t.to_pylist()}
     assert t.column("asset_id").to_pylist() == ["aa", "bb", "cc"]
     assert got == {"aa": ("done", None), "bb": ("failed", "new"), "cc": ("rejected", None)}
+
+
+def test_cli_compact_during_a_run_is_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.lock import RunLock
+
+    st = open_storage(str(tmp_path / "run"))
+    manifest.commit(st, {"asset_id": "aa01", "status": "done"})
+    lock = RunLock(st).acquire()
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["manifest", "compact", st.root])
+    finally:
+        lock.release()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("sctd3d manifest: error: output root ") and "in use by another run" in err
+    assert st.ls(manifest.PARTS_DIR) == ["aa01.parquet"]
