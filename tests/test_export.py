@@ -354,3 +354,13 @@ def test_dataset_files_respect_the_umask(exported):
     for rel in ("shards/shard-00000.tar", "index.parquet", "README.md",
                 f"assets/{asset_id(0)[:2]}/{asset_id(0)}/images/000.png"):
         assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~umask, rel
+
+
+def test_spz_without_the_tool_is_one_line_before_any_write(exported, tmp_path, capsys,
+                                                            monkeypatch):
+    run, _, _ = exported
+    monkeypatch.setenv("SCTD3D_SPLAT_TRANSFORM", str(tmp_path / "no-such-tool"))
+    code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d"), "--formats", "ply,spz"],
+                        capsys)
+    assert code == 2 and err.count("\n") == 1 and "splat-transform" in err
+    assert "--formats ply" in err and not (tmp_path / "d").exists()
