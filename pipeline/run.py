@@ -374,7 +374,7 @@ class RunSummary:
         root = self.out.rstrip("/")
         return "\n".join([
             f"assets:   {root}/assets/<id[:2]>/<id>/ (asset.ply, meta.json, frames/, turntable.mp4)",
-            f"manifest: {root}/manifest/parts/*.parquet  (sctd3d manifest show {root})",
+            f"manifest: {root}/manifest/manifest.parquet  (sctd3d manifest show {root})",
             f"report:   {root}/report/report.html",
             f"run info: {root}/run.json"])
 
