@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -148,6 +149,7 @@ def export_asset(task: dict) -> dict:
     except AssetSkip as e:
         return {"ok": False, "asset_id": asset_id, "reason": str(e)}
     meta["files"] = sorted(files)
+    meta["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     body = {"asset_id": asset_id, "key": key, "meta": meta}
     body["sha"] = sha256(json.dumps(body, sort_keys=True).encode())
     marker = json.dumps(body, indent=1, sort_keys=True).encode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 from export_fixtures import asset_id, make_run
 from pipeline.export import export_dataset
@@ -22,6 +24,10 @@ def test_ray_export_two_assets_matches_local(tmp_path, ray_local):
             assert (tmp_path / "ray" / rel / f).read_bytes() == (tmp_path / "local" / rel / f).read_bytes()
         marker = json.loads((tmp_path / "ray" / rel / "export.json").read_text())
         assert marker["meta"]["num_views"] == 3
+        # rendered in a Ray worker process, not in the driver
+        assert marker["meta"]["worker"] != f"{socket.gethostname()}:{os.getpid()}"
+        here = json.loads((tmp_path / "local" / rel / "export.json").read_text())
+        assert here["meta"]["worker"] == f"{socket.gethostname()}:{os.getpid()}"
     assert (tmp_path / "ray" / "shards" / "shard-00001.tar").is_file()
     skipped = json.loads((tmp_path / "ray" / "skipped.json").read_text())
     assert [r["asset_id"] for r in skipped] == [asset_id(101)]
