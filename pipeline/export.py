@@ -394,8 +394,12 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
                selected: int, idx_rows: list[dict], skipped: list[dict], spec: ExportSpec,
                n_shards: int, shard_size: int) -> dict[str, bytes]:
     """{relative path: bytes} of README.md and its plot/grid (no writes)."""
-    from pipeline.run import code_version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # the package version only: a git commit elsewhere must not rewrite the card
+        exporter = f"sctd3d {version('sctd3d')}"
+    except PackageNotFoundError:
+        exporter = "sctd3d (not installed)"
     metrics = {m: [float(r[m]) for r in idx_rows if r.get(m) is not None] for m in index.METRICS}
     ordered = sorted(idx_rows, key=lambda r: r["asset_id"])
     previews = [st.read_bytes(r["preview_path"]) for r in ordered[:card.GRID_MAX]]
@@ -411,7 +415,7 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
         methods=Counter(r["method"] for r in idx_rows if r.get("method")), metrics=metrics,
         spec=dataclasses.asdict(spec), formats=spec.formats, shards=n_shards,
         shard_size=shard_size, has_plot=plot is not None, has_grid=grid is not None,
-        exporter_version=code_version())
+        exporter_version=exporter)
     out = {README_FILE: text.encode("utf-8")}
     if plot is not None:
         out[card.PLOT_FILE] = plot
