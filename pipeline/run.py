@@ -167,7 +167,7 @@ def _real_generate(cfg: Config, prompt: str, seed: int, asset_dir: str, progress
     gen = _stage("stages.generate", "generate")
     if gen is None:
         raise RuntimeError("stages.generate is not installed; cannot generate assets")
-    load_prior = _stage("stages.priors.base", "load_prior")
+    load_prior = _stage("stages.priors.registry", "load_prior")
     key = json.dumps([dataclasses.asdict(cfg.prior), dataclasses.asdict(cfg.toy)], sort_keys=True)
     if load_prior is not None and key not in _PRIORS:
         _PRIORS.clear()
@@ -514,8 +514,9 @@ class _StopOnSignals:
             raise KeyboardInterrupt(name)
         self.received = name
         deadline.request_stop(name)
-        log.warning("%s received: no new assets start; the running one stops at its next iteration "
-                    "(send it again to stop at once)", name)
+        log.warning("%s received: stopping; no new asset starts, a running one stops at its next "
+                    "iteration (local) or with its worker (Ray) and resumes from its checkpoint on the "
+                    "re-run (send %s again to stop at once)", name, name)
 
     def reinstall(self) -> None:
         if threading.current_thread() is threading.main_thread():

@@ -76,3 +76,31 @@ def test_signal_stops_cleanly_and_rerun_resumes(tmp_path, tiny_pixel_sd_dir, sig
     assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 2
     assert rows[adir.name]["resumed_from_iter"] == stopped_at
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_ray_run_exits_143_without_a_stack_dump(tmp_path, tiny_pixel_sd_dir):
+    """ray.init installs its own SIGTERM handler (sys.exit from wherever the driver is, then a
+    core-worker abort: exit 134 and a stack dump); ours goes back on top after connecting."""
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({"base": "toy.yaml", **tiny_overrides(tiny_pixel_sd_dir, ITERS)}))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    out = tmp_path / "out"
+    cmd = _run_cmd(prompts, out, cfg_file) + ["--executor", "ray", "--num-workers", "1"]
+    env = dict(_env(), RAY_ADDRESS="local")  # a fresh local Ray, never a cluster already running here
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_mid_asset(out, proc, timeout_s=240)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "Stack trace" not in stderr, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "re-run the same command" in stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["interrupted_by"] == "SIGTERM"
+    assert not (out / "run.lock").exists() and manifest.read(str(out)).num_rows == 0
