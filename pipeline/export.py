@@ -33,7 +33,8 @@ import fsspec
 from pipeline import manifest
 from pipeline.executors import make_executor
 from pipeline.lock import RunLock
-from pipeline.storage import Storage, StorageError, is_local, open_storage, safe_relpath
+from pipeline.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
+                              safe_relpath)
 from stages.export import card, index, shards
 from stages.export.asset import (PLY_FILE, SPZ_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
@@ -309,6 +310,11 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
         if r["status"] != "done":
             skipped.append({"asset_id": aid, "prompt": r["prompt"],
                             "reason": f"status {r['status']!r}: the run has no finished asset"})
+            continue
+        try:
+            asset_dir(st.root, aid)  # ids become paths and tar member names: hex only
+        except StorageError as e:
+            skipped.append({"asset_id": aid, "prompt": r["prompt"], "reason": str(e)})
             continue
         tasks.append({"asset_id": aid, "rel": safe_relpath("assets", aid[:2], aid),
                       "ply_uri": _ply_uri(run, r), "out": st.root,

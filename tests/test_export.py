@@ -364,3 +364,19 @@ def test_spz_without_the_tool_is_one_line_before_any_write(exported, tmp_path, c
                         capsys)
     assert code == 2 and err.count("\n") == 1 and "splat-transform" in err
     assert "--formats ply" in err and not (tmp_path / "d").exists()
+
+
+def test_a_non_hex_asset_id_is_skipped_not_turned_into_a_path(tmp_path):
+    import datetime as dt
+
+    from pipeline import manifest
+
+    run = make_run(tmp_path / "run", n_done=1, failed=False)
+    manifest.commit(str(run), {"asset_id": "Not-A-Hex-Id", "prompt": "x", "status": "done",
+                               "finished_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)})
+    out = tmp_path / "ds"
+    s = export_dataset(str(run), str(out), views=1, resolution=16, formats="ply")
+    assert (s.exported, s.skipped) == (1, 1)
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert skipped[0]["asset_id"] == "Not-A-Hex-Id" and "hex" in skipped[0]["reason"]
+    assert not list(out.rglob("Not-A-Hex-Id*"))
