@@ -187,7 +187,8 @@ def test_random_worker_kills_lose_nothing(tmp_path, ray_cluster):
         starts[f.name.split("-")[1]] = starts.get(f.name.split("-")[1], 0) + 1
     for aid, r in rows.items():
         assert r["attempts"] >= starts[aid] >= 1, (aid, r["attempts"], starts[aid])
-        assert Path(r["asset_uri"]).read_bytes() == b"ply\n" + r["prompt"].encode()
+        # the raw manifest stores URIs relative to the run root (absolute ones join as themselves)
+        assert (out / r["asset_uri"]).read_bytes() == b"ply\n" + r["prompt"].encode()
         assert r["num_gaussians"] == ITERATIONS  # the state went through exactly 12 steps
     for aid in interrupted:
         assert rows[aid]["attempts"] >= 2, rows[aid]
