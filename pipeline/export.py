@@ -111,11 +111,15 @@ def _publish_local(st: Storage, rel: str, files: dict[str, bytes], marker: bytes
 
 
 def _publish_remote(st: Storage, rel: str, files: dict[str, bytes], marker: bytes) -> None:
-    """Object stores: every file is one PUT; the marker (what makes the folder complete) last."""
-    if st.exists(rel, MARKER):
+    """Object stores: every file is one PUT; the marker (what makes the folder complete) last.
+    Files of an earlier export with other settings that this one does not have are removed."""
+    old = _read_marker(st, rel)
+    if old is not None:
         st.rm(f"{rel}/{MARKER}")
     for name, data in files.items():
         st.write_bytes(f"{rel}/{name}", data)
+    for name in sorted(set((old or {}).get("meta", {}).get("files") or []) - set(files)):
+        st.rm(f"{rel}/{safe_relpath(name)}")
     st.write_bytes(f"{rel}/{MARKER}", marker)
 
 

@@ -344,6 +344,10 @@ def test_object_store_dataset_marker_last_and_resume(tmp_path):
     assert fs.exists(f"/{root}/assets/{aid[:2]}/{aid}/export.json")
     df = pd.read_parquet(io.BytesIO(fs.cat_file(f"/{root}/index.parquet")))
     assert sorted(df["asset_id"]) == sorted([asset_id(0), aid])
+    # other settings: the asset's files are replaced, an earlier view that no longer exists removed
+    export_dataset(str(run), uri, views=1, resolution=16, formats="ply", shard_size=1)
+    assert fs.exists(f"/{root}/assets/{aid[:2]}/{aid}/images/000.png")
+    assert not fs.exists(f"/{root}/assets/{aid[:2]}/{aid}/images/001.png")
     fs.rm(f"/{root}", recursive=True)
 
 
