@@ -122,6 +122,8 @@ class CameraConfig:
     widen_every: int = _f(500, lo=1)
     radius_range_final: list = _f([3.5, 5.0])
     fovy_range_final: list = _f([0.16, 0.60])
+    radius_scale: float = _f(0.95, lo=0.0, doc="per widening: radius bounds x this, not past the final range")
+    fovy_scale: list = _f([0.75, 1.1], doc="per widening: fovy [low, high] bounds x these, not past the final")
     jitter_center: float = _f(0.2, lo=0.0)
     jitter_target: float = _f(0.1, lo=0.0)
     jitter_up: float = _f(0.02, lo=0.0)
@@ -134,11 +136,14 @@ class OptimConfig:
     scene_extent: float = _f(3.5, lo=0.0)
     color_lr_init: float = _f(5e-3, lo=0.0)
     color_lr_final: float = _f(3e-3, lo=0.0)
+    color_rest_lr_ratio: float = _f(1.0 / 20.0, lo=0.0, doc="higher SH bands' LR / the DC LR (3DGS)")
     opacity_lr: float = _f(0.05, lo=0.0)
     scale_lr_init: float = _f(5e-3, lo=0.0)
     scale_lr_final: float = _f(1e-3, lo=0.0)
     rotation_lr_init: float = _f(1e-3, lo=0.0)
     rotation_lr_final: float = _f(2e-4, lo=0.0)
+    adam_beta1: float = _f(0.9, lo=0.0, hi=0.99999)
+    adam_beta2: float = _f(0.999, lo=0.0, hi=0.99999)
     adam_eps: float = _f(1e-15, lo=0.0)
     grad_clip_start: float = _f(2.0, lo=0.0)
     grad_clip_end: float = _f(8.0, lo=0.0)
@@ -152,11 +157,13 @@ class DensifyConfig:
     every: int = _f(100, lo=1)
     grad_threshold: float = _f(7.5e-4, lo=0.0)
     percent_dense: float = _f(0.003, lo=0.0)
+    split_n: int = _f(2, lo=1, doc="a split Gaussian becomes this many, scales / (0.8 * split_n)")
     prune_opacity: float = _f(0.005, lo=0.0, hi=1.0)
     prune_screen_size_px: float = _f(20.0, lo=0.0)
     prune_screen_after: int = _f(300, lo=0)
     prune_world_size: float = _f(0.35, lo=0.0)
     opacity_reset_every: int = _f(300, lo=0, doc="0 = never")
+    opacity_reset_value: float = _f(0.01, lo=1e-6, hi=0.999, doc="opacities are capped here at a reset")
     max_gaussians: int = _f(1_000_000, lo=1)
 
 
@@ -448,6 +455,10 @@ def _check_cross_field(cfg: Config, source: str) -> None:
                  "radius_range_final", "fovy_range_final"):
         _check_range(getattr(cfg.generate.cameras, name), f"generate.cameras.{name}", source,
                      lo=0.0 if name.startswith(("radius", "fovy")) else None)
+    fs = cfg.generate.cameras.fovy_scale
+    if not isinstance(fs, list) or len(fs) != 2 or not all(_is_num(x) and x > 0 for x in fs):
+        raise ConfigError(f"{source}: generate.cameras.fovy_scale: expected [low factor, high factor], "
+                          f"positive finite numbers, got {fs!r}")
     for name in ("camera_radius_range", "camera_fovy_range"):
         _check_range(getattr(cfg.toy, name), f"toy.{name}", source, lo=0.0)
     bg = cfg.render.background

@@ -342,7 +342,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
                                   int(meta["num_gaussians"]), meta=meta)
 
     if prior is None:
-        from stages.priors.base import load_prior
+        from stages.priors.registry import load_prior
         prior = load_prior(cfg.prior, cfg.prior.device, toy=cfg.toy)
     device = torch.device(prior.device)
     if device.type == "cuda":
@@ -394,7 +394,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     attempt, noise_seed = state.attempt, state.noise_seed
     elapsed0 = state.elapsed_s
     t_start = time.perf_counter()
-    from stages.priors.base import make_guided_eps_from_config
+    from stages.priors.guidance import make_guided_eps_from_config
 
     bar = None
     if progress:
