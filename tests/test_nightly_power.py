@@ -76,3 +76,24 @@ def test_unknown_fault_name_is_refused(monkeypatch):
         faults.is_on("distill_sign")
     monkeypatch.delenv(faults.ENV)
     assert faults.active() == frozenset() and faults.guidance_sign() == 1.0
+
+
+def test_render_level_faults_are_switched_by_the_registry(monkeypatch, tmp_path):
+    """fail_half fails the render stage of about half the prompts; background_twice composites again."""
+    import torch
+
+    from stages.render import render_asset
+
+    cfg = load_config("nightly_toy.yaml")
+    failing = [p for p in PROMPTS if faults.fails_under_fail_half(p)]
+    passing = [p for p in PROMPTS if not faults.fails_under_fail_half(p)]
+    assert failing and passing
+    monkeypatch.setenv(faults.ENV, "fail_half")
+    with pytest.raises(faults.InjectedFault, match="fail_half"):
+        render_asset(cfg, str(tmp_path), failing[0])
+    with pytest.raises(FileNotFoundError):  # not injected: the stage goes on (and finds no asset here)
+        render_asset(cfg, str(tmp_path), passing[0])
+    rgb, alpha, bg = torch.full((1, 2, 2, 3), 0.2), torch.full((1, 2, 2, 1), 0.5), torch.ones(3)
+    assert torch.equal(faults.composite_background(rgb, alpha, bg), rgb)
+    monkeypatch.setenv(faults.ENV, "background_twice")
+    assert torch.allclose(faults.composite_background(rgb, alpha, bg), torch.full((1, 2, 2, 3), 0.7))
