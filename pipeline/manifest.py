@@ -91,6 +91,7 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 URI_COLUMNS = ("asset_uri", "frames_uri", "video_uri", "sheet_uri")
 READ_THREADS = 16  # part files read at once (I/O bound on object stores; parsing releases the GIL)
+DATASET_MIN_FILES = 64  # from this many files on, one pyarrow dataset scan (C++ threads) reads them
 
 
 class ManifestError(ValueError):
@@ -247,10 +248,31 @@ def dedup(table: pa.Table) -> pa.Table:
     return table.take(pc.filter(order, first)).combine_chunks()
 
 
+def _scan(st: Storage, rels: list[str]) -> Optional[pa.Table]:
+    """Many files in one pyarrow dataset scan with the current schema (missing columns -> nulls);
+    None when the scan fails (a vanished or odd file): the per-file path then names the problem."""
+    import pyarrow.dataset as ds
+
+    try:
+        fs = None
+        if not st.local:
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            fs = PyFileSystem(FSSpecHandler(st.fs))
+        return ds.dataset([st.path(rel) for rel in rels], schema=SCHEMA, format="parquet",
+                          filesystem=fs).to_table()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        log.debug("manifest dataset scan failed (%s); reading file by file", e)
+        return None
+
+
 def _read_raw(st: Storage) -> pa.Table:
     """Compacted file + parts, deduplicated, URIs as stored; re-lists if a file vanishes mid-read."""
     for _ in range(5):
         rels = _sources(st)
+        scanned = _scan(st, rels) if len(rels) >= DATASET_MIN_FILES else None
+        if scanned is not None:
+            return dedup(scanned)
         try:
             tables = _pmap(lambda rel: _read_file(st, rel), rels)
         except _Vanished as e:

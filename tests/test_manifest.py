@@ -201,3 +201,23 @@ def test_cli_compact_during_a_run_is_one_line(tmp_path, capsys):
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("sctd3d manifest: error: output root ") and "in use by another run" in err
     assert st.ls(manifest.PARTS_DIR) == ["aa01.parquet"]
+
+
+def test_many_parts_scan_equals_file_by_file(tmp_path, monkeypatch):
+    """From DATASET_MIN_FILES parts on, one dataset scan reads them: same table as the per-file
+    path, older parts conformed, a corrupt part still named."""
+    st = open_storage(str(tmp_path / "run"))
+    for i in range(70):
+        manifest.commit(st, {"asset_id": f"a{i:03d}", "status": "failed" if i % 7 else "done",
+                             "finished_at": _t(i % 50), "tags": ["x"], "asset_uri": st.uri("assets", f"{i}")})
+    manifest.commit(st, {"asset_id": "a001", "status": "done", "finished_at": _t(55)})
+    old = pa.table({"asset_id": ["zz99"], "status": ["done"], "schema_version": pa.array([1], pa.int32())})
+    st.write_bytes("manifest/parts/zz99.parquet", _pq_bytes(old))
+    scanned = manifest.read(st)
+    monkeypatch.setattr(manifest, "DATASET_MIN_FILES", 10**9)
+    assert scanned.equals(manifest.read(st)) and scanned.num_rows == 71
+    assert manifest.records_by_id(st)["a001"]["status"] == "done"
+    monkeypatch.setattr(manifest, "DATASET_MIN_FILES", 64)
+    st.write_bytes("manifest/parts/bad.parquet", b"PAR1 truncated")
+    with pytest.raises(manifest.ManifestError, match="bad.parquet"):
+        manifest.read(st)
