@@ -251,7 +251,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main([run, "--baseline", base, "--out", out, "--set", "report.n_boot=200"]) == 1
     assert main([run, "--baseline", base, "--out", out, "--set", "report.thresholds={clip_l: 5.0}"]) == 0
     assert main([str(tmp_path / "missing"), "--out", out]) == 2
-    assert "manifest not found" in capsys.readouterr().out
+    assert "manifest not found" in capsys.readouterr().err  # errors go to stderr
 
 
 def test_nightly_toy_config_gates_toy_metrics(tmp_path):
