@@ -270,8 +270,8 @@ def test_iterations_read_the_device_once_outside_logging(tmp_path, method):
         bound = 2 if it % 4 == 0 else 1
         assert device <= bound, (it, c.where(it, "device"))
         assert c.count(it, "host") <= 6, (it, c.where(it, "host"))   # cameras, flags, timesteps
-    assert c.where(1, "device") == {"__bool__@generate.py:check_finite": 1}
-    assert c.where(4, "device")["tolist@generate.py:read_terms"] == 1
+    assert c.where(1, "device") == {"__bool__@optimisation.py:check_finite": 1}
+    assert c.where(4, "device")["tolist@optimisation.py:read_terms"] == 1
 
 
 def test_logged_terms_are_every_iterations_values(tmp_path):

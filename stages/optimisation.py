@@ -1,0 +1,210 @@
+"""One asset's optimisation: live trainer and generators, one `step` per iteration, and
+`snapshot` / `restore` / `retry` to and from a `RunState` (checkpoints and the NaN rollback).
+
+An iteration (docs/METHOD.md "Training settings"): host-side draws (cameras, background, depth /
+flip flags, timesteps) -> render -> optional depth-as-input and horizontal flip -> encode ->
+distillation gradient (method from `kernels.distill.METHODS`; never a branch on its name) -> extra
+losses (`stages.losses`) -> backward -> `GaussianTrainer.step` (clip, Adam, LR schedules,
+densify / prune) -> one fused finiteness check. Nothing is read back from the device before that
+check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kernels.cameras import Cameras, CameraSamplerParams, sample_training_cameras
+from kernels.ddim import TimestepSample
+from kernels.distill import DistillMethod, Schedule, get_method, latent_grad_loss, make_eps_star
+from kernels.gaussians import Gaussians, GaussianTrainer
+from kernels.render import RenderOutput, render
+from stages.checkpoint import RunState
+from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
+from stages.losses import add_weighted, extra_losses, loss_weights
+from stages.priors.guidance import make_guided_eps_from_config
+
+
+def depth_image(depth: Tensor) -> Tensor:
+    """(B, H, W, 1) depth -> (B, H, W, 3) in [0, 1] (divided by each view's max) for encoding."""
+    m = depth.detach().flatten(1).amax(dim=1).clamp_min(1e-8).view(-1, 1, 1, 1)
+    return (depth / m).expand(-1, -1, -1, 3)
+
+
+def sample_backgrounds(n: int, p_random: float, gen: torch.Generator) -> Tensor:
+    """(n, 3): black, or with probability p_random a uniform random colour (per view)."""
+    use = torch.rand(n, generator=gen) < p_random
+    colours = torch.rand(n, 3, generator=gen)
+    return torch.where(use[:, None], colours, torch.zeros_like(colours))
+
+
+@dataclass
+class IterationDraw:
+    """The host-side random inputs of one iteration (drawn from the CPU generator `gen`)."""
+
+    cameras: Cameras
+    azimuths: list[float]
+    background: Tensor
+    use_depth: bool
+    flip: bool
+    ts: TimestepSample
+
+
+def draw_iteration(it: int, batch: int, res: int, cam_p: CameraSamplerParams, aug, method: DistillMethod,
+                   sched: Schedule, gen: torch.Generator) -> IterationDraw:
+    """Cameras, backgrounds, depth/flip flags and timesteps, in the order that fixes a seed's run.
+
+    All of it lives on the host, so reading these values (azimuths for the view prompts, the
+    flags, the timesteps) never waits for the device."""
+    cams = sample_training_cameras(batch, res, res, it, cam_p, gen)
+    bg = sample_backgrounds(batch, aug.background_random_p, gen)
+    use_depth = bool(torch.rand((), generator=gen) < aug.depth_input_p)
+    flip = bool(torch.rand((), generator=gen) < aug.flip_p)
+    ts = method.sample(it, sched, gen)
+    return IterationDraw(cams, cams.azimuth_deg.tolist(), bg, use_depth, flip, ts)
+
+
+def read_terms(history: list[dict]) -> None:
+    """Replace the 0-d device tensors among `history`'s terms by floats, in one transfer.
+
+    The loop keeps each iteration's norms on the device and reads them only on logging and
+    checkpoint iterations (and at the end), so the other iterations never wait for the device.
+    """
+    slots = [(h, k) for h in history for k, v in h.items() if isinstance(v, Tensor)]
+    if not slots:
+        return
+    values = torch.stack([h[k].detach().reshape(()).to(torch.float64) for h, k in slots]).tolist()
+    for (h, k), v in zip(slots, values):
+        h[k] = v
+
+
+def check_finite(named: list[tuple[str, Tensor]]) -> None:
+    """Raise FloatingPointError naming the first non-finite tensor; one device read for all."""
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if not bool(ok.all()):
+        first = next(name for (name, _), good in zip(named, ok.tolist()) if not good)
+        raise FloatingPointError(f"{first} is not finite")
+
+
+def noise_seed(seed: int, attempt: int) -> int:
+    """The noise generator's seed of retry `attempt` (0 = the first try)."""
+    return (seed * 1_000_003 + 7_919 * attempt + 1) % (2**63 - 1)
+
+
+class Optimisation:
+    """The live state of one asset's generation and the iteration that advances it.
+
+    Built from the config once per asset; `restore(fresh_state())` or `restore(checkpoint)` makes
+    it live, `step(it)` runs iteration `it` (raising FloatingPointError on a non-finite value),
+    `snapshot(it, elapsed_s)` captures a RunState, `retry(state, attempt)` rolls back to it with
+    the noise of retry `attempt`.
+    """
+
+    def __init__(self, cfg, prompt: str, seed: int, prior) -> None:
+        g = cfg.generate
+        self.cfg, self.prompt, self.seed, self.prior = cfg, prompt, seed, prior
+        self.method = get_method(g.method)
+        self.device = torch.device(prior.device)
+        # alpha_bar as host floats (the float32 values): reading a_t never waits for the device
+        self.alphas = tuple(prior.alphas_cumprod.detach().to("cpu", torch.float32).tolist())
+        self.res = int(prior.image_size)
+        self.batch = g.batch_views
+        self.latent_shape = (self.batch, *prior.latent_shape)
+        self.distill = distill_params(cfg)
+        self.schedule = schedule(cfg)
+        self.cameras = camera_params(cfg)
+        self.trainer_params = trainer_params(cfg, seed)
+        self.augment = g.augment
+        self.loss_weights = loss_weights(g.losses)
+        self.backend = g.render_backend
+        self.eps_star_offset = g.sctd.eps_star_offset
+        self.trainer: GaussianTrainer | None = None
+        self.gen = self.gen_noise = None
+        self.eps_star: Tensor | None = None
+        self.history: list[dict] = []
+        self.unet_calls = self.attempt = self.noise_seed = 0
+
+    # state ---------------------------------------------------------------------------------------
+    def fresh_state(self) -> RunState:
+        """Iteration 0: the init's Gaussians, generators seeded from the asset's seed."""
+        from stages.init import init_gaussians
+
+        g0 = init_gaussians(self.cfg.init, self.prompt, torch.Generator().manual_seed(self.seed),
+                            toy_catalogue=self.cfg.toy.catalogue or None)
+        tr = GaussianTrainer(g0.to(self.device), self.trainer_params)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        ns = noise_seed(self.seed, 0)
+        gn = torch.Generator().manual_seed(ns)
+        es = make_eps_star(self.latent_shape, self.eps_star_offset, gn) if self.method.fixed_noise else None
+        return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), es, 0, ns, [], 0, 0.0)
+
+    def restore(self, st: RunState) -> None:
+        g = Gaussians.from_state_dict(st.trainer["gaussians"]).to(self.device)
+        self.trainer = GaussianTrainer(g, self.trainer_params)
+        self.trainer.load_state_dict(st.trainer)
+        self.gen = torch.Generator()
+        self.gen.set_state(st.gen)
+        self.gen_noise = torch.Generator()
+        self.gen_noise.set_state(st.gen_noise)
+        self.eps_star = st.eps_star.to(self.device) if st.eps_star is not None else None
+        self.history = list(st.history)
+        self.unet_calls = st.unet_calls
+        self.attempt, self.noise_seed = st.attempt, st.noise_seed
+
+    def retry(self, st: RunState, attempt: int) -> None:
+        """Back to `st` with a new noise seed (and fixed noise) for retry number `attempt`."""
+        self.restore(st)
+        self.attempt, self.noise_seed = attempt, noise_seed(self.seed, attempt)
+        self.gen_noise = torch.Generator().manual_seed(self.noise_seed)
+        if self.method.fixed_noise:
+            self.eps_star = make_eps_star(self.latent_shape, self.eps_star_offset, self.gen_noise).to(self.device)
+
+    def snapshot(self, iteration: int, elapsed_s: float) -> RunState:
+        read_terms(self.history)
+        return RunState(iteration, self.trainer.state_dict(), self.gen.get_state(), self.gen_noise.get_state(),
+                        self.eps_star.detach().cpu() if self.eps_star is not None else None, self.attempt,
+                        self.noise_seed, list(self.history), self.unet_calls, elapsed_s)
+
+    @property
+    def gaussians(self) -> Gaussians:
+        return self.trainer.g
+
+    # one iteration -------------------------------------------------------------------------------
+    def step(self, it: int) -> dict:
+        """Run iteration `it`; its terms join the history (norms still on the device)."""
+        terms = self._iteration(it)
+        self.history.append(terms)
+        self.unet_calls += int(terms.get("unet_calls", 0))
+        return terms
+
+    def _iteration(self, it: int) -> dict:
+        trainer, prior = self.trainer, self.prior
+        d = draw_iteration(it, self.batch, self.res, self.cameras, self.augment, self.method, self.schedule,
+                           self.gen)
+        cams, bg = d.cameras.to(self.device), d.background.to(self.device)
+        noise = (self.eps_star if self.method.fixed_noise
+                 else torch.randn(self.latent_shape, generator=self.gen_noise).to(self.device))
+        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths)  # before device work
+
+        out: RenderOutput = render(trainer.g, cams, background=bg, backend=self.backend)
+        img = depth_image(out.depth) if d.use_depth else out.rgb
+        img = img.permute(0, 3, 1, 2)
+        if d.flip:
+            img = img.flip(-1)
+        z = prior.encode(img, generator=self.gen_noise)
+        grad, terms = self.method.grad(z, d.ts, self.alphas, guided, noise.to(z.dtype), self.distill)
+        loss = latent_grad_loss(z, grad)
+        extra = extra_losses(self.loss_weights, out, trainer.g)
+        loss = add_weighted(loss, extra, self.loss_weights)
+        loss.backward()
+        grad_norms = trainer.step(it, out)
+        check_finite([("render", out.rgb), ("distillation gradient", grad),
+                      *((f"gradient norm of {n}", v) for n, v in grad_norms.items()),
+                      *((f"parameter {n}", t) for n, t in trainer.g.params().items())])
+        terms = dict(terms)
+        terms.update({k: v.detach() for k, v in extra.items()})
+        terms["depth_input"] = float(d.use_depth)
+        terms["gaussians"] = float(trainer.g.num())
+        return terms
