@@ -333,7 +333,11 @@ def _compact(st: Storage, drop_ids: Iterable[str] = ()) -> tuple[str, pa.Table]:
 
     blobs = dict(zip(parts, _pmap(load, parts)))
     parts = [rel for rel in parts if blobs[rel] is not None]
-    tables = _pmap(lambda rel: _parse(st, rel, blobs[rel]), parts)
+    # the merged table: one scan for many parts (a part rewritten after its bytes were hashed
+    # just stays, as its hash no longer matches), else parsed from the very bytes hashed
+    scanned = _scan(st, parts) if len(parts) >= DATASET_MIN_FILES else None
+    tables = [scanned] if scanned is not None else \
+        _pmap(lambda rel: _parse(st, rel, blobs[rel]), parts)
     if st.exists(COMPACTED):
         tables.insert(0, _read_file(st, COMPACTED))
     table = dedup(pa.concat_tables(tables)) if tables else SCHEMA.empty_table()

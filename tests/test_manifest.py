@@ -221,3 +221,13 @@ def test_many_parts_scan_equals_file_by_file(tmp_path, monkeypatch):
     st.write_bytes("manifest/parts/bad.parquet", b"PAR1 truncated")
     with pytest.raises(manifest.ManifestError, match="bad.parquet"):
         manifest.read(st)
+
+
+def test_compaction_of_many_parts_keeps_every_record(tmp_path):
+    st = open_storage(str(tmp_path / "run"))
+    for i in range(80):
+        manifest.commit(st, {"asset_id": f"b{i:03d}", "status": "done", "finished_at": _t(i % 60)})
+    manifest.commit_many(st, [{"asset_id": "r01", "status": "rejected"}], "rejected-x")
+    before = manifest.read(st)
+    manifest.compact(st)
+    assert st.ls(manifest.PARTS_DIR) == [] and manifest.read(st).equals(before) and before.num_rows == 81
