@@ -203,6 +203,9 @@ class RunData:
                 "finished_at": None if pd.isna(end) else end.isoformat(),
                 "wall_span_s": span, "asset_wall_s": wall_sum, "gpu_hours": gpu,
                 "methods": uniq("method"), "devices": uniq("device"),
+                # splat backend per asset: 'torch' on a GPU run is a gsplat fallback made visible
+                "renderers": ({str(k): int(v) for k, v in df["renderer"].dropna().astype(str)
+                               .value_counts().items()} if "renderer" in df.columns else {}),
                 "code_versions": uniq("code_version"), "config_hashes": uniq("config_hash"),
                 "fid": self.fid}
 

@@ -257,11 +257,12 @@ def _summary_section(run: RunData, base: RunData | None) -> str:
                      fmt(c["rejected"]), fmt(s["wall_span_s"] / 3600 if s["wall_span_s"] else None),
                      fmt(s["asset_wall_s"] / 3600 if s["asset_wall_s"] else None), fmt(s["gpu_hours"]),
                      esc(", ".join(s["methods"])), esc(", ".join(s["devices"])),
+                     esc(", ".join(f"{k} ({v})" for k, v in sorted(s.get("renderers", {}).items()))),
                      f'<span class="mono">{esc(", ".join(s["code_versions"])[:60])}</span>',
                      fmt(s["fid"])])
     return "<h2>Run summary</h2>" + _table(
         ["", "run", "assets", "done", "failed", "rejected", "wall (h)", "asset time (h)", "GPU-hours",
-         "methods", "devices", "code version", "FID"], rows, left=2, elem_id="summary-table")
+         "methods", "devices", "renderer", "code version", "FID"], rows, left=2, elem_id="summary-table")
 
 
 def _regression_section(decisions: list[MetricDecision], pairs: pd.DataFrame | None,

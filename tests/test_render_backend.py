@@ -66,3 +66,21 @@ def test_renderer_recorded_in_meta_and_manifest(tmp_path):
     meta = json.loads((Path(rec["asset_uri"]).parent / "meta.json").read_text())
     assert meta["renderer"] == "torch" and meta["device"] == "cpu"
     assert "renderer" in manifest.COLUMNS
+
+
+def test_report_run_summary_shows_the_renderers():
+    """A silent fallback is visible in the report: the run summary counts assets per renderer."""
+    import pandas as pd
+
+    from stages.report import RunData
+    from stages.report_html import _summary_section
+
+    df = pd.DataFrame({"asset_id": ["a", "b", "c", "d"], "status": ["done", "done", "done", "failed"],
+                       "method": ["sctd"] * 4, "device": ["cuda:NVIDIA H200"] * 4,
+                       "renderer": ["gsplat", "torch", "gsplat", None]})
+    run = RunData(uri="r", root="r", df=df, label="r")
+    assert run.summary()["renderers"] == {"gsplat": 2, "torch": 1}
+    html = _summary_section(run, None)
+    assert "<th>renderer</th>" in html.replace(' class=""', "") and "gsplat (2), torch (1)" in html
+    old = RunData(uri="o", root="o", df=df.drop(columns=["renderer"]), label="o")  # an older manifest
+    assert old.summary()["renderers"] == {}
