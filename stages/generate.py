@@ -26,14 +26,18 @@ from kernels.gaussians import Gaussians
 from kernels.ply import save_ply
 from kernels.render import resolve_backend
 from pipeline import deadline
-from stages.checkpoint import (CKPT_DIR, KEEP_CHECKPOINTS, CheckpointError, RunState,  # noqa: F401
-                               load_latest_checkpoint, save_checkpoint)
-from stages.kernel_params import camera_params, distill_params, schedule, trainer_params  # noqa: F401
-from stages.losses import tv_loss  # noqa: F401
-from stages.optimisation import Optimisation, depth_image, read_terms, sample_backgrounds  # noqa: F401
+from stages.checkpoint import CKPT_DIR, CheckpointError, RunState, load_latest_checkpoint, save_checkpoint
+from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
+from stages.losses import tv_loss
+from stages.optimisation import Optimisation, depth_image, read_terms, sample_backgrounds
 from stages.provenance import code_version, peak_memory_mb
 
 log = logging.getLogger(__name__)
+
+# the stage's API (some names live in the modules above and are re-exported for its callers)
+__all__ = ["generate", "GenerateResult", "GenerationFailed", "CheckpointError", "code_version",
+           "ply_iterations", "summarise_terms", "trainer_params", "camera_params", "distill_params",
+           "schedule", "tv_loss", "depth_image", "sample_backgrounds"]
 
 
 class GenerationFailed(RuntimeError):

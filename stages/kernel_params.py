@@ -11,7 +11,7 @@ from __future__ import annotations
 from kernels.cameras import CameraSamplerParams
 from kernels.ddim import TimestepParams
 from kernels.distill import SCTDParams, Schedule, make_schedule
-from kernels.gaussians import TrainerParams
+from kernels.trainer import TrainerParams
 
 
 def trainer_params(cfg, seed: int) -> TrainerParams:

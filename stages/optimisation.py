@@ -19,8 +19,9 @@ from torch import Tensor
 from kernels.cameras import Cameras, CameraSamplerParams, sample_training_cameras
 from kernels.ddim import TimestepSample
 from kernels.distill import DistillMethod, Schedule, get_method, latent_grad_loss, make_eps_star
-from kernels.gaussians import Gaussians, GaussianTrainer
+from kernels.gaussians import Gaussians
 from kernels.render import RenderOutput, render
+from kernels.trainer import GaussianTrainer
 from stages.checkpoint import RunState
 from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
 from stages.losses import add_weighted, extra_losses, loss_weights

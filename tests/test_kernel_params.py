@@ -15,7 +15,7 @@ import pytest
 from kernels.cameras import CameraSamplerParams
 from kernels.ddim import TimestepParams
 from kernels.distill import SCTDParams, Schedule
-from kernels.gaussians import TrainerParams
+from kernels.trainer import TrainerParams
 from pipeline.config import load_config
 from stages import kernel_params as kp
 
