@@ -124,7 +124,11 @@ def test_generate_writes_outputs(tmp_path):
     assert res.ok and res.iterations == 12
     for name in ("asset.ply", "asset_it6.ply", "meta.json"):
         assert (tmp_path / name).exists(), name
-    assert not (tmp_path / "asset_it12.ply").exists() or (tmp_path / "asset.ply").exists()
+    # save_ply_at=[6, 12] with 12 iterations: the last save point is the end of the run, so
+    # asset_it12.ply is written too and is the final asset itself, while asset_it6.ply is not
+    final = (tmp_path / "asset.ply").read_bytes()
+    assert (tmp_path / "asset_it12.ply").read_bytes() == final
+    assert (tmp_path / "asset_it6.ply").read_bytes() != final
     meta = json.loads((tmp_path / "meta.json").read_text())
     for k in ("prompt", "seed", "method", "config_hash", "code_version", "iterations", "wall_s",
               "unet_calls", "peak_memory_mb", "terms"):
