@@ -57,7 +57,7 @@ def _run(cfg, prior, label: str, iters: int, warm: int, repeats: int = 3) -> dic
 
 
 def bench_toy(iters: int, model: str = "toy") -> None:
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     base = load_config("toy.yaml", [f"prior.model={model}"])
     try:
@@ -98,7 +98,7 @@ def bench_sd21(iters: int, methods: list[str], *, model: str = "", device: str =
         print("sd21 benchmark needs CUDA; none here (use --device cpu for a CPU smoke run)")
         return 1
     from kernels.render import gsplat_available
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     if not model:
         sys.path.insert(0, str(ROOT / "scripts"))

@@ -48,7 +48,8 @@ def main() -> None:
     rows.append(("kNN scales 4096 pts: torch reference (cdist)", timed(lambda: knn_mean_sq_dist_reference(pts))))
 
     from conftest import build_tiny_sd
-    from stages.priors.base import load_prior, make_guided_eps
+    from stages.priors.guidance import make_guided_eps
+    from stages.priors.registry import load_prior
     d = build_tiny_sd(Path(tempfile.mkdtemp()) / "tiny_sd")
     t0 = time.perf_counter()
     prior = load_prior(PriorConfig(model=str(d), image_size=64), "cpu")

@@ -91,7 +91,8 @@ def probe_one(z, z_gt, ts, alphas, eps, eps_star, p) -> dict[str, float]:
 def run_probe(a) -> None:
     from stages.generate import camera_params, distill_params, schedule
     from stages.init import init_gaussians
-    from stages.priors.base import load_prior, make_guided_eps_from_config
+    from stages.priors.guidance import make_guided_eps_from_config
+    from stages.priors.registry import load_prior
     from stages.toyworld.catalogue import build_object, load_catalogue
 
     cat = load_catalogue()
@@ -167,7 +168,7 @@ def run_trajectory(a) -> None:
     from kernels.ply import load_ply
     from stages.generate import generate
     from stages.metrics.toy import ToyWorld, toy_metrics
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
     from stages.toyworld.catalogue import load_catalogue
 
     cat = load_catalogue()

@@ -99,7 +99,7 @@ def probe_table(model: Path, objects: str, seeds: int, views: int, at: str, its:
 def end_to_end(model: Path, objects: list[str], methods: list[str], iterations: int, seeds: list[int]) -> list[dict]:
     """SDS / SCTD assets from a ball on the latent prior, toy_short settings, scored."""
     from stages.metrics.toy import ToyWorld
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
     from stages.toyworld.catalogue import load_catalogue
 
     cat = load_catalogue()

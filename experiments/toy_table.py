@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
 
     from stages.metrics.toy import ToyWorld
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
     from stages.toyworld.catalogue import load_catalogue
 
     cat = load_catalogue()

@@ -12,7 +12,7 @@ error (a typo must not silently measure the clean pipeline).
 
 Registry (name -> what breaks, where the one-line hook sits):
 - distill_sign:      the classifier-free guidance term of the distillation target enters with the
-                     wrong sign, e_w = e_neg - w (e_cond - e_neg) (stages/priors/base.py,
+                     wrong sign, e_w = e_neg - w (e_cond - e_neg) (stages/priors/guidance.py,
                      make_guided_eps_from_config; kernels/distill.py stays pure).
 - background_twice:  the evaluation renderer composites the background a second time,
                      rgb + (1 - alpha) * bg (stages/render.py, render_views).

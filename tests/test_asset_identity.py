@@ -275,7 +275,7 @@ def test_hub_id_identity_uses_the_cached_commit(tmp_path, monkeypatch):
 # load_prior: the run's toy section reaches the exact prior
 # ----------------------------------------------------------------------------------------------
 def test_load_prior_builds_toy_exact_from_the_runs_toy_section(tmp_path):
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     cfg = load_config("toy.yaml", ["prior.name=toy_exact", "prior.image_size=8", "toy.views_per_object=2",
                                    f"toy.cache_dir={tmp_path}"])

@@ -189,12 +189,12 @@ def _asset_with_frames(tmp_path, files, name="aa11"):
 
 def _no_prior(monkeypatch):
     """Loading any prior fails the test: FID must not sample where it is not asked to."""
-    import stages.priors.base as base
+    import stages.priors.registry as registry
 
     def refuse(*a, **k):
         raise AssertionError("a prior was loaded")
 
-    monkeypatch.setattr(base, "load_prior", refuse)
+    monkeypatch.setattr(registry, "load_prior", refuse)
 
 
 def test_reference_stats_file_is_used_and_nothing_is_sampled(tmp_path, monkeypatch):

@@ -9,18 +9,17 @@ import pytest
 import torch
 
 from pipeline.config import PriorConfig
-from stages.priors.base import (
-    EmbeddingCache,
+from stages.priors.guidance import (
     PerpNegParams,
     combine_guided,
-    load_prior,
     make_guided_eps,
     make_guided_eps_from_config,
     perp_neg_view,
     perpendicular_component,
-    view_direction,
-    view_suffix,
 )
+from stages.priors.protocol import EmbeddingCache
+from stages.priors.registry import load_prior
+from stages.priors.views import view_direction, view_suffix
 
 
 class FakePrior:

@@ -61,7 +61,7 @@ def test_explicit_choices_and_toy_priors(no_cuda):
 
 
 def test_load_prior_refuses_too(no_cuda):
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     with pytest.raises(DeviceError):
         load_prior(PriorConfig(name="stable_diffusion", model="/nonexistent"))

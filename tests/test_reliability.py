@@ -194,7 +194,7 @@ class FakeNaNGenerate:
 
 def test_nan_injection_is_caught_recorded_and_isolated(tmp_path, tiny_pixel_sd_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     cfg = tiny_cfg(tiny_pixel_sd_dir, iterations=12)
     cfg.generate.nan_retries = 2

@@ -35,7 +35,8 @@ from kernels.render import render  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from stages.generate import camera_params, distill_params, schedule  # noqa: E402
 from stages.init import init_gaussians  # noqa: E402
-from stages.priors.base import load_prior, make_guided_eps_from_config  # noqa: E402
+from stages.priors.guidance import make_guided_eps_from_config  # noqa: E402
+from stages.priors.registry import load_prior  # noqa: E402
 from stages.toyworld.catalogue import build_object  # noqa: E402
 
 

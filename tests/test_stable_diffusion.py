@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.config import PriorConfig
-from stages.priors.base import load_prior, make_guided_eps
+from stages.priors.guidance import make_guided_eps
+from stages.priors.registry import load_prior
 from stages.priors.stable_diffusion import PriorLoadError, StableDiffusionPrior, resolve_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels.ddim import ddim_step
-from stages.priors.base import Prior
+from stages.priors.protocol import Prior
 from stages.priors.toy_exact import NULL, ToyExactPrior, sd_alphas_cumprod
 from stages.toyworld import views as views_mod
 from stages.toyworld.catalogue import CatalogueError
@@ -123,7 +123,7 @@ def test_second_prior_reuses_the_view_cache(prior, cache, monkeypatch):
 def test_load_prior_by_name(cache, monkeypatch):
     from pipeline.config import PriorConfig, ToyConfig
     from stages.priors import toy_exact
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     toy = ToyConfig(views_per_object=2, resolution=8, cache_dir=str(cache))
     p = toy_exact.load(PriorConfig(name="toy_exact", image_size=8), "cpu", toy)
@@ -141,7 +141,7 @@ def test_load_prior_by_name(cache, monkeypatch):
 
 
 def test_guided_eps_cfg_and_perp_neg_work_with_integer_embeddings(prior):
-    from stages.priors.base import PerpNegParams, make_guided_eps
+    from stages.priors.guidance import PerpNegParams, make_guided_eps
 
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     for pn in (None, PerpNegParams()):

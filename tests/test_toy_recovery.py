@@ -45,7 +45,7 @@ from pipeline.config import load_config  # noqa: E402
 from stages.generate import generate  # noqa: E402
 from stages.init import init_gaussians  # noqa: E402
 from stages.metrics.toy import ToyWorld, toy_metrics  # noqa: E402
-from stages.priors.base import load_prior  # noqa: E402
+from stages.priors.registry import load_prior  # noqa: E402
 
 OBJECTS = ["a red cube", "a green sphere", "a blue cone", "a yellow torus"]
 

@@ -27,7 +27,7 @@ def world():
 
 def _toy_prior(model: str):
     from pipeline.config import PriorConfig
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")

@@ -237,7 +237,7 @@ def prior_reference(cfg: Config, prompts: Sequence[str], folder: str, seed: int 
     guidance (prior.guidance_scale, prior.negative_prompt), `metrics.fid_reference_steps` steps,
     `metrics.fid_reference_per_prompt` samples per distinct prompt; deterministic per seed and
     per prompt (adding a prompt does not change the others' images)."""
-    from stages.priors.base import load_prior
+    from stages.priors.registry import load_prior
     from stages.priors.sampling import sample
     from stages.render import to_uint8
 

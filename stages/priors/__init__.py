@@ -1,12 +1,7 @@
-"""2D diffusion priors behind one interface (`base.Prior`): Stable Diffusion, toy SD, toy exact."""
+"""2D diffusion priors behind one interface: Stable Diffusion, toy SD, toy exact.
 
-from stages.priors.base import (
-    PerpNegParams,
-    Prior,
-    load_prior,
-    make_guided_eps,
-    make_guided_eps_from_config,
-    view_suffix,
-)
-
-__all__ = ["PerpNegParams", "Prior", "load_prior", "make_guided_eps", "make_guided_eps_from_config", "view_suffix"]
+protocol (the `Prior` interface, embedding cache), views (front / side / back prompt words),
+guidance (CFG / Perp-Neg over one batched prediction), device (where a prior runs), registry
+(name -> loader, `load_prior`), stable_diffusion, toy_exact, identity (what names a prior's
+weights), sampling (DDIM sampling from a prior).
+"""

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
-from stages.priors.base import EmbeddingCache
+from stages.priors.protocol import EmbeddingCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PriorConfig

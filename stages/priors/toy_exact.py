@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from stages.priors.base import EmbeddingCache
+from stages.priors.protocol import EmbeddingCache
 from stages.toyworld.catalogue import Catalogue, load_catalogue
 from stages.toyworld.views import ViewParams, catalogue_views
 
@@ -157,5 +157,5 @@ class ToyExactPrior:
 
 
 def load(cfg: "PriorConfig", device: torch.device | str = "cpu", toy: "ToyConfig | None" = None) -> ToyExactPrior:
-    """Entry point used by `stages.priors.base.load_prior` for prior.name=toy_exact."""
+    """Entry point used by `stages.priors.registry` for prior.name=toy_exact."""
     return ToyExactPrior.from_config(cfg, device, toy)
