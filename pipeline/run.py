@@ -574,6 +574,10 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         "counts": {"requests": len(batch.requests), "rejected": len(batch.rejected),
                    "duplicates": batch.duplicates},
     }
+    if prev.get("status") in ("failed", "interrupted"):  # say what stopped the last run
+        run_info["previous_stop"] = {k: prev.get(k) for k in ("status", "error", "finished_at")}
+        log.warning("the previous run on %s stopped (%s: %s); resuming", st.root, prev.get("status"),
+                    prev.get("error") or prev.get("interrupted_by") or "no reason recorded")
     _write_run_json(st, run_info)
     if st.local:  # leftovers of a killed driver (we hold the lock: nothing else writes these)
         remove_temp_files(st.root, recursive=False)

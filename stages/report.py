@@ -207,7 +207,7 @@ class RunData:
                 "renderers": ({str(k): int(v) for k, v in df["renderer"].dropna().astype(str)
                                .value_counts().items()} if "renderer" in df.columns else {}),
                 "code_versions": uniq("code_version"), "config_hashes": uniq("config_hash"),
-                "fid": self.fid}
+                "fid": self.fid, "stopped": self.extra.get("stopped") or None}
 
 
 def _read_json(uri: str) -> Any | None:
@@ -247,7 +247,12 @@ def load_run(uri: str) -> RunData:
         t = None
     base = posixpath.basename(root.rstrip("/")) or root
     label = base if t is None else f"{base} ({t.strftime('%Y-%m-%d %H:%M')})"
-    return RunData(uri=uri, root=root, df=df, label=label, time=t, fid=_run_fid(root))
+    # a run that stopped (run.json "failed"/"interrupted", e.g. no worker could start) says so
+    stopped = ({k: run_json.get(k) for k in ("status", "error")}
+               if isinstance(run_json, dict) and run_json.get("status") in ("failed", "interrupted")
+               else {})
+    return RunData(uri=uri, root=root, df=df, label=label, time=t, fid=_run_fid(root),
+                   extra={"stopped": stopped} if stopped else {})
 
 
 def _same(a: str, b: str) -> bool:

@@ -260,7 +260,12 @@ def _summary_section(run: RunData, base: RunData | None) -> str:
                      esc(", ".join(f"{k} ({v})" for k, v in sorted(s.get("renderers", {}).items()))),
                      f'<span class="mono">{esc(", ".join(s["code_versions"])[:60])}</span>',
                      fmt(s["fid"])])
-    return "<h2>Run summary</h2>" + _table(
+    stopped = "".join(
+        f'<div class="err">{esc(name)} ({esc(r.label)}) stopped: run.json status '
+        f'<b>{esc(str(r.extra["stopped"].get("status")))}</b>: '
+        f'{esc(str(r.extra["stopped"].get("error") or "no reason recorded"))}</div>'
+        for name, r in (("this run", run), ("baseline", base)) if r is not None and r.extra.get("stopped"))
+    return "<h2>Run summary</h2>" + stopped + _table(
         ["", "run", "assets", "done", "failed", "rejected", "wall (h)", "asset time (h)", "GPU-hours",
          "methods", "devices", "renderer", "code version", "FID"], rows, left=2, elem_id="summary-table")
 

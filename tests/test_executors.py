@@ -192,9 +192,21 @@ def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "worker_start_timeout_s" in info["error"]
     assert not (out / "run.lock").exists()
+    from stages.report_html import _summary_section
+    from stages.report import load_run
+
+    prompts.write_text("a red cube\na blue sphere\n")
     s = run_batch(str(prompts), _run_cfg("pipeline.gpus_per_worker=0"), str(out), executor="ray",
                   num_workers=1, generate_fn=fake_generate, progress=False)
-    assert s.done == 1 and json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert s.done == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["previous_stop"]["status"] == "failed"
+    assert "worker_start_timeout_s" in info["previous_stop"]["error"]
+    # a run whose run.json says failed shows it at the top of its report's summary
+    (out / "run.json").write_text(json.dumps({**info, "status": "failed", "error": "ExecutorError: boom"}))
+    run = load_run(str(out))
+    assert run.summary()["stopped"] == {"status": "failed", "error": "ExecutorError: boom"}
+    assert "stopped: run.json status <b>failed</b>: ExecutorError: boom" in _summary_section(run, None)
 
 
 def test_ray_prior_device_check_runs_in_the_worker(tmp_path, ray_local):
