@@ -34,7 +34,9 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
-    return load_config(args.config, list(args.overrides) + list(extra or []))
+    from pipeline.validate import check_names
+
+    return check_names(load_config(args.config, list(args.overrides) + list(extra or [])))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

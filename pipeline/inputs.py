@@ -28,6 +28,7 @@ import fsspec
 
 from pipeline.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
                              to_dict)
+from pipeline.validate import check_names
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
 BOM = b"\xef\xbb\xbf"   # a UTF-8 byte-order mark some editors put first; never part of a prompt
@@ -283,7 +284,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
                 reject({"prompt": prompt, "config": overrides}, line, not_allowed, seed, tags)
                 return
             try:
-                row_cfg = apply_overrides(cfg, overrides)
+                row_cfg = check_names(apply_overrides(cfg, overrides), "row config")
                 h, g = config_hash(row_cfg), asset_generation_hash(row_cfg)
             except ConfigError as e:
                 reject({"prompt": prompt, "config": overrides}, line, f"bad config override: {e}",

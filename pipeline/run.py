@@ -40,6 +40,7 @@ from pipeline.inputs import (AssetRequest, PromptBatch, asset_generation_hash, r
 from pipeline.lock import RunLock
 from pipeline.storage import (Storage, StorageError, asset_dir, open_storage, safe_relpath,
                               set_storage_options)
+from pipeline.validate import check_names
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +462,7 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
     t_run = time.perf_counter()
     if isinstance(cfg, (str, os.PathLike)):
         cfg = load_config(cfg)
+    check_names(cfg)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
     if redo not in REDO_CHOICES:

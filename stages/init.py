@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -144,8 +144,8 @@ def check_requirements(cfg: "InitConfig") -> None:
     Raises InitError with the one-line fix; ball and toy_shape need nothing beyond the package."""
     if cfg.method == "point_e" and not point_e_available():
         raise _point_e_missing_error()
-    if cfg.method not in ("point_e", "ball", "toy_shape"):
-        raise InitError(f"init.method={cfg.method!r} is unknown; use point_e, ball or toy_shape")
+    if cfg.method not in INIT_METHODS:
+        raise InitError(f"init.method={cfg.method!r} is unknown; use one of {', '.join(sorted(INIT_METHODS))}")
 
 
 def point_e_points(cfg: "InitConfig", prompt: str, generator: torch.Generator,
@@ -198,18 +198,34 @@ def point_e_to_world(xyz: Tensor) -> Tensor:
     return torch.stack([xyz[:, 0], xyz[:, 2], -xyz[:, 1]], dim=-1)
 
 
+InitMethod = Callable[["InitConfig", str, torch.Generator, "str | None"], Tensor]
+
+
+def _ball(cfg: "InitConfig", prompt: str, generator: torch.Generator, toy_catalogue: str | None) -> Tensor:
+    return ball_points(cfg, generator)
+
+
+def _toy_shape(cfg: "InitConfig", prompt: str, generator: torch.Generator, toy_catalogue: str | None) -> Tensor:
+    return toy_shape_points(cfg, prompt, generator, toy_catalogue)
+
+
+def _point_e(cfg: "InitConfig", prompt: str, generator: torch.Generator, toy_catalogue: str | None) -> Tensor:
+    return expand_points(point_e_points(cfg, prompt, generator), cfg.gaussians_per_point, cfg.point_radius,
+                         generator)
+
+
+# init.method -> (cfg, prompt, generator, toy catalogue) -> initial points; the one list of init
+# names (the config is validated against it, `pipeline.validate`)
+INIT_METHODS: dict[str, InitMethod] = {"point_e": _point_e, "ball": _ball, "toy_shape": _toy_shape}
+
+
 def init_gaussians(cfg: "InitConfig", prompt: str, generator: torch.Generator,
                    toy_catalogue: str | None = None) -> Gaussians:
-    """Initial Gaussians (CPU, float32) for `prompt` by `cfg.method`: point_e | ball | toy_shape."""
-    if cfg.method == "ball":
-        pts = ball_points(cfg, generator)
-    elif cfg.method == "toy_shape":
-        pts = toy_shape_points(cfg, prompt, generator, toy_catalogue)
-    elif cfg.method == "point_e":
-        pts = expand_points(point_e_points(cfg, prompt, generator), cfg.gaussians_per_point, cfg.point_radius,
-                            generator)
-    else:
-        raise ValueError(f"init.method={cfg.method!r} is unknown; use point_e, ball or toy_shape")
+    """Initial Gaussians (CPU, float32) for `prompt` by `cfg.method` (a name in `INIT_METHODS`)."""
+    points = INIT_METHODS.get(cfg.method)
+    if points is None:
+        raise ValueError(f"init.method={cfg.method!r} is unknown; use one of {', '.join(sorted(INIT_METHODS))}")
+    pts = points(cfg, prompt, generator, toy_catalogue)
     g = gaussians_from_points(pts, cfg, generator)
     log.info("init %s: %d Gaussians for %r", cfg.method, g.num(), prompt)
     return g

@@ -26,6 +26,7 @@ from pipeline.config import (EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHE
                              TOY_GENERATION_KEYS, Config, ConfigError, apply_overrides, eval_hash,
                              load_config, to_dict)
 from pipeline.inputs import read_prompts
+from pipeline.validate import REGISTERED
 from stages.priors import identity
 
 PROMPT = "a red cube"
@@ -58,6 +59,8 @@ def _get(cfg: Config, key: str):
 def _candidates(key: str, value, meta: dict) -> list:
     """Valid-looking different values for one key, most natural first."""
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if key in REGISTERED:                 # method / prior / init names: their registries' keys
+        return [n for n in REGISTERED[key][1]() if n != value]
     if choices:
         return [c for c in choices if c != value]
     if isinstance(value, bool):
