@@ -321,9 +321,9 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from pipeline.run import code_version
-
         from importlib.metadata import PackageNotFoundError, version
+
+        from stages.provenance import code_version
         try:
             pkg = version("sctd3d")
         except PackageNotFoundError:
