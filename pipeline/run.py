@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -41,6 +40,7 @@ from pipeline.lock import RunLock
 from pipeline.storage import (Storage, StorageError, asset_dir, open_storage, safe_relpath,
                               set_storage_options)
 from pipeline.validate import check_names
+from stages.provenance import code_version  # one home: meta.json and run.json say the same
 
 log = logging.getLogger(__name__)
 
@@ -71,28 +71,6 @@ def capabilities() -> dict[str, bool]:
             "metrics": _stage("stages.metrics", "score_asset") is not None,
             "fid": _stage("stages.metrics.fid", "run_fid") is not None,
             "report": _stage("stages.report", "build_report") is not None}
-
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("sctd3d")
-    except PackageNotFoundError:
-        v = "0+unknown"
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / ".git").exists():
-        try:
-            sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True, timeout=5).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-uno"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            if sha:
-                v += f"+g{sha}" + (".dirty" if dirty else "")
-        except (OSError, subprocess.SubprocessError) as e:
-            log.debug("git version lookup failed: %s", e)
-    return v
 
 
 def token_limit(cfg: Config) -> tuple[Optional[Callable[[str], int]], Optional[int]]:
@@ -646,7 +624,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                 # every later asset would fail the same way (a failure storm): stop the run
                 raise StorageError(f"asset {req.asset_id} failed writing its files: "
                                    f"{_store_full(o.error)}; the run stopped (no later asset could be "
-                                   f"written either). Free space or fix the output/cache folder, then "
+                                   f"written either); free space or fix the output/cache folder, then "
                                    f"re-run the same command (committed assets are kept)")
             if o.ok:
                 rec = dict(o.value)
