@@ -104,3 +104,33 @@ def test_sigterm_on_a_ray_run_exits_143_without_a_stack_dump(tmp_path, tiny_pixe
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and run["interrupted_by"] == "SIGTERM"
     assert not (out / "run.lock").exists() and manifest.read(str(out)).num_rows == 0
+
+
+def test_stop_handler_first_signal_requests_a_stop_second_stops_now():
+    """In-process: the handlers run_batch installs (main thread), restored afterwards."""
+    import os
+
+    from pipeline import deadline
+    from pipeline.run import _StopOnSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _StopOnSignals() as s:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs in the main thread at the next bytecode boundary
+        assert s.received == "SIGTERM" and deadline.stop_requested() == "SIGTERM"
+        with pytest.raises(deadline.RunInterrupted, match=r"interrupted \(SIGTERM\) at it 3"):
+            deadline.check("it 3")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) == before and deadline.stop_requested() == ""
+
+
+def test_ctrl_c_outside_a_run_is_one_line_and_130(capsys):
+    from pipeline.cli import guarded
+
+    def loading():
+        raise KeyboardInterrupt
+
+    assert guarded("sctd3d run", loading) == 130
+    assert capsys.readouterr().err == "sctd3d run: interrupted\n"
