@@ -82,6 +82,21 @@ def check_prompts_file(uri: str) -> None:
     from pipeline.inputs import InputError
 
     if not is_local(uri):
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise InputError(f"prompt file not found: {uri!r}") from None
+        except (ImportError, ValueError) as e:
+            raise StorageError(f"cannot open the prompt file {uri!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a client error (endpoint, credentials): one line
+            raise StorageError(f"cannot read the prompt file {uri}: {_first_line(e)}; "
+                               f"{STORE_HINT}") from None
+        if info.get("type") == "directory":
+            raise InputError(f"prompt file {uri!r} is a directory; give a .txt, .jsonl or .parquet "
+                             f"file")
         return
     p = Path(uri.split("://", 1)[-1]).expanduser()
     if not p.exists():

@@ -450,10 +450,10 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
     check_requirements(cfg.init)  # e.g. Point-E missing: one line before the lock, run.json or the prior
     from pipeline.preflight import check_cache_dir, check_prompts_file
 
-    check_prompts_file(prompts_uri)  # a directory or a non-Parquet .parquet: before the lock
-    check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
-    if storage_options:
+    if storage_options:  # before anything opens the store (prompts may live there too)
         set_storage_options(out, storage_options)
+    check_prompts_file(prompts_uri)  # missing, a directory or a non-Parquet .parquet: before the lock
+    check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
     from pipeline.preflight import check_store
 
     try:
