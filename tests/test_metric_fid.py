@@ -335,3 +335,16 @@ def test_pipeline_samples_the_fid_reference_through_its_executor(tmp_path, monke
     assert s.failed == 1 and made[-1].ran == [("process_asset", 1)]
     info = json.loads((tmp_path / "none" / "run.json").read_text())
     assert info["status"] == "finished" and info["fid"]["reason"] == "no asset is done"
+
+
+def test_a_failed_reference_task_skips_fid_with_its_reason(tmp_path):
+    """No worker could make the reference (e.g. none can start): FID is skipped with the reason and
+    the run goes on to its report instead of dying after all its assets are committed."""
+    def no_worker(fn, item):
+        raise RuntimeError("ExecutorError: no Ray worker started within 600 s")
+
+    cfg = load_config("toy.yaml", ["metrics.fid_reference=prior", "metrics.batch_size=4"])
+    asset = _asset_with_frames(tmp_path, make_set(tmp_path / "gen", n=4))
+    r = run_fid(cfg, [str(asset)], ["a red cube"], str(tmp_path / "run"), run_on_worker=no_worker)
+    assert r["fid"] is None and "could not be made on a worker" in r["reason"]
+    assert "no Ray worker started" in json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())["reason"]

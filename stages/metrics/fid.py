@@ -363,7 +363,15 @@ def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out:
             rec["n_reference"] = None  # unknown: the statistics file does not say
         elif mc.fid_reference == "prior":
             item = {"cfg": cfg, "prompts": sorted(set(prompts)), "cache": cache}
-            res = (run_on_worker or (lambda fn, it: fn(it)))(prior_reference_task, item)
+            if run_on_worker is None:
+                res = prior_reference_task(item)
+            else:
+                try:
+                    res = run_on_worker(prior_reference_task, item)
+                except Exception as e:  # noqa: BLE001 - no worker for it: FID says why, the report still runs
+                    log.error("fid: the reference task failed on the executor: %s", e)
+                    return _skip(st, rec, f"the prior reference could not be made on a worker: "
+                                          f"{type(e).__name__}: {e}"[:500])
             rec["n_reference"] = res["n_reference"]
             if res["key"] is not None:
                 f_ref = np.load(io.BytesIO(open_storage(cache).read_bytes(f"{res['key']}.npz")))["feats"]
