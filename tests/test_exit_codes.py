@@ -201,3 +201,18 @@ def test_full_disk_during_generation_stops_the_run(tmp_path, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed" and "No space left on device" in run["error"]
     assert not (out / "run.lock").exists()
+
+
+def test_demo_exit_code_is_the_runs(tmp_path, monkeypatch):
+    """`sctd3d demo` answers like `run`: its exit code is its RunSummary's (a real demo is a Ray run
+    of ~80 s, too long for this file)."""
+    def summary(**kw):
+        base = dict(out=str(tmp_path), total=4, skipped=0, done=4, failed=0, rejected=0,
+                    duplicates=0, wall_s=1.0)
+        return prun.RunSummary(**{**base, **kw})
+
+    for kw, want in [({}, 0), ({"done": 3, "failed": 1}, 1), ({"rejected": 1}, 1),
+                     ({"report_exit_code": 1}, 1), ({"interrupted": "SIGINT"}, 130),
+                     ({"interrupted": "SIGTERM"}, 143)]:
+        monkeypatch.setattr(prun, "demo", lambda *a, kw=kw, **k: summary(**kw))
+        assert cli("demo", "--out", str(tmp_path / "d"))[0] == want, kw
