@@ -98,6 +98,8 @@ def _publish_local(st: Storage, rel: str, files: dict[str, bytes], marker: bytes
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # durable before the rename makes the folder visible
         old = None
         if os.path.exists(final):  # an export with other settings: replace it whole
             old = f"{tmp}-old"
