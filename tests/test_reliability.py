@@ -40,8 +40,10 @@ def one_torch_thread():
 
 
 def tiny_overrides(model: Path, iterations: int = ITERS) -> dict:
-    """Real generation at CI size: 16 px pixel-space SD, 64 Gaussians, one view per iteration."""
-    return {"prior": {"name": "stable_diffusion", "model": str(model), "image_size": 16},
+    """Real generation at CI size: 16 px pixel-space SD, 64 Gaussians, one view per iteration (on
+    the CPU: prior.allow_cpu, as stable_diffusion otherwise refuses to run without CUDA)."""
+    return {"prior": {"name": "stable_diffusion", "model": str(model), "image_size": 16,
+                      "allow_cpu": True},
             "init": {"ball_num_gaussians": 64},
             "generate": {"iterations": iterations, "checkpoint_every": CKPT_EVERY, "batch_views": 1,
                          "save_ply_at": [iterations], "densify": {"start": 10_000, "end": 10_001}},
