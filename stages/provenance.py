@@ -1,4 +1,6 @@
-"""What produced an asset: the code version and the peak memory of its generation."""
+"""What produced an asset: the code version and the peak memory of its generation.
+
+Light to import (no torch at import time): the CLI's `--version` and the run driver use it too."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import logging
 import resource
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,10 @@ def code_version() -> str:
     return v
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+def peak_memory_mb(device: "torch.device") -> tuple[float, str]:
     """(peak MB, what was measured): CUDA's max allocated, else the process's max RSS."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process_max_rss"
