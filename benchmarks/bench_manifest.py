@@ -2,7 +2,7 @@
 
 Why: a run reads its manifest at start (to skip committed assets) and FID, the report and
 `manifest show` read it after; with one part file per asset, 10k parts took ~23 s per read. The run
-now reads the parts once (threaded), compacts them at its end, and later reads are one file.
+now reads the parts once (one pyarrow dataset scan), compacts them, and later reads are one file.
 
     .venv/bin/python benchmarks/bench_manifest.py [--parts 10000] [--records 100000] [--dir DIR]
 
@@ -63,7 +63,7 @@ def main() -> None:
     try:
         st = open_storage(str(work / "run10k"))
         timed(f"write {a.parts} synthetic part files", lambda: write_parts(st, range(a.parts)))
-        t = timed(f"manifest.read, {a.parts} parts (threaded)", lambda: manifest.read(st))
+        t = timed(f"manifest.read, {a.parts} parts (one dataset scan)", lambda: manifest.read(st))
         assert t.num_rows == a.parts
         timed(f"manifest.show, {a.parts} parts", lambda: manifest.show(st))
         from stages.report import read_manifest
