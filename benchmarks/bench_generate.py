@@ -66,7 +66,8 @@ def bench_toy(iters: int, model: str = "toy") -> None:
         print(f"# toy prior {base.prior.name!r} unavailable ({type(e).__name__}: {e}); timing the same "
               f"architecture trained for 1 step instead (speed only, not quality)")
         from stages.priors.stable_diffusion import StableDiffusionPrior
-        from stages.toyworld.train_prior import TrainParams, train
+        from stages.toyworld.prior_training.common import TrainParams
+        from stages.toyworld.prior_training.pixel import train
 
         d = Path(tempfile.mkdtemp()) / "toy_sd"
         train(d, steps=1, params=TrainParams(num_views=8))

@@ -24,7 +24,7 @@ def main() -> None:
     from stages.priors.stable_diffusion import TOY_SD_DIR
     from stages.toyworld.catalogue import load_catalogue
     from stages.priors.sampling import sample
-    from stages.toyworld.train_prior import nearest_object
+    from stages.toyworld.prior_training.common import nearest_object
     from stages.toyworld.views import ViewParams, catalogue_views
 
     ap = argparse.ArgumentParser()

@@ -2,7 +2,7 @@
 
 On the pixel toy SD, DDIM inversion is nearly exact and SCTD reduces to classifier score
 distillation (docs/SCTD_TOY.md section 3). This benchmark uses the shipped latent toy SD (or trains
-one of `stages.toyworld.train_latent` into `--model DIR`: AutoencoderKL 32x32 rgb -> 4x8x8, latent
+one of `stages.toyworld.prior_training.latent` into `--model DIR`: AutoencoderKL 32x32 rgb -> 4x8x8, latent
 UNet) and measures on it,
 with the protocols of the pixel measurements (functions imported, not copied):
 
@@ -49,7 +49,7 @@ def ensure_model(model: Path, unet_steps: int, vae_steps: int) -> dict:
     """The latent toy SD at `model`: reused when its train_info matches the step counts, else trained
     (never over the shipped toy SD: other step counts need `--model DIR`)."""
     from stages.priors.stable_diffusion import TOY_SD_DIR
-    from stages.toyworld.train_latent import train
+    from stages.toyworld.prior_training.latent import train
 
     info_path = model / "train_info.json"
     if info_path.is_file():
@@ -69,7 +69,7 @@ def sample_quality(model: Path) -> dict:
     from stages.priors.stable_diffusion import StableDiffusionPrior
     from stages.toyworld.catalogue import load_catalogue
     from stages.priors.sampling import sample
-    from stages.toyworld.train_prior import nearest_object
+    from stages.toyworld.prior_training.common import nearest_object
     from stages.toyworld.views import ViewParams, catalogue_views
 
     prior = StableDiffusionPrior.from_pretrained(str(model), "cpu", "fp32", image_size=32, name="toy_sd")
@@ -163,7 +163,7 @@ def _trajectory_markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.toyworld.train_latent import LATENT_STEPS, default_out_dir
+    from stages.toyworld.prior_training.latent import LATENT_STEPS, default_out_dir
 
     ap = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(default_out_dir()),

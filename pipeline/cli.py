@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["toy", "train-prior"]:
         # its own parser owns every option, --help included (argparse's REMAINDER cannot take them)
-        from stages.toyworld.train_prior import main as train_main
+        from stages.toyworld.prior_training import main as train_main
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         sys.exit(int(train_main(argv[2:]) or 0))

@@ -257,25 +257,26 @@ def test_temp_files_of_killed_writes_are_removed(tmp_path, tiny_pixel_sd_dir):
 def test_train_prior_never_writes_into_the_package_by_default(tmp_path, monkeypatch, capsys):
     """`sctd3d toy train-prior` defaulted --out to the shipped stages/toyworld/toy_sd (issue 14 item 2)."""
     from stages.priors.stable_diffusion import TOY_SD_DIR, TOY_SD_PIXEL_DIR
-    from stages.toyworld import train_latent, train_prior
+    from stages.toyworld import prior_training
+    from stages.toyworld.prior_training import latent, pixel
 
     seen: list = []
-    monkeypatch.setattr(train_latent, "train", lambda out, *a, **k: seen.append(("latent", out)) or
+    monkeypatch.setattr(latent, "train", lambda out, *a, **k: seen.append(("latent", out)) or
                         {"steps": 1, "final_loss_avg100": 0.0, "train_seconds": 0.0,
                          "scaling_factor": 1.0, "vae_rec_psnr_db": 0.0})
-    monkeypatch.setattr(train_prior, "train", lambda out, *a, **k: seen.append(("pixel", out)) or
+    monkeypatch.setattr(pixel, "train", lambda out, *a, **k: seen.append(("pixel", out)) or
                         {"steps": 1, "final_loss_avg100": 0.0, "train_seconds": 0.0})
     monkeypatch.chdir(tmp_path)
-    assert train_prior.main(["--steps", "1"]) == 0
-    assert train_prior.main(["--recipe", "pixel", "--steps", "1"]) == 0
+    assert prior_training.main(["--steps", "1"]) == 0
+    assert prior_training.main(["--recipe", "pixel", "--steps", "1"]) == 0
     assert seen == [("latent", str(tmp_path.resolve() / "toy_sd_latent")),
                     ("pixel", str(tmp_path.resolve() / "toy_sd_pixel"))]
     for recipe, shipped in (("latent", TOY_SD_DIR), ("pixel", TOY_SD_PIXEL_DIR)):
-        assert train_prior.main(["--recipe", recipe, "--out", str(shipped), "--steps", "1"]) == 2
+        assert prior_training.main(["--recipe", recipe, "--out", str(shipped), "--steps", "1"]) == 2
         err = capsys.readouterr().err
         assert "sctd3d toy train-prior: error: --out" in err and "--force-package" in err
     assert len(seen) == 2  # nothing trained into the package
-    assert train_prior.main(["--out", str(TOY_SD_DIR), "--force-package", "--steps", "1"]) == 0
+    assert prior_training.main(["--out", str(TOY_SD_DIR), "--force-package", "--steps", "1"]) == 0
     assert seen[-1] == ("latent", str(TOY_SD_DIR))
 
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from stages.priors.stable_diffusion import StableDiffusionPrior
-from stages.toyworld.train_latent import VaeParams, build_vae, latent_scaling_factor, train
-from stages.toyworld.train_prior import TrainParams
+from stages.toyworld.prior_training.common import TrainParams
+from stages.toyworld.prior_training.latent import VaeParams, build_vae, latent_scaling_factor, train
 
 RES = 16
 

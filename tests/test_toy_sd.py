@@ -11,7 +11,8 @@ import torch
 from stages.priors.stable_diffusion import TOY_SD_DIR, TOY_SD_PIXEL_DIR, StableDiffusionPrior, toy_sd_model
 from stages.toyworld.catalogue import load_catalogue
 from stages.priors.sampling import sample
-from stages.toyworld.train_prior import TrainParams, nearest_object, train
+from stages.toyworld.prior_training.common import TrainParams, nearest_object
+from stages.toyworld.prior_training.pixel import train
 from stages.toyworld.views import ViewParams, catalogue_views
 
 

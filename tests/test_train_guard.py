@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.toyworld import train_prior
-from stages.toyworld.train_prior import DivergenceError, TrainParams, train
+from stages.toyworld.prior_training import common
+from stages.toyworld.prior_training.common import DivergenceError, TrainParams
+from stages.toyworld.prior_training.pixel import train
 
 TINY = dict(batch_size=4, num_views=2, resolution=16, block_out_channels=(8, 16), text_hidden=16, text_layers=1,
             max_tokens=24, warmup=1, checkpoint_every=1000, guard_every=5, guard_window=3, guard_history=10)
@@ -42,7 +43,7 @@ def test_no_spike_same_weights_as_without_guard(tmp_path):
 
 def test_spike_is_rolled_back_and_training_finishes(tmp_path, monkeypatch):
     spiking = SpikingMSE(spike_calls={20, 21})
-    monkeypatch.setattr(train_prior.F, "mse_loss", spiking)
+    monkeypatch.setattr(common.F, "mse_loss", spiking)
     info = train(tmp_path / "s", steps=30, seed=1, params=TrainParams(**TINY), cache_dir=str(tmp_path / "c"))
     assert info["steps"] == 30 and info["rollbacks_at_steps"] and info["rollbacks_at_steps"][0] in (20, 21, 22)
     assert spiking.calls > 30  # the rolled-back steps were trained again
@@ -51,14 +52,14 @@ def test_spike_is_rolled_back_and_training_finishes(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_is_rolled_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_prior.F, "mse_loss", SpikingMSE(spike_calls={3}, factor=float("nan")))
+    monkeypatch.setattr(common.F, "mse_loss", SpikingMSE(spike_calls={3}, factor=float("nan")))
     info = train(tmp_path / "n", steps=8, seed=1, params=TrainParams(**TINY), cache_dir=str(tmp_path / "c"))
     assert info["rollbacks_at_steps"] == [3]
     assert all(torch.isfinite(v.float()).all() for v in _unet(tmp_path / "n").values())
 
 
 def test_persistent_divergence_stops_with_a_named_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_prior.F, "mse_loss", SpikingMSE(spike_calls=set(range(15, 10_000))))
+    monkeypatch.setattr(common.F, "mse_loss", SpikingMSE(spike_calls=set(range(15, 10_000))))
     with pytest.raises(DivergenceError, match=r"diverged 3 times \(at steps \[.*\]\); lower TrainParams.lr"):
         train(tmp_path / "d", steps=40, seed=1, params=TrainParams(**{**TINY, "guard_max_rollbacks": 2}),
               cache_dir=str(tmp_path / "c"))

@@ -1,23 +1,13 @@
-"""Train the toy Stable Diffusion: a tiny pixel-space UNet2DConditionModel + CLIP text encoder.
+"""What the two toy SD recipes share: the UNet + text encoder trainer, its data and its safety nets.
 
-Why a trained prior next to the exact one: SCTD needs a smooth prior whose conditional and
-unconditional trajectories differ (the exact prior's classifier is saturated). The result is a
-standard diffusers directory (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/,
-no vae/ = pixel space, z = 2 rgb - 1) that `stages.priors.stable_diffusion` loads through the same
-`from_pretrained` code as SD 2.1. Training is reproducible: same catalogue, views, seed and
-step count -> same weights on the same machine.
-
-Recipe: epsilon prediction, SD's scaled-linear betas (0.00085 -> 0.012, T = 1000), prompts with
-view suffixes (", front view" / ", side view" / ", back view" by azimuth), bare prompts 10% of
-the time and the empty prompt 10% (so null and classifier-free guidance work), AdamW with warm-up then a
-constant rate, EMA weights saved every `checkpoint_every` steps: the checkpoint at step k is
-bit-identical to the result of a k-step run (same random draws, no schedule depending on the
-total), so a long run can be stopped at any checkpoint without losing reproducibility.
+`fit_unet` trains a tokenizer + CLIP text encoder + UNet2DConditionModel on pixels (`pixel`) or on
+VAE latents (`latent`) with EMA weights and a divergence guard (`DivergenceGuard`), and saves a
+diffusers directory. `resolve_out_dir` keeps `sctd3d toy train-prior` out of the installed package
+unless asked. `nearest_object` scores samples against the ground-truth views (tests, benchmarks).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -29,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stages.toyworld.catalogue import load_catalogue
 from stages.toyworld.views import ViewParams, catalogue_views
 
 log = logging.getLogger(__name__)
@@ -168,22 +157,6 @@ def _write_scheduler_and_index(out_dir: Path) -> None:
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def train(out_dir: str | Path, steps: int = 3000, seed: int = 0, params: TrainParams | None = None,
-          catalogue: str | None = None, cache_dir: str | None = None, log_every: int = 10) -> dict:
-    """Train and save the toy SD to `out_dir`; returns {steps, final_loss, seconds, params}."""
-    p = params or TrainParams()
-    p.steps, p.seed = int(steps), int(seed)
-    if p.steps < 1:
-        raise ValueError(f"train: steps={steps} must be >= 1")
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cat = load_catalogue(catalogue)
-    images, az, labels = training_views(cat, p, cache_dir)
-    info = fit_unet(out, images, az, labels, cat.prompts(), p, extra_info={
-        "catalogue": cat.source if catalogue else "shipped", "objects": len(cat.objects)}, log_every=log_every)
-    return info
 
 
 def training_views(cat, p: TrainParams, cache_dir: str | None = None
@@ -394,7 +367,7 @@ FORCE_HELP = "allow --out inside the installed package (replaces the shipped toy
 def resolve_out_dir(out: str | None, recipe: str, force_package: bool) -> Path | str:
     """Where `train-prior` writes: never into the installed package by default (that would
     silently replace the shipped prior every later run uses). Returns the folder, or an error."""
-    root = Path(__file__).resolve().parent.parent.parent
+    root = Path(__file__).resolve().parents[3]  # the checkout / site-packages root
     target = Path(out).expanduser().resolve() if out else Path.cwd().resolve() / f"toy_sd_{recipe}"
     inside = [pkg for pkg in (root / n for n in ("stages", "pipeline", "kernels"))
               if target == pkg or pkg in target.parents]
@@ -404,46 +377,3 @@ def resolve_out_dir(out: str | None, recipe: str, force_package: bool) -> Path |
                 f"replace it on purpose")
     return target
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`sctd3d toy train-prior [--recipe latent|pixel] ...`: latent (the shipped toy SD) by default."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", choices=("latent", "pixel"), default="latent")
-    pre.add_argument("--out", default=None)
-    pre.add_argument("--force-package", action="store_true")
-    r, rest = pre.parse_known_args(argv)
-    if not any(a in ("-h", "--help") for a in rest):
-        out = resolve_out_dir(r.out, r.recipe, r.force_package)
-        if isinstance(out, str):  # an error message
-            print(f"sctd3d toy train-prior: error: {out}", file=sys.stderr)
-            return 2
-        rest = ["--out", str(out)] + (["--force-package"] if r.force_package else []) + rest
-    if r.recipe == "latent":
-        from stages.toyworld.train_latent import main as latent_main
-
-        return latent_main(rest)
-    ap = argparse.ArgumentParser(prog="sctd3d toy train-prior --recipe pixel", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=None, help=OUT_HELP)
-    ap.add_argument("--force-package", action="store_true", help=FORCE_HELP)
-    ap.add_argument("--steps", type=int, default=TrainParams.steps)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
-    ap.add_argument("--num-views", type=int, default=TrainParams.num_views)
-    ap.add_argument("--resolution", type=int, default=TrainParams.resolution)
-    ap.add_argument("--catalogue", default=None)
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    a = ap.parse_args(rest)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    p = TrainParams(batch_size=a.batch_size, num_views=a.num_views, resolution=a.resolution, threads=a.threads)
-    info = train(a.out, a.steps, a.seed, p, a.catalogue, a.cache_dir)
-    print(json.dumps({k: info[k] for k in ("steps", "final_loss_avg100", "train_seconds")}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

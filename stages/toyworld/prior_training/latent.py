@@ -8,7 +8,7 @@ runs this recipe by default (`--recipe pixel` trains the pixel model, shipped as
 
 Recipe, SD's in miniature: the VAE is trained on the toy views with an L2 reconstruction loss and a
 small KL weight; its `scaling_factor` is 1 / std of the latents of all training views (SD's rule,
-which gave SD 1.x its 0.18215); then `train_prior.fit_unet` trains tokenizer + text encoder + UNet
+which gave SD 1.x its 0.18215); then `common.fit_unet` trains tokenizer + text encoder + UNet
 on the scaled latents (posterior means). The output is a standard diffusers directory WITH vae/,
 loaded by `StableDiffusionPrior.from_pretrained` exactly like SD 2.1 (encode = VAE sample x
 scaling_factor, differentiable; decode = VAE decode of z / scaling_factor). UNet and VAE are trained
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.toyworld.catalogue import load_catalogue
-from stages.toyworld.train_prior import TrainParams, fit_unet, save_dtype, training_views
+from stages.toyworld.prior_training.common import (FORCE_HELP, OUT_HELP, TrainParams, fit_unet, resolve_out_dir,
+                                                   save_dtype, training_views)
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,10 @@ def train(out_dir: str | Path | None = None, steps: int = LATENT_STEPS, vae_step
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m stages.toyworld.train_latent [--out DIR] [--steps N] [--vae-steps N] [--seed S]`."""
+    """`sctd3d toy train-prior [--recipe latent] [--out DIR] [--steps N] [--vae-steps N] [--seed S]`."""
     ap = argparse.ArgumentParser(prog="sctd3d toy train-prior [--recipe latent]", description=__doc__.splitlines()[0],
                                  epilog="--recipe pixel trains the pixel-space toy SD instead (shipped as prior.model=toy_pixel; "
                                         "`sctd3d toy train-prior --recipe pixel --help`).")
-    from stages.toyworld.train_prior import FORCE_HELP, OUT_HELP
-
     ap.add_argument("--out", default=None, help=OUT_HELP)
     ap.add_argument("--force-package", action="store_true", help=FORCE_HELP)
     ap.add_argument("--steps", type=int, default=LATENT_STEPS, help=f"latent UNet training steps (default {LATENT_STEPS}, the shipped weights)")
@@ -208,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (the shipped weights were trained with 1; other counts may differ in the last bits)")
     a = ap.parse_args(argv)
-    from stages.toyworld.train_prior import resolve_out_dir
-
     out = resolve_out_dir(a.out, "latent", a.force_package)
     if isinstance(out, str):
         ap.error(out)
