@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -89,8 +90,10 @@ def catalogue() -> list[Variant]:
         Variant("background_twice", "eval renderer composites the background twice (SCTD3D_FAULT)",
                 faults=["background_twice"], rescore_of="clean_s0"),
         Variant("pixel_prior", "toy prior swapped for its pixel variant", ["prior.model=toy_pixel"]),
-        Variant("fail_half", "half the assets fail (SCTD3D_FAULT)", ["pipeline.max_attempts=1"],
-                faults=["fail_half"]),
+        # the fault fires in the render stage, after generation, so the surviving assets are
+        # clean_s0's (CPU determinism): emulated on clean_s0's manifest to save a run's CPU
+        Variant("fail_half", "half the assets fail (SCTD3D_FAULT)", faults=["fail_half"],
+                rescore_of="clean_s0"),
     ]
 
 
@@ -114,6 +117,7 @@ def rescore(work: str, src: str, dst: str, faults: list[str], overrides: list[st
     settings (64 px renders): the assets are the same files, only the scores change. In process,
     with the run's private ground-truth cache (clean renders from the clean runs)."""
     import pandas as pd
+    from stages.faults import fails_under_fail_half
     from stages.metrics.toy import ToyWorld, toy_metrics
     from stages.render import load_asset
 
@@ -131,11 +135,19 @@ def rescore(work: str, src: str, dst: str, faults: list[str], overrides: list[st
         world = ToyWorld.from_config(cfg)
         root, df = rpt.read_manifest(src)
         df = df.copy()
+        for col in ("asset_uri", "frames_uri", "video_uri", "sheet_uri"):  # the files stay in src
+            if col in df.columns:
+                df[col] = [None if v is None or (isinstance(v, float) and v != v) else os.path.join(root, str(v))
+                           for v in df[col]]
         for i, row in df.iterrows():
             if str(row["status"]) != "done":
                 continue
-            m = toy_metrics(cfg, load_asset(os.path.join(root, os.path.dirname(str(row["asset_uri"])))),
-                            str(row["prompt"]), world=world)
+            if "fail_half" in faults and fails_under_fail_half(str(row["prompt"])):
+                df.loc[i, ["status", "error"]] = ["failed", "InjectedFault: fail_half (emulated)"]
+                df.loc[i, ["toy_psnr", "toy_rprec"]] = [float("nan"), float("nan")]
+                continue
+            m = toy_metrics(cfg, load_asset(os.path.dirname(str(row["asset_uri"]))), str(row["prompt"]),
+                            world=world)
             df.loc[i, "toy_psnr"], df.loc[i, "toy_rprec"] = m["toy_psnr"], m["toy_rprec"]
     finally:
         for k, v in saved.items():
@@ -183,12 +195,15 @@ def run_variant(v: Variant, work: str, prompts_file: str, extra: list[str]) -> f
         cmd += ["--set", o]
     log.info("run %s: %s", v.name, " ".join(cmd[3:]))
     t0 = time.perf_counter()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.path.join(work, f"{v.name}.log"), "w") as logf:
         rc = subprocess.call(cmd, env=env, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
-    log.info("run %s: exit %d, %.0f s", v.name, rc, wall)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)  # load-independent cost
+    log.info("run %s: exit %d, %.0f s wall, %.0f s CPU", v.name, rc, wall, cpu)
     with open(os.path.join(work, "walls.jsonl"), "a") as fh:
-        fh.write(json.dumps({"name": v.name, "wall_s": wall, "rc": rc}) + "\n")
+        fh.write(json.dumps({"name": v.name, "wall_s": wall, "cpu_s": cpu, "rc": rc}) + "\n")
     return wall
 
 
@@ -214,11 +229,27 @@ def relabel(run: rpt.RunData, prompts: list[str] | None = None) -> rpt.RunData:
 
 
 def decisions(run: rpt.RunData, base: rpt.RunData, rule: str, prompts: list[str] | None = None,
-              rcfg=None) -> list[regression.MetricDecision]:
+              rcfg=None, relabel_seed: bool = True) -> list[regression.MetricDecision]:
     rc = rcfg or load_config(CONFIG).report
     rc.rule = rule
-    out, _ = rpt.compare(relabel(run, prompts), relabel(base, prompts), rc)
+    if relabel_seed:
+        run, base = relabel(run, prompts), relabel(base, prompts)
+    out, _ = rpt.compare(run, base, rc)
     return out
+
+
+def _two_seed_night(runs: dict, seeds: tuple[int, int]) -> rpt.RunData:
+    """One night with two seeds per prompt, made of two clean runs (seed column -> 0 and 1)."""
+    import pandas as pd
+
+    parts = []
+    for k, s in enumerate(seeds):
+        df = runs[s].df.copy()
+        df["seed"] = k
+        parts.append(df)
+    r0 = runs[seeds[0]]
+    return rpt.RunData(uri=r0.uri, root=r0.root, df=pd.concat(parts, ignore_index=True),
+                       label=f"seeds {seeds}", time=r0.time, fid=None)
 
 
 def flagged(ds: list[regression.MetricDecision]) -> list[str]:
@@ -259,9 +290,21 @@ def analyse(work: str, seeds: list[int], faults: list[Variant], subset_sizes: li
         res["noise"][rule] = {"pairs": len(pairs), "alarms": alarms,
                               "rate": alarms / len(pairs) if pairs else None, "per_metric": per_metric}
     import numpy as np
-    res["noise"]["spread"] = {m: {"sd_mean_diff": float(np.std(v, ddof=1)) if len(v) > 1 else None,
-                                  "max_abs_mean_diff": float(np.max(np.abs(v)))}
+    # ordered pairs give +d and -d: the RMS of the mean differences is the SD of (night - night)
+    res["noise"]["spread"] = {m: {"rms_mean_diff": float(np.sqrt(np.mean(np.square(v)))),
+                                  "max_abs_mean_diff": float(np.max(np.abs(v))), "pairs": len(v)}
                               for m, v in mean_diffs.items()}
+    # per-asset: SD of (seed a - seed b) of the same prompt, pooled over pairs
+    per_asset = {}
+    for m in ("toy_psnr", "toy_rprec"):
+        d = []
+        for a, b in itertools.combinations(sorted(clean_runs), 2):
+            fa = clean_runs[a].df.set_index("prompt")[m].astype(float)
+            fb = clean_runs[b].df.set_index("prompt")[m].astype(float)
+            d += list((fa - fb.reindex(fa.index)).dropna())
+        if d:
+            per_asset[m] = float(np.sqrt(np.mean(np.square(d))))
+    res["noise"]["per_asset_rms_diff"] = per_asset
     # per-seed means (how far a night's level moves)
     res["noise"]["means"] = {s: {m: float(r.done()[m].astype(float).mean()) for m in r.metrics()}
                              | {"fid": r.fid} for s, r in clean_runs.items()}
@@ -305,6 +348,25 @@ def analyse(work: str, seeds: list[int], faults: list[Variant], subset_sizes: li
             hit = [bool(flagged(decisions(fr, clean_runs[0], RULES[0], prompts=s))) for s in subs]
             entry["subsets"][k] = float(np.mean(hit))
         res["faults"][v.name] = entry
+    # two seeds per prompt: nights made of 2 clean seeds each, paired (prompt, k-th seed)
+    if len(clean_runs) >= 4:
+        ss = sorted(clean_runs)[:4]
+        splits = [((ss[0], ss[1]), (ss[2], ss[3])), ((ss[0], ss[2]), (ss[1], ss[3])),
+                  ((ss[0], ss[3]), (ss[1], ss[2]))]
+        two: dict = {rule: 0 for rule in RULES}
+        sd2 = []
+        n2 = 0
+        for a, b in splits:
+            for x, y in ((a, b), (b, a)):
+                rx, ry = _two_seed_night(clean_runs, x), _two_seed_night(clean_runs, y)
+                for rule in RULES:
+                    ds = decisions(rx, ry, rule, relabel_seed=False)
+                    two[rule] += bool(flagged(ds))
+                    if rule == RULES[0]:
+                        sd2 += [d.mean_diff for d in ds if d.metric == "toy_psnr" and d.mean_diff is not None]
+                n2 += 1
+        res["noise"]["two_seeds"] = {"pairs": n2, "alarms": two,
+                                     "toy_psnr_sd_mean_diff": float(np.std(sd2, ddof=1)) if len(sd2) > 1 else None}
     # noise on prompt subsets (false alarms with fewer prompts)
     res["noise"]["subsets"] = {}
     rng = np.random.default_rng(1)
@@ -328,18 +390,19 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 def print_tables(res: dict) -> None:
     thr = res["thresholds"]
     print("\n### Injected regressions (same seeds; `sctd3d report FAULT --baseline clean_s0`)\n")
-    print("| fault | exit (ci_beyond / sig_and_mat) | flagged by | effect (mean diff [95% CI]) vs threshold "
-          "| flagged vs other-seed baselines (ci_beyond / sig_and_mat) |")
+    print("| fault | exit: ci_beyond / sig_and_mat | flagged by: ci_beyond / sig_and_mat | effect (mean diff "
+          "[95% CI]) vs threshold | flagged vs other-seed baselines: ci_beyond / sig_and_mat |")
     print("|---|---|---|---|---|")
     for name, e in res["faults"].items():
         c0, c1 = e["cli"][RULES[0]], e["cli"][RULES[1]]
         fl = sorted(set(c0["flagged"]) | set(c1["flagged"]))
         show = fl or ["toy_psnr"]
+        by = f"{', '.join(c0['flagged']) or 'none'} / {', '.join(c1['flagged']) or 'none'}"
         eff = "; ".join(
             f"{m} {_fmt(c0['effects'][m]['mean_diff'])} [{_fmt(c0['effects'][m]['ci'][0])}, "
             f"{_fmt(c0['effects'][m]['ci'][1])}] vs {thr.get(m)}" for m in show if m in c0["effects"])
         os0, os1 = e["other_seeds"][RULES[0]], e["other_seeds"][RULES[1]]
-        print(f"| {name}: {e['what']} | {c0['exit']} / {c1['exit']} | {', '.join(fl) or 'none'} | {eff} | "
+        print(f"| {name}: {e['what']} | {c0['exit']} / {c1['exit']} | {by} | {eff} | "
               f"{os0['flagged']}/{os0['baselines']} / {os1['flagged']}/{os1['baselines']} |")
     n = res["noise"]
     print("\n### False alarms (clean vs clean, other seeds, every ordered pair)\n")
@@ -348,7 +411,10 @@ def print_tables(res: dict) -> None:
         rate = "-" if r["rate"] is None else f"{100 * r['rate']:.0f}%"
         print(f"- {rule}: {r['alarms']}/{r['pairs']} pairs alarm ({rate}); by metric {r['per_metric']}")
     print(f"- run-to-run spread of the mean difference: {json.dumps(n['spread'])}")
+    print(f"- per-asset RMS difference between seeds: {json.dumps(n.get('per_asset_rms_diff'))}")
     print(f"- per-seed means: {json.dumps(n['means'])}")
+    if n.get("two_seeds"):
+        print(f"- two seeds per prompt (nights of 2 clean seeds): {json.dumps(n['two_seeds'])}")
     if n.get("subsets"):
         print(f"- false-alarm rate on prompt subsets (ci_beyond_threshold): {n['subsets']}")
     if "threads" in res:
@@ -366,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="override applied to every run (e.g. prior.model=toy_pixel for a variant nightly)")
     ap.add_argument("--analyse-only", action="store_true")
+    ap.add_argument("--px64", action="store_true",
+                    help="also re-score every finished run with 64 px evaluation renders (WORK/px64)")
     ap.add_argument("--json", default="", help="write the results here (default WORK/results.json)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -383,25 +451,36 @@ def main(argv: list[str] | None = None) -> int:
     # FID costs ~3 of a run's ~6 min here (288 Inception passes on a shared CPU): measured on
     # clean seeds 0 and 1 (its noise, one pair), off elsewhere (their FID rows: not measured)
     threads2 = clean(0, threads=2)
-    threads2.n_prompts = 3  # per-asset movement is what matters; 3 assets save CPU
+    threads2.n_prompts = 1  # per-asset movement is what matters; one asset saves CPU
     for v in faults + [threads2] + extra_seeds[1:]:
         if not v.rescore_of:
             v.overrides.append("metrics.fid=false")
-    plan = [clean(0)]
-    for i, f in enumerate(faults):
-        plan.append(f)
-        if i < len(extra_seeds):
-            plan.append(extra_seeds[i])
-    plan += extra_seeds[len(faults):] + [threads2]
+    # order: what the analysis needs most first (a cut-short benchmark still has seeds + faults)
+    by = {v.name: v for v in faults + extra_seeds + [threads2]}
+    order = ["background_twice", "fail_half", "iters_half", "clean_s1", "distill_sign", "clean_s2",
+             "guidance_3", "clean_s3",
+             "color_lr_quarter", "densify_off", "pixel_prior"]
+    plan = [clean(0)] + [by[n] for n in order if n in by]
+    plan += [v for v in faults + extra_seeds if v.name not in order] + [threads2]
     only = {s for s in a.only.split(",") if s}
     if not a.analyse_only:
         for v in plan:
             if not only or v.name in only:
                 run_variant(v, a.work, pf, a.extra)
     res = analyse(a.work, seeds, faults, subset_sizes=[4, 6])
+    if a.px64:
+        w64 = os.path.join(a.work, "px64")
+        for v in [clean(s) for s in seeds] + faults:
+            if _finished(os.path.join(a.work, v.name)):
+                rescore(a.work, os.path.join(a.work, v.name), os.path.join(w64, v.name), v.faults,
+                        a.extra + ["render.resolution=64"])
+        res["px64"] = analyse(w64, seeds, faults, subset_sizes=[])
     with open(a.json or os.path.join(a.work, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1, default=str)
     print_tables(res)
+    if "px64" in res:
+        print("\n## The same runs scored on 64 px evaluation renders")
+        print_tables(res["px64"])
     return 0
 
 
