@@ -672,7 +672,8 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         try:
             report_code = _run_level(cfg, st, ex, run_info)
         except BaseException as e:  # FID or the report failed: run.json must not say running
-            run_info.update(status="failed", finished_at=_now().isoformat(),
+            run_info.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                            finished_at=_now().isoformat(),
                             error=f"{type(e).__name__}: {e}"[:2000],
                             this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
             try:
