@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainerParams:
-    """3DGS/LucidDreamer optimisation constants of SCTD-SPEC.md (defaults = the spec's values)."""
+    """3DGS/LucidDreamer optimisation constants (docs/METHOD.md "Training settings"; defaults = its values)."""
 
     max_steps: int = 5000
     scene_extent: float = 3.5
