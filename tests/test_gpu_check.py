@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # ~1 min on 2 cores; still part of `make test`
 
 
-def _check(model: str, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PY=sys.executable, GPU_CHECK_OUT=str(out))
+def _check(model: str, out: Path, py: str = sys.executable) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PY=py, GPU_CHECK_OUT=str(out))
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", model],
                           capture_output=True, text=True, env=env, timeout=600)
 
@@ -41,6 +41,7 @@ def test_cpu_smoke_runs_the_benchmark_and_two_prompts(tiny_sd_dir, tmp_path):
 
 
 def test_a_failing_step_fails_the_check(tmp_path):
-    r = _check(str(tmp_path / "no-such-model"), tmp_path / "check")
+    r = _check(str(tmp_path / "model"), tmp_path / "check", py="false")  # every python step exits 1
     assert r.returncode == 1
-    assert "FAILED" in r.stdout[r.stdout.index("=== summary"):]
+    summary = r.stdout[r.stdout.index("=== summary"):]
+    assert summary.count("FAILED (exit 1)") == 2 and summary.count("skipped") == 3
