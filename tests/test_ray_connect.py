@@ -74,3 +74,28 @@ def test_silent_address_gives_up_after_connect_timeout(tmp_path):
     mine = [ln for ln in res.stderr.splitlines() if ln.startswith("sctd3d run: error:")]
     assert len(mine) == 1 and addr in mine[0] and "within 3 s" in mine[0], res.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
+
+
+def square(x):
+    return x * x
+
+
+def test_reachable_address_connects_and_runs(request):
+    """The bounded connect still joins a real cluster (ray.init runs in a helper thread)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipeline.executors.ray import RayExecutor
+
+    if ray.is_initialized():  # pragma: no cover
+        ray.shutdown()
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        ex = RayExecutor(address=cluster.address, num_workers=1, connect_timeout_s=60)
+        assert [o.value for o in ex.map([3], square)] == [9]
+        assert ray.is_initialized()  # connected to the cluster, not a fresh local instance
+        assert ray.cluster_resources().get("CPU") == 1.0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
