@@ -27,36 +27,46 @@ def _fake_smi(folder: Path, version: str | None) -> Path:
     return folder
 
 
-def _run(path_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{path_dir}:/usr/bin:/bin")
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=120)
-
-
-def test_no_driver_fails_the_node(tmp_path):
-    r = _run(_fake_smi(tmp_path / "bin", None))
-    assert r.returncode == 1 and "no NVIDIA driver" in r.stderr and "driver >= 580" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-
-
-def test_old_driver_fails_the_node_naming_both_versions(tmp_path):
-    r = _run(_fake_smi(tmp_path / "bin", "535.104.05"))
-    assert r.returncode == 1
-    assert "NVIDIA driver 535.104.05 is older than 580" in r.stderr and "CUDA 13.0" in r.stderr
-    assert "ImageId" in r.stderr
-
-
-def test_new_enough_driver_but_no_cuda_fails_the_node(tmp_path):
-    r = _run(_fake_smi(tmp_path / "bin", "580.65.06"))
-    assert r.returncode == 1 and "torch.cuda.is_available() is False" in r.stderr
-
-
-def test_good_node_builds_gsplat_and_a_failed_build_only_warns(tmp_path, monkeypatch, capsys):
+@pytest.fixture()
+def mod():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import check_gpu_node as mod
+        import check_gpu_node
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    return check_gpu_node
+
+
+def _run(mod, path_dir: Path, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setenv("PATH", f"{path_dir}:/usr/bin:/bin")  # the script's real `nvidia-smi` lookup
+    rc = mod.main(["--skip-gsplat"])
+    return rc, capsys.readouterr().err
+
+
+def test_no_driver_fails_the_node(tmp_path, mod, monkeypatch, capsys):
+    rc, err = _run(mod, _fake_smi(tmp_path / "bin", None), monkeypatch, capsys)
+    assert rc == 1 and "no NVIDIA driver" in err and "driver >= 580" in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("check_gpu_node: error: ")
+
+
+def test_old_driver_fails_the_node_naming_both_versions(tmp_path, mod, monkeypatch, capsys):
+    rc, err = _run(mod, _fake_smi(tmp_path / "bin", "535.104.05"), monkeypatch, capsys)
+    assert rc == 1
+    assert "NVIDIA driver 535.104.05 is older than 580" in err and "CUDA 13.0" in err and "ImageId" in err
+
+
+def test_new_enough_driver_but_no_cuda_fails_the_node(tmp_path, mod, monkeypatch, capsys):
+    rc, err = _run(mod, _fake_smi(tmp_path / "bin", "580.65.06"), monkeypatch, capsys)
+    assert rc == 1 and "torch.cuda.is_available() is False" in err
+
+
+def test_the_script_runs_as_the_setup_command_does(tmp_path):
+    env = dict(os.environ, PATH=f"{_fake_smi(tmp_path / 'bin', '535.54.03')}:/usr/bin:/bin")
+    r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "NVIDIA driver 535.54.03 is older than 580" in r.stderr
+
+
+def test_good_node_builds_gsplat_and_a_failed_build_only_warns(mod, monkeypatch, capsys):
     monkeypatch.setattr(mod, "driver_version", lambda: "580.65.06")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Fake GPU")
