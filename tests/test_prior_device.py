@@ -83,3 +83,13 @@ def test_local_run_fails_before_the_first_asset(no_cuda, tmp_path, capsys):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "DeviceError" in info["error"]
     assert not (out / "run.lock").exists()
+
+
+def test_generate_command_refuses_in_one_line(no_cuda, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a red cube", "--out", str(tmp_path / "a"), "--config", "sd21.yaml",
+              "--set", "init.method=ball", "--set", "prior.model=/nonexistent/sd", "--quiet"])
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("sctd3d generate: error: prior 'stable_diffusion' needs a CUDA GPU")
+    assert not (tmp_path / "a" / "asset.ply").exists()
