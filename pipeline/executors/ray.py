@@ -45,6 +45,15 @@ _DEATH_ERRORS: tuple[type[BaseException], ...] = tuple(
                               "LocalRayletDiedError") if hasattr(rex, n))
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 @ray.remote(max_restarts=0, max_concurrency=1)
 class AssetWorker:
     """Runs `fn(item)` for one item at a time in its own process."""
@@ -155,9 +164,16 @@ class RayExecutor:
             except BaseException as e:  # noqa: BLE001 - handed to the caller below
                 result["error"] = e
 
+        # off the main thread ray.init warns that it did not set its SIGTERM handler: intended here
+        # (the run's own handlers own the signals)
+        quiet = _DropMessage("SIGTERM handler is not set")
+        ray_log = logging.getLogger("ray._private.worker")
+        ray_log.addFilter(quiet)
         t = threading.Thread(target=init, daemon=True, name="ray-connect")
         t.start()
         t.join(self.connect_timeout_s)
+        if not t.is_alive():
+            ray_log.removeFilter(quiet)
         if t.is_alive():
             raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within "
                                 f"{self.connect_timeout_s:.0f} s; {fix}")
