@@ -488,7 +488,9 @@ def _check_cross_field(cfg: Config, source: str) -> None:
     for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
         if not all(isinstance(x, str) for x in items):
             raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")
-    known = {"clip_l", "image_reward", "toy_psnr", "toy_rprec"}
+    from pipeline.manifest import METRIC_COLUMNS  # the one list of per-asset metric names
+
+    known = set(METRIC_COLUMNS)
     for m in cfg.metrics.metrics:
         if m not in known:
             near = difflib.get_close_matches(str(m), sorted(known), n=1)

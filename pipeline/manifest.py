@@ -89,6 +89,9 @@ SCHEMA = pa.schema([
 ], metadata={b"sctd3d.manifest.schema_version": str(SCHEMA_VERSION).encode()})
 
 COLUMNS = tuple(SCHEMA.names)
+# The per-asset metric columns: the one list of per-asset metric names (config validation,
+# stages.metrics, the record, the report, the export index and `manifest show` read it here).
+METRIC_COLUMNS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
 URI_COLUMNS = ("asset_uri", "frames_uri", "video_uri", "sheet_uri")
 READ_THREADS = 16  # part files read at once (I/O bound on object stores; parsing releases the GIL)
 DATASET_MIN_FILES = 64  # from this many files on, one pyarrow dataset scan (C++ threads) reads them
@@ -385,7 +388,7 @@ def show(where: Storage | str) -> str:
         if walls:
             lines.append(f"wall_s per done asset: mean {sum(walls) / len(walls):.1f}, "
                          f"max {max(walls):.1f}, total {sum(walls):.1f}")
-        for metric in ("clip_l", "image_reward", "toy_psnr", "toy_rprec"):
+        for metric in METRIC_COLUMNS:
             vals = [v for v in done.column(metric).to_pylist() if v is not None]
             if vals:
                 lines.append(f"{metric}: mean {sum(vals) / len(vals):.4f} over {len(vals)}")

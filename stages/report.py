@@ -27,7 +27,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from pipeline.manifest import STATUS_RANK
+from pipeline.manifest import METRIC_COLUMNS, STATUS_RANK
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,7 +35,7 @@ from stages import regression
 
 log = logging.getLogger(__name__)
 
-PER_ASSET_METRICS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+PER_ASSET_METRICS = METRIC_COLUMNS  # the one list (pipeline.manifest)
 KEY = ("prompt", "seed", "method")
 STATUSES = ("done", "failed", "rejected")
 SUMMARY_SCHEMA_VERSION = 1

@@ -13,8 +13,10 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.manifest import METRIC_COLUMNS
+
 INDEX_FILE = "index.parquet"
-METRICS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+METRICS = METRIC_COLUMNS  # the manifest's per-asset metric columns (one list)
 
 SCHEMA = pa.schema([
     ("asset_id", pa.string()),

@@ -14,11 +14,12 @@ import json
 import logging
 
 from pipeline.config import Config
+from pipeline.manifest import METRIC_COLUMNS
 from stages.metrics.errors import MetricWeightsError
 
 log = logging.getLogger(__name__)
 
-PER_ASSET = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+PER_ASSET = METRIC_COLUMNS  # the manifest schema's per-asset metric columns (one list)
 METRICS_FILE = "metrics.json"
 
 __all__ = ["MetricScores", "MetricWeightsError", "PER_ASSET", "score_asset"]
