@@ -61,7 +61,7 @@ def bench_toy(iters: int, model: str = "toy") -> None:
 
     base = load_config("toy.yaml", [f"prior.model={model}"])
     try:
-        prior = load_prior(base.prior, "cpu")
+        prior = load_prior(base.prior, "cpu", toy=base.toy)
     except Exception as e:  # the toy SD is not trained/shipped in this checkout yet
         print(f"# toy prior {base.prior.name!r} unavailable ({type(e).__name__}: {e}); timing the same "
               f"architecture trained for 1 step instead (speed only, not quality)")
@@ -112,7 +112,7 @@ def bench_sd21(iters: int, methods: list[str], *, model: str = "", device: str =
               + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()))
     base = load_config(config, sd21_overrides(model, device, size, views, gaussians))
     t0 = time.perf_counter()
-    prior = load_prior(base.prior, device)
+    prior = load_prior(base.prior, device, toy=base.toy)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"# {name}: {config} prior loaded in {time.perf_counter() - t0:.1f} s ({prior.dtype}); "
           f"{size}px, {views} views, {gaussians} Gaussians; gsplat CUDA: {gsplat_available()}")

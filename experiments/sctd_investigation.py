@@ -98,7 +98,7 @@ def run_probe(a) -> None:
     cat = load_catalogue()
     for prior_name in a.priors.split(","):
         cfg0 = make_config(prior_name, "sctd", "base", None, None, [], a.config)
-        prior = load_prior(cfg0.prior, "cpu")
+        prior = load_prior(cfg0.prior, "cpu", toy=cfg0.toy)
         alphas = prior.alphas_cumprod.float()
         for variant in a.variants.split(","):
             cfg = make_config(prior_name, "sctd", variant, None, None, [], a.config)
@@ -179,7 +179,7 @@ def run_trajectory(a) -> None:
     original = distill.METHODS["sctd"]
     for prior_name in a.priors.split(","):
         cfg0 = make_config(prior_name, "sctd", "base", None, None, [], a.config)
-        prior = load_prior(cfg0.prior, "cpu")
+        prior = load_prior(cfg0.prior, "cpu", toy=cfg0.toy)
         world = ToyWorld.from_config(cfg0)
         for variant in a.variants.split(","):
             parts = variant.split("+")

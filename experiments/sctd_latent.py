@@ -105,7 +105,7 @@ def end_to_end(model: Path, objects: list[str], methods: list[str], iterations: 
     cat = load_catalogue()
     extra = [f"prior.model={model}"]
     cfg0 = make_config("toy_sd", methods[0], "base", iterations or None, None, extra, "ablations/toy_short.yaml")
-    prior = load_prior(cfg0.prior, "cpu")
+    prior = load_prior(cfg0.prior, "cpu", toy=cfg0.toy)
     world = ToyWorld.from_config(cfg0)
     rows: list[dict] = []
     for seed in seeds:

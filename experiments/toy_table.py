@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for prior_name in a.priors.split(","):
         cfg0 = make_config(prior_name, methods[0], variants[0], a.iterations, a.batch_views, a.set, a.config)
-        prior = load_prior(cfg0.prior, "cpu")
+        prior = load_prior(cfg0.prior, "cpu", toy=cfg0.toy)
         world = ToyWorld.from_config(cfg0)
         for variant in variants:
             for method in methods:
