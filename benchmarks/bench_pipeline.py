@@ -11,6 +11,7 @@ Usage: .venv/bin/python benchmarks/bench_pipeline.py [--n 16] [--work-s 1.0]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,11 @@ def trivial_generate(cfg, prompt, seed, asset_dir, progress=False):
     d = Path(asset_dir)
     (d / "asset.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nend_header\n")
     (d / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
-    return {"num_gaussians": 0, "device": "cpu", "resumed_from_iter": 0}
+    from stages.generate import GenerateResult
+
+    return GenerateResult(ok=True, asset_dir=str(d), asset_ply=str(d / "asset.ply"),
+                          meta_path=str(d / "meta.json"), iterations=0, wall_s=0.0, unet_calls=0,
+                          num_gaussians=0, meta={"device": "cpu"})
 
 
 class BusyGenerate:
@@ -49,13 +54,23 @@ def calibrate(work_s: float) -> int:
     return int(n * work_s / dt)
 
 
+def install_generate(gen) -> None:
+    """Make `gen` the run's generator (pipeline.asset.generate) in this process; on Ray, each
+    worker runs this as it starts (the executor's `startup`)."""
+    import pipeline.asset
+
+    pipeline.asset.generate = gen
+
+
 def run(prompts: str, cfg, executor: str, workers: int, gen) -> float:
     from pipeline.run import run_batch
 
+    install_generate(gen)
+    opts = {"startup": functools.partial(install_generate, gen)} if executor == "ray" else None
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        s = run_batch(prompts, cfg, out, executor=executor, num_workers=workers, generate_fn=gen,
-                      progress=False)
+        s = run_batch(prompts, cfg, out, executor=executor, num_workers=workers, progress=False,
+                      executor_options=opts)
         wall = time.perf_counter() - t
         assert s.done == s.total, s.line()
     return wall

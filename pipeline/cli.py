@@ -124,7 +124,7 @@ def _fmt_summary(summary) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.run import demo
+    from pipeline.demo import demo
 
     from stages.toyworld.catalogue import list_objects
 

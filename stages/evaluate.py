@@ -54,11 +54,11 @@ def evaluate_asset(cfg: Config, asset_dir: str, prompt: str | None = None,
     """Render (if needed, or always with `rerender`) and score one asset; returns {metric: value}
     plus the render stage's URIs under '_render' when it rendered."""
     from stages.metrics import score_asset
-    from stages.render import FRAMES_DIR, render_asset
+    from stages.render import FRAMES_DIR, RenderResult, render_asset
 
     prompt = prompt or _asset_prompt(asset_dir)
     st = open_storage(asset_dir)
-    rendered: Optional[dict] = None
+    rendered: Optional[RenderResult] = None
     if rerender:
         for name in st.ls(FRAMES_DIR):  # a shorter orbit must not leave the old orbit's frames
             st.rm(f"{FRAMES_DIR}/{name}")
@@ -66,7 +66,7 @@ def evaluate_asset(cfg: Config, asset_dir: str, prompt: str | None = None,
         rendered = render_asset(cfg, asset_dir, prompt)
     out = dict(score_asset(cfg, asset_dir, prompt))
     if rendered is not None:
-        out["_render"] = rendered
+        out["_render"] = rendered.uris()
     return out
 
 

@@ -14,6 +14,8 @@ import io
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,6 +37,21 @@ VIDEO_MP4 = "turntable.mp4"
 VIDEO_GIF = "turntable.gif"
 SHEET_FILE = "sheet.png"
 PIXELS_PER_BATCH = 8 * 512 * 512  # bounds renderer memory; small renders go in one batch
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What the render stage made for one asset (URIs inside its directory)."""
+
+    frames_uri: str
+    video_uri: Optional[str]   # None when render.video is off
+    sheet_uri: str
+    num_frames: int
+
+    def uris(self) -> dict[str, Optional[str]]:
+        """The manifest's URI columns this stage fills."""
+        return {"frames_uri": self.frames_uri, "video_uri": self.video_uri,
+                "sheet_uri": self.sheet_uri}
 
 
 def eval_cameras(rc: RenderConfig) -> Cameras:
@@ -128,10 +145,10 @@ def load_asset(asset_dir: str) -> Gaussians:
     return load_ply(buf)
 
 
-def render_asset(cfg: Config, asset_dir: str, prompt: str) -> dict:
+def render_asset(cfg: Config, asset_dir: str, prompt: str) -> RenderResult:
     """Render the evaluation orbit of `asset_dir/asset.ply`; returns the output URIs.
 
-    Returns dict(frames_uri, video_uri, sheet_uri, num_frames). `prompt` is recorded only in the
+    `prompt` is recorded only in the
     log (the orbit does not depend on it); it is part of the signature so every stage is called
     the same way.
     """
@@ -153,8 +170,8 @@ def render_asset(cfg: Config, asset_dir: str, prompt: str) -> dict:
         with tempfile.TemporaryDirectory(prefix="sctd3d-video-") as tmp:
             path, name = encode_video(frames, rc.fps, tmp)
             video_uri = st.put_file(path, name)
-    return {"frames_uri": st.uri(FRAMES_DIR), "video_uri": video_uri, "sheet_uri": sheet_uri,
-            "num_frames": int(len(frames))}
+    return RenderResult(frames_uri=st.uri(FRAMES_DIR), video_uri=video_uri, sheet_uri=sheet_uri,
+                        num_frames=int(len(frames)))
 
 
 def read_frames(asset_dir: str, max_views: int = 0) -> list[Image.Image]:

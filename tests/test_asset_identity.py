@@ -289,7 +289,7 @@ def test_load_prior_builds_toy_exact_from_the_runs_toy_section(tmp_path):
 def test_generate_and_workers_pass_the_toy_section(tmp_path, monkeypatch):
     """The two run paths that load a prior (stages.generate and a worker's cached prior) hand it
     cfg.toy; before, toy_exact silently used ToyConfig() defaults."""
-    from pipeline import run as run_mod
+    from pipeline import workers
     from stages.generate import generate
     from stages.priors import toy_exact
 
@@ -306,9 +306,9 @@ def test_generate_and_workers_pass_the_toy_section(tmp_path, monkeypatch):
     cfg = load_config("toy.yaml", ["prior.name=toy_exact", "toy.views_per_object=3"])
     with pytest.raises(Stop):
         generate(cfg, PROMPT, 0, str(tmp_path / "a"), progress=False)
-    monkeypatch.setattr(run_mod, "_PRIORS", {})
+    monkeypatch.setattr(workers, "_PRIORS", {})
     with pytest.raises(Stop):
-        run_mod._real_generate(cfg, PROMPT, 0, str(tmp_path / "b"))
+        workers.generate(cfg, PROMPT, 0, str(tmp_path / "b"))
     assert len(seen) == 2 and all(t is not None and t.views_per_object == 3 for t in seen)
 
 
@@ -423,7 +423,7 @@ def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, m
     """Generate now, score later: a run with the render/score stages off records no eval_hash;
     `evaluate` with the same config renders and scores every asset and records it."""
     from kernels.ply import save_ply
-    from pipeline import run as run_mod
+    import fakes
     from pipeline.run import run_batch
     from stages.evaluate import evaluate
     from stages.toyworld.catalogue import build_object
@@ -431,9 +431,9 @@ def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, m
     def exact_object(cfg, prompt, seed, asset_dir, progress=False):  # the catalogue object itself
         save_ply(str(Path(asset_dir) / "asset.ply"), build_object(prompt))
         (Path(asset_dir) / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
-        return {"num_gaussians": 1, "device": "cpu"}
+        return fakes.result(asset_dir)
 
-    monkeypatch.setattr(run_mod, "_real_generate", exact_object)
+    fakes.use_generate(monkeypatch, exact_object)
     out = str(tmp_path / "run")
     cfg = load_config("toy.yaml", TINY + ["pipeline.render=false", "pipeline.score=false"])
     assert run_batch(prompts, cfg, out, progress=False).done == 1

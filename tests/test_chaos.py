@@ -24,10 +24,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import fakes
 from pipeline import manifest
 from pipeline.config import load_config
 from pipeline.inputs import read_prompts
-from pipeline.run import run_batch
 from pipeline.storage import open_storage
 
 ray = pytest.importorskip("ray")
@@ -86,7 +86,7 @@ class FakeCheckpointedGenerate:
         os.replace(d / "asset.ply.tmp", d / "asset.ply")
         (d / "meta.json").write_text(json.dumps({"prompt": prompt, "resumed_from": resumed}))
         running.unlink()
-        return {"num_gaussians": int(state[0]), "resumed_from_iter": resumed, "device": "cpu"}
+        return fakes.result(d, num_gaussians=int(state[0]), resumed_from=resumed)
 
 
 def _is_ray_worker(pid: int) -> bool:
@@ -154,14 +154,14 @@ def test_random_worker_kills_lose_nothing(tmp_path, ray_cluster):
     killer = ChaosKiller(log_dir, seed=20261125, max_kills=5)
     killer.start()
     try:
-        s = run_batch(str(prompts), cfg, str(out), executor="ray", address=ray_cluster.address,
-                      num_workers=2, generate_fn=fake, progress=False)
+        s = fakes.run_batch(fake, str(prompts), cfg, str(out), executor="ray", address=ray_cluster.address,
+                      num_workers=2, progress=False)
     finally:
         killer.stop.set()
         killer.join()
     if s.failed:  # a kill landed on an asset's last attempt: the re-run finishes the job
-        s2 = run_batch(str(prompts), cfg, str(out), executor="ray", address=ray_cluster.address,
-                       num_workers=2, generate_fn=fake, progress=False)
+        s2 = fakes.run_batch(fake, str(prompts), cfg, str(out), executor="ray", address=ray_cluster.address,
+                       num_workers=2, progress=False)
         assert s2.failed == 0 and s2.done == s.failed
 
     # every asset id exactly once, status done, in the compacted manifest

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import fakes
 from pipeline.executors import Outcome, make_executor
 
 
@@ -171,7 +172,7 @@ def _run_cfg(*extra):
 def fake_generate(cfg, prompt, seed, asset_dir, progress=False):
     with open(os.path.join(asset_dir, "asset.ply"), "w") as f:
         f.write("ply\n")
-    return {"num_gaussians": 1, "device": "cpu"}
+    return fakes.result(asset_dir)
 
 
 def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
@@ -180,15 +181,14 @@ def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
     import json
 
     from pipeline.executors import ExecutorError
-    from pipeline.run import run_batch
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
     out = tmp_path / "out"
     with pytest.raises(ExecutorError, match=r'"GPU": 1\.0'):
-        run_batch(str(prompts), _run_cfg("pipeline.gpus_per_worker=1",
+        fakes.run_batch(fake_generate, str(prompts), _run_cfg("pipeline.gpus_per_worker=1",
                                          "pipeline.worker_start_timeout_s=2"),
-                  str(out), executor="ray", num_workers=1, generate_fn=fake_generate, progress=False)
+                  str(out), executor="ray", num_workers=1, progress=False)
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "worker_start_timeout_s" in info["error"]
     assert not (out / "run.lock").exists()
@@ -196,8 +196,8 @@ def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
     from stages.report import load_run
 
     prompts.write_text("a red cube\na blue sphere\n")
-    s = run_batch(str(prompts), _run_cfg("pipeline.gpus_per_worker=0"), str(out), executor="ray",
-                  num_workers=1, generate_fn=fake_generate, progress=False)
+    s = fakes.run_batch(fake_generate, str(prompts), _run_cfg("pipeline.gpus_per_worker=0"), str(out), executor="ray",
+                  num_workers=1, progress=False)
     assert s.done == 2
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["previous_stop"]["status"] == "failed"

@@ -1,7 +1,7 @@
 """Exit codes and one-line errors a nightly job depends on (issue 14, items 8, 9, 11, 12):
 0 all done / no regression, 1 some failed or rejected (or a regression), 2 the command could not
 do its job (one line `<prog>: error: ...` on stderr, no traceback) — for `run`, `report`,
-`demo` and scripts/ray_entry.py alike. Generation is a test double patched into pipeline.run."""
+`demo` and scripts/ray_entry.py alike. Generation is a test double patched in for pipeline.asset.generate."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import fakes
+import pipeline.demo
 import pipeline.run as prun
 from pipeline import manifest
 from pipeline.cli import main as cli_main
@@ -55,7 +57,7 @@ def one_line_error(err: str, prog: str, *needles: str) -> str:
 def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     f = FakeGenerate(tmp_path / "calls", fail={"a green cone"})
-    monkeypatch.setattr(prun, "_real_generate", f)
+    fakes.use_generate(monkeypatch, f)
     return f
 
 
@@ -190,7 +192,7 @@ class FakeFullDisk(FakeGenerate):
 
 def test_full_disk_during_generation_stops_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(prun, "_real_generate", FakeFullDisk(tmp_path / "calls"))
+    fakes.use_generate(monkeypatch, FakeFullDisk(tmp_path / "calls"))
     out = tmp_path / "o"
     p = _prompts(tmp_path, "p.txt", "a red cube\na blue sphere\na green cone\na white cylinder\n")
     code, _, err = cli("run", p, "--out", str(out), *QUIET)
@@ -214,5 +216,5 @@ def test_demo_exit_code_is_the_runs(tmp_path, monkeypatch):
     for kw, want in [({}, 0), ({"done": 3, "failed": 1}, 1), ({"rejected": 1}, 1),
                      ({"report_exit_code": 1}, 1), ({"interrupted": "SIGINT"}, 130),
                      ({"interrupted": "SIGTERM"}, 143)]:
-        monkeypatch.setattr(prun, "demo", lambda *a, kw=kw, **k: summary(**kw))
+        monkeypatch.setattr(pipeline.demo, "demo", lambda *a, kw=kw, **k: summary(**kw))
         assert cli("demo", "--out", str(tmp_path / "d"))[0] == want, kw

@@ -285,7 +285,7 @@ def test_shard_is_a_valid_tar_with_fixed_metadata(exported):
 
 
 def test_demo_prints_the_export_command(monkeypatch, capsys, tmp_path):
-    import pipeline.run as run_mod
+    import pipeline.demo as demo_mod
 
     class FakeSummary:
         out = str(tmp_path / "demo")
@@ -300,7 +300,7 @@ def test_demo_prints_the_export_command(monkeypatch, capsys, tmp_path):
         def exit_code(self):
             return 0
 
-    monkeypatch.setattr(run_mod, "demo", lambda *a, **k: FakeSummary())
+    monkeypatch.setattr(demo_mod, "demo", lambda *a, **k: FakeSummary())
     code, out, _ = _cli(["demo", "--out", str(tmp_path / "demo"), "--prompts", "1"], capsys)
     assert code == 0
     line = [ln for ln in out.splitlines() if "sctd3d export" in ln]

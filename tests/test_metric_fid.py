@@ -14,6 +14,7 @@ import torch
 from cleanfid.fid import frechet_distance as cleanfid_frechet
 from PIL import Image
 
+import fakes
 from pipeline.config import load_config
 from stages.metrics.errors import MetricWeightsError
 from stages.metrics.fid import (file_features, frechet_distance, frechet_distance_features,
@@ -314,7 +315,7 @@ def test_pipeline_samples_the_fid_reference_through_its_executor(tmp_path, monke
             raise ValueError("fails on purpose")
         g = build_object(prompt)
         save_ply(str(Path(asset_dir) / "asset.ply"), g)
-        return {"num_gaussians": g.num(), "device": "cpu"}
+        return fakes.result(asset_dir, num_gaussians=g.num())
 
     cfg = load_config("toy.yaml", ["prior.name=toy_sd", "prior.image_size=32", "metrics.fid_reference=prior",
                                    "metrics.fid_reference_per_prompt=2", "metrics.fid_reference_steps=2",
@@ -322,7 +323,7 @@ def test_pipeline_samples_the_fid_reference_through_its_executor(tmp_path, monke
                                    "render.video=false", "render.num_views=4", "render.resolution=16"])
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
-    s = prun.run_batch(str(prompts), cfg, str(tmp_path / "ok"), generate_fn=from_catalogue, progress=False)
+    s = fakes.run_batch(from_catalogue, str(prompts), cfg, str(tmp_path / "ok"), progress=False)
     assert s.done == 1
     assert made[-1].ran == [("process_asset", 1), ("prior_reference_task", 1)]
     info = json.loads((tmp_path / "ok" / "run.json").read_text())
@@ -331,7 +332,7 @@ def test_pipeline_samples_the_fid_reference_through_its_executor(tmp_path, monke
 
     _no_prior(monkeypatch)
     prompts.write_text("a blue sphere\n")
-    s = prun.run_batch(str(prompts), cfg, str(tmp_path / "none"), generate_fn=from_catalogue, progress=False)
+    s = fakes.run_batch(from_catalogue, str(prompts), cfg, str(tmp_path / "none"), progress=False)
     assert s.failed == 1 and made[-1].ran == [("process_asset", 1)]
     info = json.loads((tmp_path / "none" / "run.json").read_text())
     assert info["status"] == "finished" and info["fid"]["reason"] == "no asset is done"

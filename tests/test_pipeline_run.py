@@ -1,5 +1,6 @@
-"""pipeline.run end to end with a FakeGenerate test double (the real stages are wired by default):
-local and Ray runs, skip-on-rerun, interruption + resume, rejected rows, the run lock."""
+"""pipeline.run end to end with a FakeGenerate test double in place of pipeline.asset.generate (the
+real stages are wired by default): local and Ray runs, skip-on-rerun, interruption + resume,
+rejected rows, the run lock."""
 
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import fakes
 from pipeline import manifest
 from pipeline.config import load_config
 from pipeline.lock import LockHeld, RunLock
@@ -53,8 +55,7 @@ class FakeGenerate:
         time.sleep(self.sleep_s)
         (d / "asset.ply").write_bytes(b"ply\n" + prompt.encode())
         (d / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
-        return {"num_gaussians": 10 + seed, "resumed_from_iter": resumed, "device": "cpu",
-                "gpu_s": None}
+        return fakes.result(d, num_gaussians=10 + seed, resumed_from=resumed or 0)
 
 
 def calls(calls_dir) -> int:
@@ -76,12 +77,13 @@ def _write(tmp_path, lines, name="prompts.txt"):
     return str(p)
 
 
-def test_local_run_rejects_bad_rows_and_skips_on_rerun(tmp_path, cfg):
+def test_local_run_rejects_bad_rows_and_skips_on_rerun(tmp_path, cfg, monkeypatch):
     bad = [b"", b"   ", b"x" * 10_000, b"tab\there", b"\xff\xfe broken", b"a red cube"]
     prompts = _write(tmp_path, PROMPTS[:3] + bad + [b"../../etc/passwd", b"/abs/path"])
     out = str(tmp_path / "out")
     fake = FakeGenerate(tmp_path / "calls", fail={"a green cone"})
-    s = run_batch(prompts, cfg, out, generate_fn=fake, progress=False)
+    fakes.use_generate(monkeypatch, fake)
+    s = run_batch(prompts, cfg, out, progress=False)
     assert (s.total, s.done, s.failed, s.rejected, s.duplicates) == (5, 4, 1, 5, 1)
     rows = manifest.records_by_id(out)
     assert manifest.counts(manifest.read(out)) == {"done": 4, "failed": 1, "rejected": 5}
@@ -90,6 +92,7 @@ def test_local_run_rejects_bad_rows_and_skips_on_rerun(tmp_path, cfg):
             assert Path(r["asset_uri"]).read_bytes().startswith(b"ply")
             assert r["asset_uri"].startswith(out + "/assets/" + r["asset_id"][:2] + "/")
             assert r["attempts"] == 1 and r["method"] == "sds" and r["code_version"]
+            assert r["num_gaussians"] == 10 + r["seed"] and r["device"] == "cpu" and r["gpu_s"] is None
         elif r["status"] == "failed":
             assert "ValueError: FakeGenerate: NaN loss" in r["error"]
     # prompts shaped like paths stay data: nothing outside out/, no temp files
@@ -101,37 +104,40 @@ def test_local_run_rejects_bad_rows_and_skips_on_rerun(tmp_path, cfg):
 
     # identical re-run: only the failed asset is retried, and now succeeds
     n = calls(tmp_path / "calls")
-    s2 = run_batch(prompts, cfg, out, generate_fn=FakeGenerate(tmp_path / "calls"), progress=False)
+    fakes.use_generate(monkeypatch, FakeGenerate(tmp_path / "calls"))
+    s2 = run_batch(prompts, cfg, out, progress=False)
     assert (s2.skipped, s2.done, s2.failed) == (4, 1, 0) and calls(tmp_path / "calls") == n + 1
     rows = manifest.records_by_id(out)
     assert all(r["status"] != "failed" for r in rows.values())
     assert rows[[k for k, r in rows.items() if r["prompt"] == "a green cone"][0]]["attempts"] == 2
-    s3 = run_batch(prompts, cfg, out, generate_fn=fake, progress=False)
+    fakes.use_generate(monkeypatch, fake)
+    s3 = run_batch(prompts, cfg, out, progress=False)
     assert (s3.skipped, s3.done) == (5, 0) and calls(tmp_path / "calls") == n + 1
 
 
-def test_interrupted_run_resumes_from_checkpoint(tmp_path, cfg):
+def test_interrupted_run_resumes_from_checkpoint(tmp_path, cfg, monkeypatch):
     prompts = _write(tmp_path, PROMPTS[:4])
     out = str(tmp_path / "out")
-    fake = FakeGenerate(tmp_path / "calls", interrupt={"a green cone"})
+    fakes.use_generate(monkeypatch, FakeGenerate(tmp_path / "calls", interrupt={"a green cone"}))
     with pytest.raises(FakeInterrupt):
-        run_batch(prompts, cfg, out, generate_fn=fake, progress=False)
+        run_batch(prompts, cfg, out, progress=False)
     assert manifest.counts(manifest.read(out))["done"] == 2  # the two before the interruption
     assert not (Path(out) / "run.lock").exists()  # released on the way out
-    s = run_batch(prompts, cfg, out, generate_fn=fake, progress=False)
+    s = run_batch(prompts, cfg, out, progress=False)
     assert (s.skipped, s.done) == (2, 2) and calls(tmp_path / "calls") == 5
     rows = {r["prompt"]: r for r in manifest.read(out).to_pylist()}
     assert rows["a green cone"]["resumed_from_iter"] == 5
-    assert rows["a yellow torus"]["resumed_from_iter"] is None
+    assert rows["a yellow torus"]["resumed_from_iter"] == 0  # generated from the start
 
 
-def test_run_lock_refuses_second_run_and_recovers_stale(tmp_path, cfg):
+def test_run_lock_refuses_second_run_and_recovers_stale(tmp_path, cfg, monkeypatch):
     prompts = _write(tmp_path, PROMPTS[:1])
     out = str(tmp_path / "out")
+    fakes.use_generate(monkeypatch, FakeGenerate(tmp_path / "c"))
     held = RunLock(open_storage(out)).acquire()
     try:
         with pytest.raises(LockHeld, match=r"in use by another run: host .* pid \d+"):
-            run_batch(prompts, cfg, out, generate_fn=FakeGenerate(tmp_path / "c"), progress=False)
+            run_batch(prompts, cfg, out, progress=False)
     finally:
         held.release()
     assert calls(tmp_path / "c") == 0
@@ -139,7 +145,7 @@ def test_run_lock_refuses_second_run_and_recovers_stale(tmp_path, cfg):
     (Path(out) / "run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7,
                                                     "token": "t", "started_at": 0,
                                                     "heartbeat_at": time.time()}))
-    s = run_batch(prompts, cfg, out, generate_fn=FakeGenerate(tmp_path / "c"), progress=False)
+    s = run_batch(prompts, cfg, out, progress=False)
     assert s.done == 1 and not (Path(out) / "run.lock").exists()
 
 
@@ -148,15 +154,20 @@ def test_run_lock_refuses_second_run_and_recovers_stale(tmp_path, cfg):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local):
+def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local, monkeypatch):
     prompts = _write(tmp_path, PROMPTS[:6] + [b"", PROMPTS[0].encode()])
     out = str(tmp_path / "out")
     calls_dir = tmp_path / "calls"
     fake = FakeGenerate(calls_dir, sleep_s=0.2, die_once={"a blue sphere"})
-    s1 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, generate_fn=fake,
-                   progress=False, stop_after=3)
-    assert s1.done == 3 and json.loads((Path(out) / "run.json").read_text())["status"] == "interrupted"
-    s2 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, generate_fn=fake, progress=False)
+    on_workers = fakes.use_generate(monkeypatch, fake)
+    with monkeypatch.context() as m:
+        fakes.stop_after_commits(m, 3)  # a Ctrl-C after the third record
+        s1 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
+                       executor_options=on_workers)
+    assert s1.done == 3 and s1.interrupted == "SIGINT"
+    assert json.loads((Path(out) / "run.json").read_text())["status"] == "interrupted"
+    s2 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
+                   executor_options=on_workers)
     assert (s2.skipped, s2.done, s2.failed, s2.rejected, s2.duplicates) == (3, 3, 0, 1, 1)
     table = manifest.read(out)
     assert manifest.counts(table) == {"done": 6, "failed": 0, "rejected": 1}
@@ -170,21 +181,17 @@ def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local):
         assert r["worker"] and r["wall_s"] > 0
     n = calls(calls_dir)
     assert n <= 6 + 2 + 1  # each asset at most once more than needed (in-flight at the stop, death)
-    s3 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, generate_fn=fake, progress=False)
+    s3 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
+                   executor_options=on_workers)
     assert (s3.skipped, s3.done) == (6, 0) and calls(calls_dir) == n
     manifest.compact(out)
     assert pq.read_table(Path(out) / "manifest" / "manifest.parquet").num_rows == 7
     assert list((Path(out) / "manifest" / "parts").glob("*")) == []
 
 
-def test_real_render_and_report_stages_are_wired(tmp_path):
+def test_real_render_and_report_stages_are_wired(tmp_path, monkeypatch):
     """The default wiring calls the real stages.render and stages.report (generation is faked
     with a catalogue object saved as a real .ply, so no prior is needed)."""
-    from pipeline.run import capabilities
-
-    caps = capabilities()
-    if not (caps["render"] and caps["report"]):
-        pytest.skip(f"render/report stages not installed: {caps}")
     from kernels.ply import save_ply
     from stages.toyworld.catalogue import build_object
 
@@ -192,13 +199,13 @@ def test_real_render_and_report_stages_are_wired(tmp_path):
         def __call__(self, cfg, prompt, seed, asset_dir, progress=False):
             g = build_object(prompt)
             save_ply(str(Path(asset_dir) / "asset.ply"), g)
-            return {"num_gaussians": g.num(), "device": "cpu"}
+            return fakes.result(asset_dir, num_gaussians=g.num())
 
     cfg = load_config("demo.yaml", ["pipeline.score=false", "metrics.fid=false",
                                     "render.video=false", "render.num_views=4"])
     prompts = _write(tmp_path, ["a red cube"])
-    s = run_batch(prompts, cfg, str(tmp_path / "out"), generate_fn=FakeGenerateFromCatalogue(),
-                  progress=False)
+    fakes.use_generate(monkeypatch, FakeGenerateFromCatalogue())
+    s = run_batch(prompts, cfg, str(tmp_path / "out"), progress=False)
     assert s.done == 1 and s.report_exit_code == 0
     [r] = manifest.read(str(tmp_path / "out")).to_pylist()
     assert r["num_gaussians"] > 0 and Path(r["frames_uri"]).is_dir()

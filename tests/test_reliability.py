@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import fakes
 from pipeline import manifest
 from pipeline.config import load_config
 from pipeline.run import run_batch
@@ -181,7 +182,7 @@ class FakeNaNPrior:
 
 
 class FakeNaNGenerate:
-    """generate_fn double: the real stages.generate.generate with a NaN-injecting prior by prompt."""
+    """Generation double: the real stages.generate.generate with a NaN-injecting prior by prompt."""
 
     def __init__(self, prior, plan: dict[str, tuple[int, int | None]]):
         self.prior, self.plan, self.used = prior, plan, {}
@@ -204,7 +205,7 @@ def test_nan_injection_is_caught_recorded_and_isolated(tmp_path, tiny_pixel_sd_d
     prompts = tmp_path / "p.txt"
     prompts.write_text("a nan once\na nan always\na clean cube\n")
     fake = FakeNaNGenerate(prior, {"a nan once": (7, 1), "a nan always": (3, None)})
-    s = run_batch(str(prompts), cfg, str(tmp_path / "out"), generate_fn=fake, progress=False)
+    s = fakes.run_batch(fake, str(prompts), cfg, str(tmp_path / "out"), progress=False)
     assert (s.done, s.failed) == (2, 1)
     rows = {r["prompt"]: r for r in manifest.read(str(tmp_path / "out")).to_pylist()}
     meta = {p: json.loads((Path(rows[p]["asset_uri"]).parent / "meta.json").read_text())
@@ -281,7 +282,7 @@ def test_train_prior_never_writes_into_the_package_by_default(tmp_path, monkeypa
 
 
 class CountingGenerate:
-    """generate_fn double: writes asset.ply + meta.json, records each call's prompt; fails the
+    """Generation double: writes asset.ply + meta.json, records each call's prompt; fails the
     prompts in `fail`; `hook(n)` runs before the n-th call (1-based)."""
 
     def __init__(self, fail=(), hook=None):
@@ -297,7 +298,7 @@ class CountingGenerate:
         d = Path(asset_dir)
         (d / "asset.ply").write_bytes(b"ply\n" + prompt.encode())
         (d / "meta.json").write_text(json.dumps({"prompt": prompt, "seed": seed}))
-        return {"num_gaussians": 1, "device": "cpu"}
+        return fakes.result(d)
 
 
 def _fast_cfg():
@@ -312,23 +313,23 @@ def test_deleted_asset_is_redone_and_redo_modes(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue sphere\na green cone\n")
     g = CountingGenerate(fail={"a green cone"})
-    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False)
+    s = fakes.run_batch(g, str(prompts), cfg, out, progress=False)
     assert (s.done, s.failed) == (2, 1)
     rows = {r["prompt"]: r for r in manifest.read(out).to_pylist()}
     Path(rows["a blue sphere"]["asset_uri"]).unlink()
 
     g = CountingGenerate(fail={"a green cone"})
-    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="missing")
+    s = fakes.run_batch(g, str(prompts), cfg, out, progress=False, redo="missing")
     assert sorted(g.calls) == ["a blue sphere"] and s.skipped == 2  # the failed one is left alone
     assert Path(rows["a blue sphere"]["asset_uri"]).exists()
     g = CountingGenerate()
-    run_batch(str(prompts), cfg, out, generate_fn=g, progress=False)  # default: failed retried
+    fakes.run_batch(g, str(prompts), cfg, out, progress=False)  # default: failed retried
     assert g.calls == ["a green cone"]
     g = CountingGenerate()
-    s = run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="all")
+    s = fakes.run_batch(g, str(prompts), cfg, out, progress=False, redo="all")
     assert sorted(g.calls) == ["a blue sphere", "a green cone", "a red cube"] and s.done == 3
     with pytest.raises(ValueError, match="--redo 'some'"):
-        run_batch(str(prompts), cfg, out, generate_fn=g, progress=False, redo="some")
+        fakes.run_batch(g, str(prompts), cfg, out, progress=False, redo="some")
 
 
 def test_run_survives_a_concurrent_compact(tmp_path):
@@ -348,7 +349,7 @@ def test_run_survives_a_concurrent_compact(tmp_path):
             refused.append(str(e.value))
             manifest.compact_locked(open_storage(out))  # a lockless compaction mid-run
 
-    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(hook=compact_now), progress=False)
+    s = fakes.run_batch(CountingGenerate(hook=compact_now), str(prompts), cfg, out, progress=False)
     assert s.done == 4 and len(refused) == 2
     assert manifest.counts(manifest.read(out)) == {"done": 4, "failed": 0, "rejected": 0}
     assert json.loads((Path(out) / "run.json").read_text())["status"] == "finished"
@@ -361,7 +362,7 @@ def test_moved_run_folder_keeps_its_asset_links(tmp_path):
     cfg, out = _fast_cfg(), tmp_path / "out"
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
-    run_batch(str(prompts), cfg, str(out), generate_fn=CountingGenerate(), progress=False)
+    fakes.run_batch(CountingGenerate(), str(prompts), cfg, str(out), progress=False)
     import pyarrow.parquet as pq
 
     raw = pq.read_table(out / "manifest" / "manifest.parquet").to_pylist()[0]
@@ -371,7 +372,7 @@ def test_moved_run_folder_keeps_its_asset_links(tmp_path):
     row = manifest.read(str(moved)).to_pylist()[0]
     assert row["asset_uri"] == str(moved / raw["asset_uri"]) and Path(row["asset_uri"]).is_file()
     g = CountingGenerate()  # the moved run resumes: its asset is found, nothing redone
-    assert run_batch(str(prompts), cfg, str(moved), generate_fn=g, progress=False).skipped == 1
+    assert fakes.run_batch(g, str(prompts), cfg, str(moved), progress=False).skipped == 1
     assert g.calls == []
 
 
@@ -382,13 +383,13 @@ def test_fixed_prompt_supersedes_its_rejected_record(tmp_path):
     prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n" + json.dumps({"prompt": ""}) + "\n"
                        + json.dumps({"prompt": "a blue sphere", "seed": -1}) + "\n")
     other.write_text("a green cone\n\n")
-    run_batch(str(other), cfg, out, generate_fn=CountingGenerate(), progress=False)
-    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(), progress=False)
+    fakes.run_batch(CountingGenerate(), str(other), cfg, out, progress=False)
+    s = fakes.run_batch(CountingGenerate(), str(prompts), cfg, out, progress=False)
     assert s.rejected == 2 and manifest.counts(manifest.read(out))["rejected"] == 3
     assert (Path(out) / "manifest" / "manifest.parquet").exists()  # the rejects are compacted
     prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n" + json.dumps({"prompt": "a yellow torus"})
                        + "\n" + json.dumps({"prompt": "a blue sphere", "seed": 1}) + "\n")
-    s = run_batch(str(prompts), cfg, out, generate_fn=CountingGenerate(), progress=False)
+    s = fakes.run_batch(CountingGenerate(), str(prompts), cfg, out, progress=False)
     assert (s.done, s.rejected) == (2, 0)
     rows = manifest.read(out).to_pylist()
     rejected = [r for r in rows if r["status"] == "rejected"]
@@ -403,7 +404,7 @@ def test_run_outputs_respect_the_umask(tmp_path):
     prompts.write_text("a red cube\n\n")
     old = os.umask(0o022)
     try:
-        run_batch(str(prompts), cfg, str(out), generate_fn=CountingGenerate(), progress=False)
+        fakes.run_batch(CountingGenerate(), str(prompts), cfg, str(out), progress=False)
     finally:
         os.umask(old)
     modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}

@@ -32,19 +32,19 @@ def test_writes_frames_video_and_sheet(tmp_path):
     cfg = tiny_cfg(views=10, res=15)  # odd size: the mp4 path must cope
     out = render_asset(cfg, str(tmp_path), "a red blob")
     frames = sorted((tmp_path / "frames").glob("*.png"))
-    assert len(frames) == 10 == out["num_frames"]
+    assert len(frames) == 10 == out.num_frames
     first = np.asarray(Image.open(frames[0]))
     assert first.shape == (15, 15, 3)
     assert (first[0, 0] == 255).all(), "white background expected at the corner"
     c = first[7, 7].astype(int)
     assert c[0] > 150 and c[1] < 100 and c[2] < 100, f"centre should be red, got {c}"
-    assert out["frames_uri"].endswith("frames")
-    assert out["video_uri"].endswith(("turntable.mp4", "turntable.gif"))
-    reader = imageio.get_reader(out["video_uri"])
+    assert out.frames_uri.endswith("frames")
+    assert out.video_uri.endswith(("turntable.mp4", "turntable.gif"))
+    reader = imageio.get_reader(out.video_uri)
     n = sum(1 for _ in reader)
     reader.close()
     assert n == 10
-    sheet = np.asarray(Image.open(out["sheet_uri"]))
+    sheet = np.asarray(Image.open(out.sheet_uri))
     assert sheet.shape == (15, 60, 3)
     assert len(read_frames(str(tmp_path), max_views=5)) == 5
 
@@ -52,7 +52,7 @@ def test_writes_frames_video_and_sheet(tmp_path):
 def test_no_video_when_disabled_and_missing_asset_is_clear(tmp_path):
     save_ply(tmp_path / "asset.ply", red_blob())
     out = render_asset(tiny_cfg(views=3, video=False), str(tmp_path), "p")
-    assert out["video_uri"] is None and not (tmp_path / "turntable.mp4").exists()
+    assert out.video_uri is None and not (tmp_path / "turntable.mp4").exists()
     with pytest.raises(FileNotFoundError, match="asset.ply"):
         render_asset(tiny_cfg(views=3), str(tmp_path / "nothing"), "p")
 

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+import fakes  # noqa: E402
 from pipeline import manifest  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.run import run_batch  # noqa: E402
 from pipeline.storage import open_storage  # noqa: E402
 from test_pipeline_run import FakeGenerate, FakeInterrupt, calls  # noqa: E402
 
@@ -52,14 +52,14 @@ def test_s3_run_interrupt_resume_compact(tmp_path, s3):
     out = "s3://sctd3d-test/run1"
     fake = FakeGenerate(tmp_path / "calls", interrupt={"a blue sphere"})
     with pytest.raises(FakeInterrupt):
-        run_batch("s3://sctd3d-test/prompts.txt", cfg, out, generate_fn=fake, progress=False)
+        fakes.run_batch(fake, "s3://sctd3d-test/prompts.txt", cfg, out, progress=False)
     st = open_storage(out)
     assert manifest.counts(manifest.read(st)) == {"done": 1, "failed": 0, "rejected": 1}
     assert not st.exists("run.lock")
     # the interrupted asset's checkpoint reached the bucket, so the re-run resumes from it
     assert any(p.endswith("checkpoints/ckpt.json") for p in st.walk_files("assets"))
 
-    s = run_batch("s3://sctd3d-test/prompts.txt", cfg, out, generate_fn=fake, progress=False)
+    s = fakes.run_batch(fake, "s3://sctd3d-test/prompts.txt", cfg, out, progress=False)
     assert (s.skipped, s.done, s.failed, s.rejected) == (1, 2, 0, 1)
     assert calls(tmp_path / "calls") == 4
     rows = {r["prompt"]: r for r in manifest.read(st).to_pylist() if r["status"] == "done"}
@@ -69,7 +69,7 @@ def test_s3_run_interrupt_resume_compact(tmp_path, s3):
         assert s3.cat(r["asset_uri"]).startswith(b"ply")
     assert json.loads(st.read_text("run.json"))["status"] == "finished"
 
-    again = run_batch("s3://sctd3d-test/prompts.txt", cfg, out, generate_fn=fake, progress=False)
+    again = fakes.run_batch(fake, "s3://sctd3d-test/prompts.txt", cfg, out, progress=False)
     assert (again.skipped, again.done) == (3, 0) and calls(tmp_path / "calls") == 4
 
     uri = manifest.compact(out)
