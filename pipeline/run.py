@@ -43,8 +43,6 @@ from stages.report import build_report
 
 log = logging.getLogger(__name__)
 
-_now = now
-
 __all__ = ["REDO_CHOICES", "RunSummary", "input_key", "run_batch", "select_todo"]
 
 
@@ -257,8 +255,8 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
     prev = _read_run_json(st)
     run_info = {
         "status": "running",
-        "started_at": prev.get("started_at") or _now().isoformat(),
-        "resumed_at": (prev.get("resumed_at") or []) + ([_now().isoformat()] if prev else []),
+        "started_at": prev.get("started_at") or now().isoformat(),
+        "resumed_at": (prev.get("resumed_at") or []) + ([now().isoformat()] if prev else []),
         "prompts": prompts_uri, "out": st.root, "executor": executor,
         "config_hash": config_hash(cfg), "config_source": cfg.source, "config": to_dict(cfg),
         "generation_hash": asset_generation_hash(cfg), "eval_hash": eval_hash(cfg),
@@ -276,7 +274,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         remove_temp_files(st.path(manifest.PARTS_DIR), recursive=False)
 
     # rejected rows: one part for this input's rejects (ids are hashes of the raw rows)
-    at, key, chash = _now(), input_key(prompts_uri), config_hash(cfg)
+    at, key, chash = now(), input_key(prompts_uri), config_hash(cfg)
     rej_records = [rejected_record(r, cfg, chash, key, version, at) for r in batch.rejected]
     commit_rejects(st, prompts_uri, rej_records, existing)
     for r in batch.rejected:
@@ -346,7 +344,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                 break
     except BaseException as e:  # a second signal, a full disk, a bug: run.json must not say running
         kind = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        run_info.update(status=kind, finished_at=_now().isoformat(),
+        run_info.update(status=kind, finished_at=now().isoformat(),
                         error=f"{type(e).__name__}: {e}"[:2000],
                         this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
         try:
@@ -368,7 +366,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
             report_code = _run_level(cfg, st, ex, run_info)
         except BaseException as e:  # FID or the report failed: run.json must not say running
             run_info.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                            finished_at=_now().isoformat(),
+                            finished_at=now().isoformat(),
                             error=f"{type(e).__name__}: {e}"[:2000],
                             this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
             try:
@@ -382,7 +380,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                          interrupted=stopped_by)
     c = manifest.counts(manifest.read(st))
     run_info.update(status="interrupted" if interrupted else "finished",
-                    finished_at=_now().isoformat(), manifest_counts=c,
+                    finished_at=now().isoformat(), manifest_counts=c,
                     this_run={"done": n_done, "failed": n_failed, "skipped": skipped})
     if stopped_by:
         run_info["interrupted_by"] = stopped_by
