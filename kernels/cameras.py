@@ -59,9 +59,14 @@ class Cameras:
     @property
     def centers(self) -> Tensor:
         """(B, 3) camera centres in world coordinates."""
-        R = self.viewmats[:, :3, :3]
-        t = self.viewmats[:, :3, 3]
-        return -(R.transpose(1, 2) @ t[:, :, None])[:, :, 0]
+        return viewmat_centers(self.viewmats)
+
+
+def viewmat_centers(viewmats: Tensor) -> Tensor:
+    """(B, 3) world-space centres of rigid world-to-camera matrices (B, 4, 4): -R^T t."""
+    R = viewmats[:, :3, :3]
+    t = viewmats[:, :3, 3]
+    return -(R.transpose(1, 2) @ t[:, :, None])[:, :, 0]
 
 
 @dataclass

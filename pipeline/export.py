@@ -15,13 +15,11 @@ images/, depth/, transforms.json, export.json), `shards/shard-NNNNN.tar`, `index
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -220,27 +218,7 @@ def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
 
 def _write_shard(st: Storage, name: str, samples: list, read) -> None:
     """One atomic write per shard, streamed through a temp file (shards can be large)."""
-    if st.local:
-        target = st.path(name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        # not mkstemp: its 0600 mode would ignore the umask (shared dataset folders)
-        tmp = os.path.join(os.path.dirname(target), f".tmp-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                shards.write_shard(f, samples, read)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    else:
-        with tempfile.NamedTemporaryFile(prefix="sctd3d-shard-", suffix=".tar") as f:
-            shards.write_shard(f, samples, read)
-            f.flush()
-            st.put_file(f.name, name)
+    st.write_stream(name, lambda f: shards.write_shard(f, samples, read))
 
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,

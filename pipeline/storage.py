@@ -13,9 +13,10 @@ import os
 import posixpath
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import fsspec
 
@@ -151,24 +152,38 @@ class Storage:
     # ------------------------------------------------------------------ writes
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Atomically write `data` at `rel`; returns the full URI."""
-        target = self.path(rel)
         if self.local:
-            folder = os.path.dirname(target)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = create_temp(folder)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        else:
-            # Object stores: one PUT is atomic (readers see the old object or the new one).
-            self.fs.pipe_file(target, data)
+            return self.write_stream(rel, lambda f: f.write(data))
+        # Object stores: one PUT is atomic (readers see the old object or the new one).
+        self.fs.pipe_file(self.path(rel), data)
+        return self.uri(rel)
+
+    def write_stream(self, rel: str, write: Callable[[BinaryIO], object]) -> str:
+        """Atomically write at `rel` whatever `write(f)` writes into a binary file; returns the URI.
+
+        Why: large outputs (dataset shards) are streamed, never held in memory. Locally through a
+        temp file in the target folder and one rename; on object stores through a local temp file
+        and one upload. If `write` raises, nothing is left behind."""
+        target = self.path(rel)
+        if not self.local:
+            with tempfile.NamedTemporaryFile(prefix="sctd3d-upload-") as f:
+                write(f)
+                f.flush()
+                self.fs.put_file(f.name, target)
+            return self.uri(rel)
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = create_temp(folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return self.uri(rel)
 
     def write_text(self, rel: str, text: str) -> str:

@@ -45,19 +45,6 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, b
 EXPECTED_PARAMS = {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863}
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable-unicode map (the first 256 vocabulary entries)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def clip_bpe_source() -> Path:
     """open_clip's copy of OpenAI's CLIP BPE merges (the vocabulary SD 2.x's tokenizer uses)."""
     import open_clip
@@ -72,10 +59,11 @@ def write_clip_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt of the 49,408-token CLIP BPE, from open_clip's merges file; SD 2.x's
     tokenizer settings (pad '!', 77 tokens)."""
     from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     lines = gzip.decompress(clip_bpe_source().read_bytes()).decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]  # as OpenAI's SimpleTokenizer reads it
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,27 +23,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode map (written out so the test needs no tokenizer files)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 TINY_MERGES = ["r e", "re d</w>", "c u", "cu b", "cub e</w>", "v i", "vi e", "vie w</w>", "f r", "fr o", "fro n",
                "fron t</w>", "s i", "si d", "sid e</w>"]
 
 
 def write_tiny_clip_tokenizer(folder: Path) -> None:
     """A valid CLIP BPE vocabulary: every byte (with and without </w>), a few merges, BOS/EOS."""
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode  # CLIP's byte map
+
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     for m in TINY_MERGES:
         merged = m.replace(" ", "")

@@ -6,7 +6,6 @@ working directory are snapshotted before and compared after)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -17,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import manifest
-from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError, config_hash, load_config
 from pipeline.run import run_batch
 from pipeline.storage import StorageError, open_storage
+from cli_capture import run_cli
 from test_reliability import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,11 +48,8 @@ def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
 
 
 def cli(*argv: str) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        with pytest.raises(SystemExit) as e:
-            cli_main(list(argv))
-    return int(e.value.code), err.getvalue()
+    code, _, err = run_cli(*argv)
+    return code, err
 
 
 @contextlib.contextmanager

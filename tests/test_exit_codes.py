@@ -18,20 +18,12 @@ import fakes
 import pipeline.demo
 import pipeline.run as prun
 from pipeline import manifest
-from pipeline.cli import main as cli_main
+from cli_capture import run_cli as cli
 from test_pipeline_run import FakeGenerate, calls
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["--set", "pipeline.render=false", "--set", "pipeline.score=false",
          "--set", "pipeline.report=false", "--set", "metrics.fid=false"]
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        with pytest.raises(SystemExit) as e:
-            cli_main(list(argv))
-    return int(e.value.code), out.getvalue(), err.getvalue()
 
 
 def ray_entry(*argv: str) -> tuple[int, str, str]:

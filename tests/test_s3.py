@@ -2,46 +2,38 @@
 Run, interrupt, resume (from the checkpoint uploaded by the interrupted attempt), compact."""
 
 import json
-import socket
 
 import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 import fakes  # noqa: E402
 from pipeline import manifest  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.storage import open_storage  # noqa: E402
+from s3_server import running_moto  # noqa: E402
 from test_pipeline_run import FakeGenerate, FakeInterrupt, calls  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3():
     import fsspec
 
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
     mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        mp.setenv(k, v)
-    mp.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint, "key": "testing",
-                                           "secret": "testing"})
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("sctd3d-test")
-    yield fs
-    mp.undo()
-    server.stop()
+    with running_moto() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+            mp.setenv(k, v)
+        mp.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint, "key": "testing",
+                                               "secret": "testing"})
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("sctd3d-test")
+        try:
+            yield fs
+        finally:
+            mp.undo()
 
 
 def test_s3_run_interrupt_resume_compact(tmp_path, s3):

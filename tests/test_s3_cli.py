@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,26 +17,19 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
+
+from s3_server import free_port, running_moto  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
          "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint():
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with running_moto() as url:
+        yield url
 
 
 def _env(**extra: str) -> dict:
@@ -99,7 +91,7 @@ def test_whole_toy_run_on_s3_with_storage_option(tmp_path, endpoint):
 def test_unreachable_endpoint_and_missing_credentials_are_one_line(tmp_path, endpoint):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens here
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     cases = [({**CREDS}, dead, "EndpointConnectionError"),
              ({"AWS_DEFAULT_REGION": "us-east-1"}, endpoint, "NoCredentialsError")]
     for creds, url, kind in cases:

@@ -55,6 +55,24 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert st.orphan_temp_files() == []
 
 
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_streamed_write_is_atomic_and_a_failed_one_leaves_the_old_file(tmp_path, where):
+    """write_stream (dataset shards): what the callback writes lands whole, or not at all."""
+    root = str(tmp_path) if where == "local" else f"memory://bucket-{uuid.uuid4().hex[:8]}/run"
+    st = open_storage(root)
+    st.write_stream("d/shard.tar", lambda f: (f.write(b"abc"), f.write(b"def")))
+    assert st.read_bytes("d/shard.tar") == b"abcdef"
+
+    def half_then_fail(f):
+        f.write(b"partial")
+        raise RuntimeError("sample unreadable")
+
+    with pytest.raises(RuntimeError, match="unreadable"):
+        st.write_stream("d/shard.tar", half_then_fail)
+    assert st.read_bytes("d/shard.tar") == b"abcdef"
+    assert list(st.walk_files("d")) == ["d/shard.tar"] and st.orphan_temp_files() == []
+
+
 def test_memory_object_store_roundtrip(tmp_path):
     root = f"memory://bucket-{uuid.uuid4().hex[:8]}/run"
     st = open_storage(root)

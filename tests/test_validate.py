@@ -6,8 +6,6 @@ The config layer (`pipeline.config`) no longer carries its own copy of the names
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -16,18 +14,10 @@ import torch
 import kernels.distill as distill
 import stages.init as init_mod
 import stages.priors.registry as registry
-from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError, PriorConfig, load_config
 from pipeline.inputs import read_prompts
 from pipeline.validate import REGISTERED, check_names
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        with pytest.raises(SystemExit) as e:
-            cli_main(list(argv))
-    return int(e.value.code), out.getvalue(), err.getvalue()
+from cli_capture import run_cli as cli
 
 
 @pytest.mark.parametrize("key,bad,near,registered", [
