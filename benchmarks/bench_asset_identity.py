@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import load_config
+from common.config import load_config
 from pipeline.inputs import read_prompts
 from stages.priors import identity
 from stages.priors.stable_diffusion import TOY_SD_DIR

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernels.gaussians import Gaussians, rgb_to_sh0  # noqa: E402
 from kernels.ply import save_ply  # noqa: E402
-from pipeline.storage import open_storage  # noqa: E402
+from common.storage import open_storage  # noqa: E402
 from stages.export import card, index  # noqa: E402
 from stages.export.asset import ExportSpec, build_asset  # noqa: E402
 from stages.export.splats import find_splat_transform  # noqa: E402

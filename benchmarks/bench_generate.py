@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from stages.generate import generate  # noqa: E402
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import manifest  # noqa: E402
-from pipeline.storage import open_storage  # noqa: E402
+from common import manifest  # noqa: E402
+from common.storage import open_storage  # noqa: E402
 
 
 def _record(i: int, root: str) -> dict:

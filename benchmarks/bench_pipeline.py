@@ -84,7 +84,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    from pipeline.config import load_config
+    from common.config import load_config
 
     cfg = load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
                                    "pipeline.report=false", "metrics.fid=false"])

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from pipeline.config import InitConfig, PriorConfig  # noqa: E402
+from common.config import InitConfig, PriorConfig  # noqa: E402
 from stages.init import expand_points, gaussians_from_points, init_gaussians, knn_mean_sq_dist  # noqa: E402
 from stages.init import knn_mean_sq_dist_reference  # noqa: E402
 

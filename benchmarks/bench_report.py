@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from report_fixtures import make_run  # noqa: E402
 
-from pipeline.config import ReportConfig  # noqa: E402
+from common.config import ReportConfig  # noqa: E402
 from stages.report import build_report, load_run  # noqa: E402
 
 

@@ -47,7 +47,7 @@ def main() -> int:
 
     import torch
 
-    from pipeline.config import load_config
+    from common.config import load_config
     from stages.generate import generate
     from stages.priors.registry import load_prior
     from unet_calls import UNetCallRecorder, check_iterations

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import deadline
-from pipeline.config import ConfigError, load_config
+from common import deadline
+from common.config import ConfigError, load_config
 from stages import generate as G
 
 CONVERSIONS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
     from stages.priors.registry import load_prior
     from stages.priors.stable_diffusion import TOY_SD_DIR
     from stages.toyworld.catalogue import load_catalogue

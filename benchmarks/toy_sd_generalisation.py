@@ -28,7 +28,7 @@ CATALOGUE = ["a red cube", "a blue sphere", "a green cone", "a yellow torus", "a
 
 
 def main() -> None:
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
     from stages.priors.registry import load_prior
     from stages.priors.sampling import sample
     from stages.priors.stable_diffusion import TOY_SD_DIR

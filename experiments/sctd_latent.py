@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from sctd_investigation import run_probe, run_trajectory  # noqa: E402
 from toy_table import OBJECTS, init_row, make_config, run_one, summarise  # noqa: E402
 
-from pipeline.config import CONFIG_DIR  # noqa: E402
+from common.config import CONFIG_DIR  # noqa: E402
 
 PROBE_COLS = ["cos_g", "cos_self", "cos_cross", "cos_self_cross", "cos_g_csd", "self_norm", "cross_norm",
               "inv_err_share", "cos_inverr_gt"]

@@ -1,20 +1,33 @@
-"""One differentiable Gaussian-splat renderer, two interchangeable backends.
+"""One differentiable Gaussian-splat renderer, two interchangeable backends (gsplat's shape).
 
-`render()` is the entry point. Backends:
-- "torch": pure PyTorch (CPU or GPU, autograd). EWA splatting like gsplat/3DGS: 3D covariance ->
-  2D with the perspective Jacobian, +0.3 px low-pass, front-to-back compositing in depth order,
-  alpha clamp 0.99, skip alpha < 1/255, stop once transmittance falls to 1e-4. It only visits the
-  pixels where a Gaussian's alpha can reach 1/255 (an exact per-row ellipse span), sorts the
-  (pixel, Gaussian) pairs by pixel then depth, and gets transmittance from a segmented cumulative
-  sum of log(1 - alpha). Pairs are processed in pixel-aligned chunks; above `chunk_pairs` each
-  chunk is recomputed in backward (activation checkpointing), so memory stays bounded.
-- "gsplat": `gsplat.rasterization` (CUDA), render_mode "RGB+ED".
+`rasterize()` is the functional entry point, shaped like `gsplat.rasterization()`: plain tensors
+in (activated scales and opacities, wxyz quaternions, world-to-camera `viewmats` (C, 4, 4), pixel
+intrinsics `Ks` (C, 3, 3), colours or SH coefficients with `sh_degree`), one `RenderOutput` out.
+`render(g, cams)` is a thin wrapper that unpacks a `Gaussians` and a `Cameras` into it.
+
+One `RasterSettings` drives both backends, with gsplat's values as defaults:
+- "torch" (`_rasterize_torch`, the reference): pure PyTorch (CPU or GPU, autograd). EWA splatting
+  like gsplat/3DGS: 3D covariance -> 2D with the perspective Jacobian, + `eps2d` low-pass,
+  front-to-back compositing in depth order, alpha clamp 0.999, skip alpha < 1/255, stop once
+  transmittance falls to 1e-4. It only visits the pixels where a Gaussian's alpha can reach 1/255
+  (an exact per-row ellipse span), sorts the (pixel, Gaussian) pairs by pixel then depth, and gets
+  transmittance from a segmented cumulative sum of log(1 - alpha). Pairs are processed in
+  pixel-aligned chunks; above `chunk_pairs` each chunk is recomputed in backward (activation
+  checkpointing), so memory stays bounded.
+- "gsplat" (`_rasterize_gsplat`): `gsplat.rasterization` (CUDA), render_mode "RGB+ED", given the
+  settings' `eps2d` and `radius_clip` and the call's near/far planes. Its kernel fixes
+  alpha_clamp, min_alpha, transmittance_eps and radius_sigmas; settings that differ from those are
+  refused (ValueError) rather than silently ignored, so the same settings give the same image.
 - "auto": gsplat when the Gaussians live on CUDA and gsplat's CUDA extension loads, else torch.
   Whether the extension loads is found out once per process (a failed build is not retried on every
   render, and it is one WARNING, not one per render); `resolve_backend` names the backend a render
   uses, so callers can record it (meta.json, the manifest's `renderer` column).
 
-Both return `RenderOutput` with `means2d` (B, N, 2) in pixels; while autograd is recording,
+Remaining backend difference: gsplat shrinks each Gaussian's reported radius with its opacity
+(extend = min(3.33, sqrt(2 ln(opacity * 255)))) and culls opacity < 1/255 in `radii`; the torch
+backend reports the 3.33-sigma radius (those Gaussians still add nothing to the image).
+
+Both return `RenderOutput` with `means2d` (C, N, 2) in pixels; while autograd is recording,
 `means2d.retain_grad()` has been called so densification can read the view-space gradient.
 """
 
@@ -29,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from kernels.cameras import Cameras
+from kernels.cameras import Cameras, viewmat_centers
 from kernels.gaussians import SH_C0, Gaussians, quat_to_rotmat
 
 log = logging.getLogger(__name__)
@@ -39,23 +52,99 @@ BACKENDS = ("auto", "torch", "gsplat")
 
 @dataclass
 class RenderOutput:
-    rgb: Tensor  # (B, H, W, 3) composited over the background
-    alpha: Tensor  # (B, H, W, 1)
-    depth: Tensor  # (B, H, W, 1) expected camera-z depth: sum(w z) / sum(w), 0 where alpha = 0
-    means2d: Tensor  # (B, N, 2) projected centres in pixels (grad retained when training)
-    radii: Tensor  # (B, N) pixel radius (int32), 0 = not visible
+    rgb: Tensor  # (C, H, W, D) composited over the background (D = 3 for RGB / SH colours)
+    alpha: Tensor  # (C, H, W, 1)
+    depth: Tensor  # (C, H, W, 1) expected camera-z depth: sum(w z) / sum(w), 0 where alpha = 0
+    means2d: Tensor  # (C, N, 2) projected centres in pixels (grad retained when training)
+    radii: Tensor  # (C, N) pixel radius (int32), 0 = not visible
 
 
 @dataclass
 class RasterSettings:
-    """Constants of the torch backend (defaults = 3DGS / gsplat values)."""
+    """Rasteriser constants shared by both backends (defaults = gsplat 1.5's CUDA kernel)."""
 
-    eps2d: float = 0.3  # low-pass added to the 2D covariance (pixels^2)
-    alpha_clamp: float = 0.99  # 3DGS; gsplat's CUDA kernel uses 0.999
+    eps2d: float = 0.3  # low-pass added to the 2D covariance (pixels^2); gsplat `eps2d`
+    radius_clip: float = 0.0  # skip Gaussians whose pixel radius is <= this; gsplat `radius_clip`
+    # fixed inside gsplat's kernel (the gsplat backend refuses other values):
+    alpha_clamp: float = 0.999  # gsplat's min(0.999, alpha); original 3DGS clamps at 0.99
     min_alpha: float = 1.0 / 255.0
     transmittance_eps: float = 1e-4  # stop compositing once T would fall to this
     radius_sigmas: float = 3.33  # reported radii and culling box, like gsplat
+    # torch backend only (memory, not the image):
     chunk_pairs: int = 4_000_000  # (pixel, Gaussian) pairs per chunk
+
+
+# RasterSettings fields gsplat's CUDA kernel hard-codes, with its values
+GSPLAT_FIXED = {"alpha_clamp": 0.999, "min_alpha": 1.0 / 255.0, "transmittance_eps": 1e-4,
+                "radius_sigmas": 3.33}
+
+
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    *,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    backend: str = "auto",
+    settings: RasterSettings | None = None,
+) -> RenderOutput:
+    """Render N Gaussians into C pinhole cameras; arguments as in `gsplat.rasterization()`.
+
+    means (N, 3); quats (N, 4) wxyz, unnormalised; scales (N, 3) and opacities (N,) activated;
+    colors: with `sh_degree=None` post-activation features (N, D) or (C, N, D), else SH
+    coefficients (N, K, 3) or (C, N, K, 3) with (sh_degree + 1)^2 <= K (colour = SH + 0.5,
+    clamped at 0, along the camera-to-Gaussian direction); viewmats (C, 4, 4) world-to-camera;
+    Ks (C, 3, 3); backgrounds (C, D), default black. Cameras are moved to the means' device/dtype.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"render: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if not 0.0 < near_plane < far_plane:
+        raise ValueError(f"render: need 0 < near < far, got near={near_plane}, far={far_plane}")
+    s = settings or RasterSettings()
+    dev, dt = means.device, means.dtype
+    N = means.shape[0] if means.dim() == 2 else -1
+    C = viewmats.shape[0] if viewmats.dim() == 3 else -1
+    for name, t, shape in (("means", means, (N, 3)), ("quats", quats, (N, 4)), ("scales", scales, (N, 3)),
+                           ("opacities", opacities, (N,)), ("viewmats", viewmats, (C, 4, 4)),
+                           ("Ks", Ks, (C, 3, 3))):
+        if tuple(t.shape) != shape or N < 0 or C < 0:
+            raise ValueError(f"rasterize: {name} has shape {tuple(t.shape)}, expected {shape} (N={N}, C={C})")
+    lead = tuple(colors.shape[:-1] if sh_degree is None else colors.shape[:-2])
+    if (lead not in ((N,), (C, N)) or colors.dim() < 2
+            or (sh_degree is not None and (colors.shape[-1] != 3 or (sh_degree + 1) ** 2 > colors.shape[-2]))):
+        want = "(N, D) or (C, N, D)" if sh_degree is None else f"(N, K, 3) or (C, N, K, 3) with K >= {(sh_degree + 1) ** 2}"
+        raise ValueError(f"rasterize: colors has shape {tuple(colors.shape)}, expected {want} "
+                         f"(N={N}, C={C}, sh_degree={sh_degree})")
+    D = 3 if sh_degree is not None else colors.shape[-1]
+    if backgrounds is None:
+        backgrounds = torch.zeros(C, D, device=dev, dtype=dt)
+    elif tuple(backgrounds.shape) != (C, D):
+        raise ValueError(f"rasterize: backgrounds has shape {tuple(backgrounds.shape)}, expected ({C}, {D})")
+    viewmats, Ks, backgrounds = viewmats.to(dev, dt), Ks.to(dev, dt), backgrounds.to(dev, dt)
+    backend = resolve_backend(backend, dev)
+    if backend == "gsplat":
+        _check_gsplat_settings(s)
+        if dev.type != "cuda":
+            raise RuntimeError(
+                f"render: backend 'gsplat' needs CUDA tensors, Gaussians are on {dev}; "
+                "move them with .to('cuda') or use backend='torch'"
+            )
+        out = _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                sh_degree, near_plane, far_plane, s)
+    else:
+        out = _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                               sh_degree, near_plane, far_plane, s)
+    out.rgb = out.rgb + (1.0 - out.alpha) * backgrounds[:, None, None, :]
+    return out
 
 
 def render(
@@ -67,25 +156,30 @@ def render(
     far: float = 1e3,
     settings: RasterSettings | None = None,
 ) -> RenderOutput:
-    """Render `g` from every camera in `cams`; background (B,3) or (3,), default black."""
-    if backend not in BACKENDS:
-        raise ValueError(f"render: unknown backend {backend!r}; choose one of {BACKENDS}")
-    if not 0.0 < near < far:
-        raise ValueError(f"render: need 0 < near < far, got near={near}, far={far}")
+    """Render `g` from every camera in `cams`; background (B,3) or (3,), default black.
+
+    A convenience wrapper over `rasterize()` (activated parameters, SH of degree g.sh_degree)."""
     B = len(cams)
     dev, dt = g.means.device, g.means.dtype
-    if background is None:
-        bg = torch.zeros(B, 3, device=dev, dtype=dt)
-    else:
+    bg = None
+    if background is not None:
         bg = torch.as_tensor(background, device=dev, dtype=dt)
         if bg.shape == (3,):
             bg = bg.expand(B, 3)
         if bg.shape != (B, 3):
             raise ValueError(f"render: background must be (3,) or ({B}, 3), got {tuple(bg.shape)}")
-    backend = resolve_backend(backend, dev)
-    if backend == "gsplat":
-        return _render_gsplat(g, cams, bg, near, far)
-    return _render_torch(g, cams, bg, near, far, settings or RasterSettings())
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, cams.viewmats, cams.Ks, cams.width,
+                     cams.height, sh_degree=g.sh_degree, backgrounds=bg, near_plane=near, far_plane=far,
+                     backend=backend, settings=settings)
+
+
+def _check_gsplat_settings(s: RasterSettings) -> None:
+    """Refuse settings gsplat's CUDA kernel cannot honour (it hard-codes them)."""
+    for name, fixed in GSPLAT_FIXED.items():
+        got = getattr(s, name)
+        if not math.isclose(got, fixed, rel_tol=1e-9, abs_tol=0.0):
+            raise ValueError(f"render: backend 'gsplat' fixes RasterSettings.{name}={fixed:g} in its CUDA "
+                             f"kernel, got {got:g}; use backend='torch' or the default {name}")
 
 
 _GSPLAT: dict[str, object] = {}  # per process: {"ok": bool, "reason": str} once gsplat was tried
@@ -135,8 +229,9 @@ class Projection:
 
 def project(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor,
             width: int, height: int, eps2d: float, near: float, far: float,
-            radius_sigmas: float = 3.33) -> Projection:
-    """EWA projection of N Gaussians into B pinhole cameras (gsplat's convention and clamping)."""
+            radius_sigmas: float = 3.33, radius_clip: float = 0.0) -> Projection:
+    """EWA projection of N Gaussians into B pinhole cameras (gsplat's convention and clamping);
+    a Gaussian whose pixel radius is <= radius_clip is culled, as in gsplat."""
     R = quat_to_rotmat(quats)
     M = R * scales[:, None, :]
     cov3 = M @ M.transpose(1, 2)  # (N, 3, 3)
@@ -172,8 +267,9 @@ def project(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: 
         ry = torch.ceil(radius_sigmas * torch.sqrt(d_.clamp_min(0)))
         mx, my = means2d[..., 0], means2d[..., 1]
         inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
-        ok = in_depth & inside & ((a_ * d_ - b_ * b_) > 0)
-        radii = torch.where(ok, torch.maximum(rx, ry), torch.zeros_like(rx)).to(torch.int32)
+        r = torch.maximum(rx, ry)
+        ok = in_depth & inside & ((a_ * d_ - b_ * b_) > 0) & (r > radius_clip)
+        radii = torch.where(ok, r, torch.zeros_like(rx)).to(torch.int32)
     return Projection(means2d, conics, torch.stack([a_, b_, d_], -1), tz, radii)
 
 
@@ -209,14 +305,18 @@ def eval_sh(deg: int, sh: Tensor, dirs: Tensor) -> Tensor:
             + _C3[6] * x * (xx - 3 * yy) * sh[..., 15, :])
 
 
-def view_colors(g: Gaussians, cams: Cameras) -> Tensor:
-    """(B, N, 3) colours: DC only for degree 0, else SH along the camera-to-Gaussian direction."""
-    B = len(cams)
-    if g.sh_degree == 0:
-        return torch.clamp_min(SH_C0 * g.sh[:, 0] + 0.5, 0.0)[None].expand(B, -1, -1)
-    centers = cams.centers.to(g.means.device, g.means.dtype)
-    dirs = g.means[None] - centers[:, None, :]
-    return torch.clamp_min(eval_sh(g.sh_degree, g.sh[None].expand(B, -1, -1, -1), dirs) + 0.5, 0.0)
+def view_colors(colors: Tensor, sh_degree: int | None, means: Tensor, viewmats: Tensor) -> Tensor:
+    """(C, N, D) per-view features: `colors` as given (sh_degree None), else SH + 0.5 clamped at 0
+    (DC only for degree 0, else along the camera-to-Gaussian direction), as gsplat does."""
+    C = viewmats.shape[0]
+    if sh_degree is None:
+        return colors if colors.dim() == 3 else colors[None].expand(C, -1, -1)
+    if sh_degree == 0:
+        dc = torch.clamp_min(SH_C0 * colors[..., 0, :] + 0.5, 0.0)
+        return dc if dc.dim() == 3 else dc[None].expand(C, -1, -1)
+    dirs = means[None] - viewmat_centers(viewmats)[:, None, :]
+    sh = colors if colors.dim() == 4 else colors[None].expand(C, -1, -1, -1)
+    return torch.clamp_min(eval_sh(sh_degree, sh, dirs) + 0.5, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,23 +403,26 @@ def _composite(m2d: Tensor, conics: Tensor, opac: Tensor, feats: Tensor, gid: Te
     return torch.segment_reduce(vals, "sum", lengths=counts, axis=0)
 
 
-def _render_torch(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: float,
-                  s: RasterSettings) -> RenderOutput:
-    B, N, W, H = len(cams), g.num(), cams.width, cams.height
-    dev, dt = g.means.device, g.means.dtype
-    vm, Ks = cams.viewmats.to(dev, dt), cams.Ks.to(dev, dt)
-    proj = project(g.means, g.quats, g.scales, vm, Ks, W, H, s.eps2d, near, far, s.radius_sigmas)
+def _rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                     viewmats: Tensor, Ks: Tensor, W: int, H: int, sh_degree: int | None, near: float,
+                     far: float, s: RasterSettings) -> RenderOutput:
+    """The pure-PyTorch reference; `rgb` not yet composited over the background."""
+    B, N = viewmats.shape[0], means.shape[0]
+    dev, dt = means.device, means.dtype
+    proj = project(means, quats, scales, viewmats, Ks, W, H, s.eps2d, near, far, s.radius_sigmas,
+                   s.radius_clip)
     means2d = proj.means2d
     if torch.is_grad_enabled() and means2d.requires_grad:
         means2d.retain_grad()
-    opac = g.opacities
-    colors = view_colors(g, cams)  # (B, N, 3)
-    feats = torch.cat([colors, proj.depths[..., None]], dim=-1).reshape(B * N, 4)
+    opac = opacities
+    feat = view_colors(colors, sh_degree, means, viewmats)  # (B, N, D)
+    D = feat.shape[-1]
+    feats = torch.cat([feat, proj.depths[..., None]], dim=-1).reshape(B * N, D + 1)
     m2d, con = means2d.reshape(B * N, 2), proj.conics.reshape(B * N, 3)
     opac_v = opac[None].expand(B, N).reshape(B * N)
 
     gid, pix = _pixel_pairs(proj, opac, W, H, s.min_alpha)
-    img = torch.zeros(B * H * W, 5, device=dev, dtype=dt)
+    img = torch.zeros(B * H * W, D + 2, device=dev, dtype=dt)
     if gid.numel() > 0:
         upix, seg, counts = torch.unique_consecutive(pix, return_inverse=True, return_counts=True)
         seg_first = _excl_cumsum(counts)  # first pair of each pixel
@@ -348,30 +451,25 @@ def _render_torch(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: flo
                 outs.append(_composite(*args))
         # upix is unique: a copy, not an accumulation (deterministic)
         img = img.index_copy(0, upix, torch.cat(outs, 0) if len(outs) > 1 else outs[0])
-    img = img.reshape(B, H, W, 5)
-    alpha = img[..., 4:5]
-    rgb = img[..., :3] + (1.0 - alpha) * bg[:, None, None, :]
-    depth = img[..., 3:4] / alpha.clamp_min(1e-10)
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=proj.radii)
+    img = img.reshape(B, H, W, D + 2)
+    alpha = img[..., D + 1:D + 2]
+    depth = img[..., D:D + 1] / alpha.clamp_min(1e-10)
+    return RenderOutput(rgb=img[..., :D], alpha=alpha, depth=depth, means2d=means2d, radii=proj.radii)
 
 
 # ----------------------------------------------------------------------------------------------
 # gsplat backend
 # ----------------------------------------------------------------------------------------------
-def _render_gsplat(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: float) -> RenderOutput:
-    if g.means.device.type != "cuda":
-        raise RuntimeError(
-            f"render: backend 'gsplat' needs CUDA tensors, Gaussians are on {g.means.device}; "
-            "move them with .to('cuda') or use backend='torch'"
-        )
+def _rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                      viewmats: Tensor, Ks: Tensor, W: int, H: int, sh_degree: int | None, near: float,
+                      far: float, s: RasterSettings) -> RenderOutput:
+    """gsplat's CUDA rasteriser with the settings it exposes; `rgb` not yet over the background."""
     from gsplat import rasterization
 
-    dev, dt = g.means.device, g.means.dtype
-    colors, alphas, meta = rasterization(
-        means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, colors=g.sh,
-        viewmats=cams.viewmats.to(dev, dt), Ks=cams.Ks.to(dev, dt), width=cams.width,
-        height=cams.height, near_plane=near, far_plane=far, sh_degree=g.sh_degree,
-        render_mode="RGB+ED", packed=False,
+    out, alphas, meta = rasterization(
+        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
+        Ks=Ks, width=W, height=H, near_plane=near, far_plane=far, radius_clip=s.radius_clip,
+        eps2d=s.eps2d, sh_degree=sh_degree, render_mode="RGB+ED", packed=False,
     )
     means2d = meta["means2d"]
     if torch.is_grad_enabled() and means2d.requires_grad:
@@ -379,6 +477,5 @@ def _render_gsplat(g: Gaussians, cams: Cameras, bg: Tensor, near: float, far: fl
     radii = meta["radii"]
     if radii.dim() == 3:  # gsplat >= 1.5: (C, N, 2)
         radii = radii.max(dim=-1).values
-    rgb = colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
-    return RenderOutput(rgb=rgb, alpha=alphas, depth=colors[..., 3:4], means2d=means2d,
+    return RenderOutput(rgb=out[..., :-1], alpha=alphas, depth=out[..., -1:], means2d=means2d,
                         radii=radii.to(torch.int32))

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pipeline.checkpoint_sync import CheckpointSync, remove_temp_files
-from pipeline.config import Config, eval_hash
+from common.config import Config, eval_hash
 from pipeline.inputs import AssetRequest, request_config
 from pipeline.records import Timing, now, record_from
-from pipeline.storage import is_temp_name, open_storage, safe_relpath, set_storage_options
+from common.storage import is_temp_name, open_storage, safe_relpath, set_storage_options
 from pipeline.workers import generate
 from stages.generate import GenerateResult
 from stages.metrics import MetricScores, score_asset

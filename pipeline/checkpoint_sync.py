@@ -11,7 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
-from pipeline.storage import Storage, is_temp_name
+from common.storage import Storage, is_temp_name
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, dump_yaml, load_config
+from common.config import ConfigError, dump_yaml, load_config
 
 log = logging.getLogger("sctd3d")
 
@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _apply_storage_options(args: argparse.Namespace, uri: str) -> None:
     opts = _storage_options(args)
     if opts:
-        from pipeline.storage import set_storage_options
+        from common.storage import set_storage_options
 
         set_storage_options(uri, opts)
 
@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from pipeline import manifest
+    from common import manifest
 
     from pipeline.preflight import check_is_run
 
@@ -213,7 +213,7 @@ def cmd_toy_list(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.config import config_hash, eval_hash
+    from common.config import config_hash, eval_hash
     from pipeline.inputs import asset_generation_hash
 
     cfg = _cfg(args)
@@ -377,10 +377,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from kernels.ply import PlyFormatError
     from pipeline.executors import ExecutorError
     from pipeline.inputs import InputError
-    from pipeline.lock import LockHeld
+    from common.lock import LockHeld
     from stages.toyworld.catalogue import CatalogueError
-    from pipeline.manifest import ManifestError
-    from pipeline.storage import StorageError
+    from common.manifest import ManifestError
+    from common.storage import StorageError
     from stages.generate import CheckpointError
     from stages.init import InitError
     from stages.metrics.errors import MetricWeightsError

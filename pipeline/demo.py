@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipeline.config import load_config, resolve_config_path
+from common.config import load_config, resolve_config_path
 from pipeline.run import RunSummary, run_batch
-from pipeline.storage import open_storage
+from common.storage import open_storage
 
 DEMO_CONFIG = "demo.yaml"
 

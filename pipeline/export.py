@@ -28,10 +28,10 @@ from typing import Any, Optional
 
 import fsspec
 
-from pipeline import manifest
+from common import manifest
 from pipeline.executors import make_executor
-from pipeline.lock import RunLock
-from pipeline.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
+from common.lock import RunLock
+from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
 from stages.export import card, index, shards
 from stages.export.asset import (PLY_FILE, SPZ_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,

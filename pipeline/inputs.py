@@ -3,7 +3,7 @@
 Why: every row is checked before any GPU time is spent, so a batch of thousands never dies (or
 burns a GPU hour) on row 4,812. Bad rows become `rejected` records with the reason; the rest run.
 Assets are identified by a stable hash of (normalised prompt, seed, generation hash: the generation
-settings plus the content identity of the prior's weights, pipeline.config.generation_hash), so
+settings plus the content identity of the prior's weights, common.config.generation_hash), so
 prompts never become paths, re-running the same input finds the same assets, and evaluation
 settings never rename an asset.
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 import fsspec
 
 
-from pipeline.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
+from common.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
                              to_dict)
 from pipeline.validate import check_names
 

@@ -9,8 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.storage import StorageError, is_local
+from common.config import Config
+from common.storage import StorageError, is_local
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Manifest records from typed stage results: the one place a record is assembled.
 
 Why one function: the columns an asset's record fills (and where each value comes from) were
-spread over the worker and the driver; here each column of `pipeline.manifest.SCHEMA` that a run
+spread over the worker and the driver; here each column of `common.manifest.SCHEMA` that a run
 writes has exactly one source.
 """
 
@@ -11,9 +11,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from pipeline.config import Config
+from common.config import Config
 from pipeline.inputs import AssetRequest, RejectedRow
-from pipeline.manifest import METRIC_COLUMNS
+from common.manifest import METRIC_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
     from stages.generate import GenerateResult

@@ -11,9 +11,9 @@ import hashlib
 import logging
 import os
 
-from pipeline import manifest
+from common import manifest
 from pipeline.inputs import AssetRequest
-from pipeline.storage import Storage, is_local
+from common.storage import Storage, is_local
 
 log = logging.getLogger(__name__)
 

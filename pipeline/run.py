@@ -24,16 +24,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from pipeline import deadline, manifest
+from common import deadline, manifest
 from pipeline.asset import AssetTask, process_asset
 from pipeline.checkpoint_sync import remove_temp_files
-from pipeline.config import Config, config_hash, eval_hash, load_config, to_dict
+from common.config import Config, config_hash, eval_hash, load_config, to_dict
 from pipeline.executors import make_executor
 from pipeline.inputs import PromptBatch, asset_generation_hash, read_prompts, request_config
-from pipeline.lock import RunLock
+from common.lock import RunLock
 from pipeline.records import committed, failed_record, now, rejected_record
 from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
-from pipeline.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
+from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
 from pipeline.validate import check_names
 from stages.metrics.fid import run_fid
 from stages.priors.device import require_device
@@ -186,7 +186,7 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
 
 
 class _StopOnSignals:
-    """SIGINT/SIGTERM -> a stop request (pipeline.deadline) instead of dying mid-write.
+    """SIGINT/SIGTERM -> a stop request (common.deadline) instead of dying mid-write.
 
     Why: a run killed by the default handlers leaves run.json `running`, the lock behind and (for
     SIGINT) a long traceback. The first signal stops dispatching; the running asset stops at its next

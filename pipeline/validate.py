@@ -13,7 +13,7 @@ import difflib
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import Config, ConfigError
+from common.config import Config, ConfigError
 
 
 def _methods() -> list[str]:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from pipeline.config import Config
+from common.config import Config
 from stages.generate import GenerateResult
 from stages.generate import generate as _generate
 from stages.priors.registry import load_prior

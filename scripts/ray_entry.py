@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import _storage_options, guarded
 
     def run() -> int:
-        from pipeline.config import load_config
+        from common.config import load_config
         from pipeline.run import run_batch
 
         cfg = load_config(args.config, args.set)

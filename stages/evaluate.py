@@ -27,9 +27,9 @@ import os
 import posixpath
 from typing import Any, Optional
 
-from pipeline.config import (Config, ConfigError, apply_overrides, config_hash, eval_hash,
+from common.config import (Config, ConfigError, apply_overrides, config_hash, eval_hash,
                              generation_hash, generation_settings)
-from pipeline.storage import open_storage
+from common.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,9 @@ def evaluate(target: str, cfg: Config) -> dict:
 
 
 def _evaluate_run(root: str, cfg: Config) -> dict:
-    from pipeline import manifest
-    from pipeline.lock import RunLock
-    from pipeline.storage import asset_dir
+    from common import manifest
+    from common.lock import RunLock
+    from common.storage import asset_dir
     from stages.metrics import PER_ASSET
 
     out = open_storage(root)

@@ -25,7 +25,7 @@ import torch
 from kernels.gaussians import Gaussians
 from kernels.ply import save_ply
 from kernels.render import resolve_backend
-from pipeline import deadline
+from common import deadline
 from stages.checkpoint import CKPT_DIR, CheckpointError, RunState, load_latest_checkpoint, save_checkpoint
 from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
 from stages.losses import tv_loss
@@ -185,7 +185,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     `prior` may be passed to reuse a loaded prior across assets; otherwise it is loaded from
     `cfg.prior`. Returns a GenerateResult; a failed asset has ok=False, an error, and no asset.ply.
     """
-    from pipeline.config import config_hash, generation_hash
+    from common.config import config_hash, generation_hash
     from stages.priors.identity import generation_inputs
 
     if not isinstance(prompt, str) or not prompt.strip():

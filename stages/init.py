@@ -20,7 +20,7 @@ from torch import Tensor
 from kernels.gaussians import Gaussians
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import InitConfig
+    from common.config import InitConfig
 
 log = logging.getLogger(__name__)
 

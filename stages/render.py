@@ -25,8 +25,8 @@ from kernels.cameras import Cameras, orbit_cameras
 from kernels.gaussians import Gaussians
 from kernels.ply import load_ply
 from kernels.render import render
-from pipeline.config import Config, RenderConfig
-from pipeline.storage import open_storage
+from common.config import Config, RenderConfig
+from common.storage import open_storage
 from stages import faults
 
 log = logging.getLogger(__name__)

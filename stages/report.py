@@ -27,7 +27,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from pipeline.manifest import METRIC_COLUMNS, STATUS_RANK
+from common.manifest import METRIC_COLUMNS, STATUS_RANK
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,7 +35,7 @@ from stages import regression
 
 log = logging.getLogger(__name__)
 
-PER_ASSET_METRICS = METRIC_COLUMNS  # the one list (pipeline.manifest)
+PER_ASSET_METRICS = METRIC_COLUMNS  # the one list (common.manifest)
 KEY = ("prompt", "seed", "method")
 STATUSES = ("done", "failed", "rejected")
 SUMMARY_SCHEMA_VERSION = 1
@@ -83,7 +83,7 @@ def resolve_ref(ref: str | None, root: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Manifest reading (the one function to switch to pipeline.manifest once its reader is final)
+# Manifest reading (the one function to switch to common.manifest once its reader is final)
 # ----------------------------------------------------------------------------------------------
 def _manifest_files(uri: str) -> tuple[str, list[str]]:
     """(run root URI, parquet file URIs) for a run dir, a manifest dir, or a .parquet file."""
@@ -136,7 +136,7 @@ def read_manifest(uri: str) -> tuple[str, pd.DataFrame]:
         raise ReportError(f"manifest {uri} lacks required columns {missing} "
                           f"(has {sorted(df.columns)}); is it a sctd3d manifest?")
     if "asset_id" in df.columns:
-        # the manifest's own rule (pipeline.manifest.dedup): done wins, then rejected, then the
+        # the manifest's own rule (common.manifest.dedup): done wins, then rejected, then the
         # latest failed record
         rank = df["status"].map(STATUS_RANK).fillna(len(STATUS_RANK))
         order = pd.DataFrame({"rank": rank, "pos": range(len(df))})
@@ -289,7 +289,7 @@ def load_history(uri: str, exclude_root: str | None = None) -> list[RunData]:
 # Comparison
 # ----------------------------------------------------------------------------------------------
 def _report_cfg(cfg: Any):
-    from pipeline.config import Config, ReportConfig
+    from common.config import Config, ReportConfig
     if cfg is None:
         return ReportConfig()
     if isinstance(cfg, Config):
@@ -420,7 +420,7 @@ def _write_bytes(uri: str, data: bytes) -> None:
     if _protocol(fs) in ("file", "local"):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        from pipeline.storage import create_temp
+        from common.storage import create_temp
 
         fd, tmp = create_temp(d)  # 0666 & ~umask: reports are meant to be shared
         try:
@@ -525,7 +525,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, load_config
+    from common.config import ConfigError, load_config
     try:
         cfg = load_config(args.config, args.overrides)
         code = build_report(args.manifest_uri, args.out, baseline=args.baseline,

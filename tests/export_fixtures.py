@@ -1,4 +1,4 @@
-"""A synthetic finished run for the export tests: manifest records (pipeline.manifest writer),
+"""A synthetic finished run for the export tests: manifest records (common.manifest writer),
 run.json with the demo config, and small .ply assets (plus a missing and a truncated one)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from kernels.gaussians import Gaussians, rgb_to_sh0
 from kernels.ply import save_ply
-from pipeline import manifest
-from pipeline.config import load_config, resolve_config_path, to_dict
+from common import manifest
+from common.config import load_config, resolve_config_path, to_dict
 
 
 def blob_scene(seed: int, n: int = 150, sh_degree: int = 0) -> Gaussians:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pipeline.asset
-from pipeline import deadline, manifest
+from common import deadline, manifest
 from stages.generate import GenerateResult
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import manifest  # the one schema: rows go through manifest.to_table / make_record
+from common import manifest  # the one schema: rows go through manifest.to_table / make_record
 
 
 def make_run(root: str, *, n_prompts: int = 24, methods=("sctd",), seeds=(0,), day: int = 0,

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest
-from pipeline.config import (EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHED, TOY_EVALUATION_KEYS,
+from common import manifest
+from common.config import (EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHED, TOY_EVALUATION_KEYS,
                              TOY_GENERATION_KEYS, Config, ConfigError, apply_overrides, eval_hash,
                              load_config, to_dict)
 from pipeline.inputs import read_prompts
@@ -189,7 +189,7 @@ def test_same_prompt_seed_settings_same_id_across_processes(tmp_path, prompts):
     here = _id(prompts, cfg)
     assert here == _id(prompts, load_config("toy.yaml")) == _id(str(other), cfg)
     assert here == _id(prompts, load_config("toy.yaml", ["prior.device=auto", "pipeline.max_attempts=9"]))
-    code = ("from pipeline.config import Config; from pipeline.inputs import read_prompts; "
+    code = ("from common.config import Config; from pipeline.inputs import read_prompts; "
             f"print(read_prompts({prompts!r}, Config()).requests[0].asset_id)")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -316,7 +316,7 @@ def test_generate_and_workers_pass_the_toy_section(tmp_path, monkeypatch):
 # manifest schema v2
 # ----------------------------------------------------------------------------------------------
 def test_v1_records_read_with_null_identity_columns(tmp_path):
-    from pipeline.storage import open_storage
+    from common.storage import open_storage
 
     st = open_storage(str(tmp_path))
     v1_cols = [f for f in manifest.SCHEMA if f.name not in ("generation_hash", "eval_hash", "evaluated_at")]

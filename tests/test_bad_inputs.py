@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest
-from pipeline.config import ConfigError, config_hash, load_config
+from common import manifest
+from common.config import ConfigError, config_hash, load_config
 from pipeline.run import run_batch
-from pipeline.storage import StorageError, open_storage
+from common.storage import StorageError, open_storage
 from cli_capture import run_cli
 from test_reliability import tiny_cfg
 
@@ -196,7 +196,7 @@ def test_bad_input_catalogue(tmp_path, tiny_pixel_sd_dir, monkeypatch):
     assert not (adir / "asset.ply").exists()
 
     # ---- 6. missing model weights: a failed record naming the path and the key --------------
-    from pipeline.config import apply_overrides
+    from common.config import apply_overrides
 
     nocfg = apply_overrides(cfg, {"prior": {"model": str(tmp_path / "no-such-weights")}})
     s = run_batch(str(one), nocfg, str(outs["out_weights"]), progress=False)

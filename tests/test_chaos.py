@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import fakes
-from pipeline import manifest
-from pipeline.config import load_config
+from common import manifest
+from common.config import load_config
 from pipeline.inputs import read_prompts
-from pipeline.storage import open_storage
+from common.storage import open_storage
 
 ray = pytest.importorskip("ray")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CONFIG_DIR, ConfigError, config_hash, load_config
+from common.config import CONFIG_DIR, ConfigError, config_hash, load_config
 
 
 def test_spec_defaults():

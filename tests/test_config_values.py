@@ -9,7 +9,7 @@ import io
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.config import ConfigError, apply_overrides, load_config
+from common.config import ConfigError, apply_overrides, load_config
 
 BAD = [
     ("generate.optim.position_lr_init=.nan", "generate.optim.position_lr_init", "finite"),

@@ -120,7 +120,7 @@ def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
 
 
 def test_local_per_asset_timeout_is_cooperative_and_not_retried():
-    from pipeline import deadline
+    from common import deadline
 
     def spins(limit_s):
         t0 = time.monotonic()
@@ -163,7 +163,7 @@ def test_ray_worker_start_deadline_and_no_gpu_cluster(ray_local):
 
 
 def _run_cfg(*extra):
-    from pipeline.config import load_config
+    from common.config import load_config
 
     return load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
                                     "pipeline.report=false", "metrics.fid=false", *extra])
@@ -214,7 +214,7 @@ def test_ray_prior_device_check_runs_in_the_worker(tmp_path, ray_local):
     never checks: a head node has no GPU) and stops the run with the worker's one-line reason."""
     import json
 
-    from pipeline.config import load_config
+    from common.config import load_config
     from pipeline.executors import ExecutorError
     from pipeline.run import run_batch
 

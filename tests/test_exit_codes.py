@@ -17,7 +17,7 @@ import pytest
 import fakes
 import pipeline.demo
 import pipeline.run as prun
-from pipeline import manifest
+from common import manifest
 from cli_capture import run_cli as cli
 from test_pipeline_run import FakeGenerate, calls
 

@@ -44,7 +44,7 @@ def _cli(argv, capsys):
 # ------------------------------------------------------------------------------- the filter
 def test_where_unknown_column_and_syntax_error_name_it_and_the_columns(exported, capsys):
     run, _, _ = exported
-    table = __import__("pipeline.manifest", fromlist=["read"]).read(str(run))
+    table = __import__("common.manifest", fromlist=["read"]).read(str(run))
     with pytest.raises(FilterError, match=r"unknown column 'clip'.*available columns: asset_id, "
                                           r"prompt.*clip_l"):
         select(table, "clip >= 0.28")
@@ -373,7 +373,7 @@ def test_spz_without_the_tool_is_one_line_before_any_write(exported, tmp_path, c
 def test_a_non_hex_asset_id_is_skipped_not_turned_into_a_path(tmp_path):
     import datetime as dt
 
-    from pipeline import manifest
+    from common import manifest
 
     run = make_run(tmp_path / "run", n_done=1, failed=False)
     manifest.commit(str(run), {"asset_id": "Not-A-Hex-Id", "prompt": "x", "status": "done",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kernels.ply import load_ply
-from pipeline.config import load_config
+from common.config import load_config
 from stages.generate import (
     depth_image,
     generate,
@@ -241,7 +241,7 @@ class FakeClock:
 
 
 def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path, monkeypatch):
-    from pipeline import deadline
+    from common import deadline
 
     monkeypatch.setattr(deadline, "_clock", FakeClock())
     cfg = tiny_cfg("generate.method=sds")
@@ -261,7 +261,7 @@ def test_iterations_read_the_device_once_outside_logging(tmp_path, method):
     # (alpha_bar lookups, DDIM alpha checks, finite checks, gradient-norm clips, loss-term floats,
     # the azimuths of device cameras); now one fused finiteness check per iteration, plus one
     # batched read of the loss terms on logging iterations
-    from pipeline import deadline
+    from common import deadline
     from sync_count import count_syncs
 
     cfg = tiny_cfg(f"generate.method={method}", "generate.log_every=4", "generate.checkpoint_every=0",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import InitConfig
+from common.config import InitConfig
 from stages import init as init_mod
 from stages.init import (
     InitError,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import InitConfig
+from common.config import InitConfig
 from stages import init as init_mod
 from stages.init import init_gaussians, point_e_points
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from common.config import load_config
 from stages import init as init_mod
 from stages.init import POINT_E_INSTALL, InitError, check_requirements
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
+from common.config import load_config
 from pipeline.inputs import InputError, asset_id_for, read_prompts, slugify
 
 

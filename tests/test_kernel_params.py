@@ -16,7 +16,7 @@ from kernels.cameras import CameraSamplerParams
 from kernels.ddim import TimestepParams
 from kernels.distill import SCTDParams, Schedule
 from kernels.trainer import TrainerParams
-from pipeline.config import load_config
+from common.config import load_config
 from stages import kernel_params as kp
 
 SEED = 3

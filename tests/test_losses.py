@@ -9,10 +9,10 @@ import torch
 
 from kernels.cameras import orbit_cameras
 from kernels.render import render
-from pipeline.config import LossConfig
+from common.config import LossConfig
 from stages import losses
 from stages.init import init_gaussians
-from pipeline.config import load_config
+from common.config import load_config
 
 
 def test_every_config_weight_has_a_loss_and_every_loss_a_weight():

@@ -1,4 +1,4 @@
-"""pipeline.manifest: explicit v1 schema, atomic per-asset parts, dedup, compaction, show."""
+"""common.manifest: explicit v1 schema, atomic per-asset parts, dedup, compaction, show."""
 
 import datetime as dt
 
@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest
-from pipeline.storage import open_storage
+from common import manifest
+from common.storage import open_storage
 
 DESIGN_V1 = ["asset_id", "prompt", "seed", "method", "prior", "config_hash", "code_version", "status",
              "error", "attempts", "started_at", "finished_at", "wall_s", "gpu_s", "device",
@@ -117,7 +117,7 @@ def test_compact_never_deletes_a_part_rewritten_while_it_ran(tmp_path, monkeypat
 
 
 def test_compact_refuses_while_a_run_holds_the_lock(tmp_path):
-    from pipeline.lock import LockHeld, RunLock
+    from common.lock import LockHeld, RunLock
 
     st = open_storage(str(tmp_path / "run"))
     manifest.commit(st, {"asset_id": "aa01", "status": "done"})
@@ -187,7 +187,7 @@ def test_dedup_rule_vectorised(tmp_path):
 
 def test_cli_compact_during_a_run_is_one_line(tmp_path, capsys):
     from pipeline.cli import main
-    from pipeline.lock import RunLock
+    from common.lock import RunLock
 
     st = open_storage(str(tmp_path / "run"))
     manifest.commit(st, {"asset_id": "aa01", "status": "done"})

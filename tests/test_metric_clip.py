@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import MetricsConfig
+from common.config import MetricsConfig
 from stages.metrics.clip import ClipScorer, load_clip
 from stages.metrics.errors import MetricWeightsError
 

@@ -15,7 +15,7 @@ from cleanfid.fid import frechet_distance as cleanfid_frechet
 from PIL import Image
 
 import fakes
-from pipeline.config import load_config
+from common.config import load_config
 from stages.metrics.errors import MetricWeightsError
 from stages.metrics.fid import (file_features, frechet_distance, frechet_distance_features,
                                 load_inception, run_fid, statistics)

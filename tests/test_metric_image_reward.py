@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import MetricsConfig
+from common.config import MetricsConfig
 from stages.metrics import image_reward as ir
 from stages.metrics.errors import MetricWeightsError
 

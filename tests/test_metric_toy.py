@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import load_config
+from common.config import load_config
 from stages.metrics.toy import ToyWorld, psnr_per_view, shifted_mse, silhouette_iou, toy_metrics
 from stages.toyworld.catalogue import build_object, load_catalogue
 
@@ -105,7 +105,7 @@ def test_score_asset_and_evaluate_write_nulls_with_reasons(tmp_path):
 
 def test_ground_truth_views_disk_cache(tmp_path):
     """A second process (simulated by clearing the in-memory cache) reads GT renders from disk."""
-    from pipeline.config import load_config
+    from common.config import load_config
     from stages.metrics import toy as toy_mod
     from stages.toyworld.catalogue import build_object, load_catalogue
 

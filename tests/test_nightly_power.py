@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
+from common.config import load_config
 from pipeline.run import run_batch
 from stages import faults
 from stages.report import build_report, read_manifest

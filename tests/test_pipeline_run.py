@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import fakes
-from pipeline import manifest
-from pipeline.config import load_config
-from pipeline.lock import LockHeld, RunLock
+from common import manifest
+from common.config import load_config
+from common.lock import LockHeld, RunLock
 from pipeline.run import run_batch
-from pipeline.storage import open_storage
+from common.storage import open_storage
 
 PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow torus", "a white cylinder",
            "a red cone", "a blue cube"]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import PriorConfig
+from common.config import PriorConfig
 from stages.priors.guidance import (
     PerpNegParams,
     combine_guided,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.config import PriorConfig, load_config
+from common.config import PriorConfig, load_config
 from stages.priors import device as devmod
 from stages.priors.device import DeviceError, require_device
 

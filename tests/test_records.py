@@ -1,5 +1,5 @@
 """The per-asset contract: typed results in, one manifest record out (pipeline.records), and the
-one list of per-asset metric names (pipeline.manifest.METRIC_COLUMNS) every reader uses."""
+one list of per-asset metric names (common.manifest.METRIC_COLUMNS) every reader uses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import fakes
-from pipeline import manifest
-from pipeline.config import ConfigError, load_config
+from common import manifest
+from common.config import ConfigError, load_config
 from pipeline.inputs import read_prompts
 from pipeline.records import Timing, committed, record_from
 from stages.metrics import MetricScores

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import fakes
-from pipeline import manifest
-from pipeline.config import load_config
+from common import manifest
+from common.config import load_config
 from pipeline.run import run_batch
-from pipeline.storage import open_storage
+from common.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow torus"]
@@ -54,7 +54,7 @@ def tiny_overrides(model: Path, iterations: int = ITERS) -> dict:
 
 def tiny_cfg(model: Path, **kw):
     cfg = load_config("toy.yaml")
-    from pipeline.config import apply_overrides
+    from common.config import apply_overrides
 
     return apply_overrides(cfg, tiny_overrides(model, **kw), source="test")
 
@@ -335,7 +335,7 @@ def test_deleted_asset_is_redone_and_redo_modes(tmp_path):
 def test_run_survives_a_concurrent_compact(tmp_path):
     """`manifest compact` during a run is refused (the run holds the lock); a compaction that
     ignores the lock (another host on an object store) loses nothing either (issue 14 item 1)."""
-    from pipeline.lock import LockHeld
+    from common.lock import LockHeld
 
     cfg, out = _fast_cfg(), str(tmp_path / "out")
     prompts = tmp_path / "p.txt"

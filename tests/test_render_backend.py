@@ -48,8 +48,8 @@ def test_failed_gsplat_build_is_tried_once_and_warned_once(monkeypatch, caplog):
 
 def test_renderer_recorded_in_meta_and_manifest(tmp_path):
     """A real (tiny, toy-world) generation through the pipeline records the renderer it used."""
-    from pipeline import manifest
-    from pipeline.config import load_config
+    from common import manifest
+    from common.config import load_config
     from pipeline.run import run_batch
 
     cfg = load_config("toy.yaml", [

@@ -10,7 +10,7 @@ from PIL import Image
 
 from kernels.gaussians import Gaussians, rgb_to_sh0
 from kernels.ply import save_ply
-from pipeline.config import load_config
+from common.config import load_config
 from stages.render import contact_sheet, read_frames, render_asset
 
 

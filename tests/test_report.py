@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ReportConfig
+from common.config import ReportConfig
 from report_fixtures import make_run
 from stages import regression
 from stages.report import ReportError, build_report, load_run, main
@@ -255,7 +255,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_nightly_toy_config_gates_toy_metrics(tmp_path):
-    from pipeline.config import load_config
+    from common.config import load_config
 
     cfg = load_config("configs/nightly_toy.yaml")
     assert cfg.prior.name == "toy_sd" and cfg.generate.seed == 0
@@ -269,7 +269,7 @@ def test_nightly_toy_config_gates_toy_metrics(tmp_path):
 
 
 def test_read_manifest_keeps_done_over_later_failed(tmp_path):
-    """Same dedup rule as pipeline.manifest: a committed `done` beats a later `failed` record."""
+    """Same dedup rule as common.manifest: a committed `done` beats a later `failed` record."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

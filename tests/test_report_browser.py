@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ReportConfig
+from common.config import ReportConfig
 from report_fixtures import make_run
 from stages.report import build_report
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pipeline.config import ConfigError, ReportConfig, load_config
+from common.config import ConfigError, ReportConfig, load_config
 from report_fixtures import make_run
 from stages.report import ReportError, build_report
 

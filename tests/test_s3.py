@@ -10,9 +10,9 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 import fakes  # noqa: E402
-from pipeline import manifest  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.storage import open_storage  # noqa: E402
+from common import manifest  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.storage import open_storage  # noqa: E402
 from s3_server import running_moto  # noqa: E402
 from test_pipeline_run import FakeGenerate, FakeInterrupt, calls  # noqa: E402
 

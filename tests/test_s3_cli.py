@@ -67,8 +67,8 @@ def test_whole_toy_run_on_s3_with_storage_option(tmp_path, endpoint):
     assert info["status"] == "finished" and info["out"] == run
     show = sctd3d("manifest", "show", run, *opt, env=_env(**CREDS), timeout=120)
     assert show.returncode == 0 and "done 1" in show.stdout, show.stderr[-2000:]
-    from pipeline import manifest
-    from pipeline.storage import set_storage_options
+    from common import manifest
+    from common.storage import set_storage_options
 
     set_storage_options(run, {"endpoint_url": endpoint, "key": "testing", "secret": "testing"})
     try:

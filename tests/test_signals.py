@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import manifest
+from common import manifest
 from test_reliability import _env, _latest_ckpt, _run_cmd, tiny_overrides
 
 ITERS = 120  # the signal lands at iteration ~5, well before the end; the re-run resumes
@@ -110,7 +110,7 @@ def test_stop_handler_first_signal_requests_a_stop_second_stops_now():
     """In-process: the handlers run_batch installs (main thread), restored afterwards."""
     import os
 
-    from pipeline import deadline
+    from common import deadline
     from pipeline.run import _StopOnSignals
 
     before = signal.getsignal(signal.SIGTERM)

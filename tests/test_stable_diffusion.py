@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import PriorConfig
+from common.config import PriorConfig
 from stages.priors.guidance import make_guided_eps
 from stages.priors.registry import load_prior
 from stages.priors.stable_diffusion import PriorLoadError, StableDiffusionPrior, resolve_model
@@ -171,7 +171,7 @@ DEAD_ID = "stabilityai/stable-diffusion-2-1-base"
 
 
 def test_default_model_is_the_live_community_mirror():
-    from pipeline.config import config_hash, load_config
+    from common.config import config_hash, load_config
     from stages.priors.stable_diffusion import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == LIVE_ID and PriorConfig().model == LIVE_ID

@@ -1,11 +1,11 @@
-"""pipeline.storage: atomic writes, root confinement, asset layout, memory:// object store."""
+"""common.storage: atomic writes, root confinement, asset layout, memory:// object store."""
 
 import os
 import uuid
 
 import pytest
 
-from pipeline.storage import StorageError, asset_dir, join_uri, open_storage, safe_relpath
+from common.storage import StorageError, asset_dir, join_uri, open_storage, safe_relpath
 
 
 def test_safe_relpath_rejects_escapes():
@@ -94,7 +94,7 @@ def test_memory_object_store_roundtrip(tmp_path):
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
     """Atomic writes used tempfile.mkstemp (always 0600): a shared dataset folder's manifest,
     run.json and frames were unreadable to its other users (issue 14 item 3)."""
-    from pipeline import manifest
+    from common import manifest
     from stages.report import _write_bytes as report_write
 
     old = os.umask(umask)

@@ -121,7 +121,7 @@ def test_second_prior_reuses_the_view_cache(prior, cache, monkeypatch):
 
 
 def test_load_prior_by_name(cache, monkeypatch):
-    from pipeline.config import PriorConfig, ToyConfig
+    from common.config import PriorConfig, ToyConfig
     from stages.priors import toy_exact
     from stages.priors.registry import load_prior
 

@@ -82,7 +82,7 @@ def test_production_loader_encodes_with_gradient_and_scaling(trained):
 
 def test_config_route_loads_the_latent_dir(trained):
     """prior.name=toy_sd + prior.model=<dir>: how the benchmarks select this prior."""
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
     from stages.priors.registry import load_prior
 
     root, _ = trained

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernels.ply import load_ply  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from stages.generate import generate  # noqa: E402
 from stages.init import init_gaussians  # noqa: E402
 from stages.metrics.toy import ToyWorld, toy_metrics  # noqa: E402

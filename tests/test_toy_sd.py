@@ -25,7 +25,7 @@ def test_shipped_toy_sd_weights_are_in_the_package():
 
 
 def _load(model: str):
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
     from stages.priors.registry import load_prior
 
     with pytest.MonkeyPatch.context() as mp:

@@ -26,7 +26,7 @@ def world():
 
 
 def _toy_prior(model: str):
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
     from stages.priors.registry import load_prior
 
     with pytest.MonkeyPatch.context() as mp:

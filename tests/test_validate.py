@@ -1,6 +1,6 @@
 """Method, prior and init names: the registries are the one list the config is checked against.
 
-The config layer (`pipeline.config`) no longer carries its own copy of the names; `pipeline.validate
+The config layer (`common.config`) no longer carries its own copy of the names; `pipeline.validate
 .check_names` checks them against `kernels.distill.METHODS`, `stages.priors.registry.PRIORS` and
 `stages.init.INIT_METHODS` wherever the orchestrator loads a config for use."""
 
@@ -14,7 +14,7 @@ import torch
 import kernels.distill as distill
 import stages.init as init_mod
 import stages.priors.registry as registry
-from pipeline.config import ConfigError, PriorConfig, load_config
+from common.config import ConfigError, PriorConfig, load_config
 from pipeline.inputs import read_prompts
 from pipeline.validate import REGISTERED, check_names
 from cli_capture import run_cli as cli
@@ -41,7 +41,7 @@ def test_a_bad_name_in_a_config_file_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         check_names(load_config(p))
     msg = str(e.value)
-    assert msg.startswith("base.yaml <- toy.yaml <- mine.yaml: generate.method: 'zzz' is not a registered")  # as pipeline.config names sources
+    assert msg.startswith("base.yaml <- toy.yaml <- mine.yaml: generate.method: 'zzz' is not a registered")  # as common.config names sources
     assert "did you mean" not in msg
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from pipeline import deadline
+from common import deadline
 from pipeline.executors import Outcome, format_error
 
 log = logging.getLogger(__name__)

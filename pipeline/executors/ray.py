@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import ray
 import ray.exceptions as rex
 
-from pipeline import deadline
+from common import deadline
 from pipeline.executors import ExecutorError, Outcome, WorkerStartupError, format_error
 
 log = logging.getLogger(__name__)

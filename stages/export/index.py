@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.manifest import METRIC_COLUMNS
+from common.manifest import METRIC_COLUMNS
 
 INDEX_FILE = "index.parquet"
 METRICS = METRIC_COLUMNS  # the manifest's per-asset metric columns (one list)

@@ -13,8 +13,8 @@ import io
 import json
 import logging
 
-from pipeline.config import Config
-from pipeline.manifest import METRIC_COLUMNS
+from common.config import Config
+from common.manifest import METRIC_COLUMNS
 from stages.metrics.errors import MetricWeightsError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class MetricScores(dict):
 
 def score_asset(cfg: Config, asset_dir: str, prompt: str) -> MetricScores:
     """Score one rendered asset with the configured metrics; writes asset_dir/metrics.json."""
-    from pipeline.storage import open_storage
+    from common.storage import open_storage
 
     mc = cfg.metrics
     wanted = list(mc.metrics)

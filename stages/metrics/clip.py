@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.config import MetricsConfig
+from common.config import MetricsConfig
 from stages.metrics.errors import MetricWeightsError, metric_device
 
 log = logging.getLogger(__name__)

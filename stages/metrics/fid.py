@@ -33,8 +33,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pipeline.config import Config, MetricsConfig
-from pipeline.storage import open_storage
+from common.config import Config, MetricsConfig
+from common.storage import open_storage
 from stages.metrics.errors import MetricWeightsError, metric_device
 
 log = logging.getLogger(__name__)

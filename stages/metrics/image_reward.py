@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.config import MetricsConfig
+from common.config import MetricsConfig
 from stages.metrics.errors import MetricWeightsError, metric_device
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kernels.gaussians import Gaussians
-from pipeline.config import Config, RenderConfig
+from common.config import Config, RenderConfig
 from stages.render import eval_cameras, render_views
 
 log = logging.getLogger(__name__)

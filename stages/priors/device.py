@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
 
 log = logging.getLogger(__name__)
 

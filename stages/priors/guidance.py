@@ -21,7 +21,7 @@ from stages.priors.protocol import Prior
 from stages.priors.views import VIEW_SUFFIXES, view_suffix, wrap_azimuth
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from stages.priors.device import require_device
 from stages.priors.protocol import Prior
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig, ToyConfig
+    from common.config import PriorConfig, ToyConfig
 
 Loader = Callable[["PriorConfig", torch.device, "ToyConfig | None"], Prior]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from stages.priors.protocol import EmbeddingCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
 
 log = logging.getLogger(__name__)
 

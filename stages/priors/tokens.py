@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig
+    from common.config import PriorConfig
 
 log = logging.getLogger(__name__)
 

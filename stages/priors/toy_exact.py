@@ -25,7 +25,7 @@ from stages.toyworld.catalogue import Catalogue, load_catalogue
 from stages.toyworld.views import ViewParams, catalogue_views
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PriorConfig, ToyConfig
+    from common.config import PriorConfig, ToyConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ToyExactPrior:
                     toy: "ToyConfig | None" = None) -> "ToyExactPrior":
         """Views at the prior's image size with the toy section's camera/count/cache settings."""
         if toy is None:
-            from pipeline.config import ToyConfig
+            from common.config import ToyConfig
 
             toy = ToyConfig()
         vp = ViewParams(num_views=int(toy.views_per_object), resolution=int(cfg.image_size),

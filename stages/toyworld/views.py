@@ -29,7 +29,7 @@ VIEWS_VERSION = 1  # bump when the rendering recipe changes (invalidates caches)
 
 @dataclass(frozen=True)
 class ViewParams:
-    """What determines a set of toy views (defaults = pipeline.config.ToyConfig defaults)."""
+    """What determines a set of toy views (defaults = common.config.ToyConfig defaults)."""
 
     num_views: int = 256
     resolution: int = 32
@@ -46,7 +46,7 @@ class ViewParams:
             raise ValueError(f"ViewParams.resolution={self.resolution}: must be in 4..1024")
 
     @classmethod
-    def from_config(cls, toy_cfg) -> "ViewParams":  # noqa: ANN001  (pipeline.config.ToyConfig)
+    def from_config(cls, toy_cfg) -> "ViewParams":  # noqa: ANN001  (common.config.ToyConfig)
         return cls(num_views=int(toy_cfg.views_per_object), resolution=int(toy_cfg.resolution),
                    radius_range=tuple(toy_cfg.camera_radius_range),  # type: ignore[arg-type]
                    fovy_range=tuple(toy_cfg.camera_fovy_range))  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import Storage, open_storage
+from common.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ SCHEMA = pa.schema([
     pa.field("input_uri", pa.string()),
     # --- additions (v2): asset identity split from evaluation settings ---
     # generation_hash: what the asset id hashes besides prompt and seed (generation settings +
-    # prior weights identity, pipeline.config.generation_hash); eval_hash: the evaluation settings
+    # prior weights identity, common.config.generation_hash); eval_hash: the evaluation settings
     # its metrics were made with (null: not scored, or a v1 record); evaluated_at: when
     # `sctd3d evaluate` last re-scored it (null: scored by the run that generated it).
     # v1 records read with these null. config_hash keeps its v1 meaning (provenance: the whole
@@ -132,7 +132,7 @@ def _as_storage(where: Storage | str) -> Storage:
 
 
 def part_path(asset_id: str) -> str:
-    from pipeline.storage import safe_relpath
+    from common.storage import safe_relpath
 
     return safe_relpath(PARTS_DIR, f"{asset_id}.parquet")
 
@@ -300,7 +300,7 @@ def records_by_id(where: Storage | str) -> dict[str, dict]:
 def compact(where: Storage | str) -> str:
     """Merge parts into manifest/manifest.parquet under the run lock (refused while a run holds
     it: `LockHeld` naming the owner); see compact_locked."""
-    from pipeline.lock import RunLock
+    from common.lock import RunLock
 
     st = _as_storage(where)
     lock = RunLock(st).acquire()

@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Optional
 
-from pipeline.storage import Storage
+from common.storage import Storage
 
 log = logging.getLogger(__name__)
 
