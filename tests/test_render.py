@@ -14,11 +14,13 @@ import torch
 
 from kernels.cameras import Cameras, look_at, intrinsics, orbit_cameras
 from kernels.gaussians import Gaussians, rgb_to_sh0
-from kernels.render import RasterSettings, gsplat_available, project, render
+import kernels.render as kr
+from kernels.render import RasterSettings, gsplat_available, project, rasterize, render
 
 gsplat_torch = pytest.importorskip("gsplat.cuda._torch_impl")
 
 IMG_ATOL = 1e-5  # observed ~7e-7; a 0.99 vs 0.999 alpha clamp alone differs by ~1e-4
+ALPHA_CLAMP = 0.999  # gsplat's CUDA kernel (min(0.999f, alpha)); the torch default must match
 
 
 def random_scene(n: int, seed: int, dtype=torch.float32, scale=(0.02, 0.12), sh_degree: int = 0) -> Gaussians:
@@ -27,14 +29,14 @@ def random_scene(n: int, seed: int, dtype=torch.float32, scale=(0.02, 0.12), sh_
     means = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.8
     log_scales = torch.log(scale[0] + (scale[1] - scale[0]) * torch.rand(n, 3, generator=g))
     quats = torch.randn(n, 4, generator=g)
-    logits = torch.randn(n, generator=g) * 2.5 + 0.5  # some above the 0.99 clamp
+    logits = torch.randn(n, generator=g) * 2.5 + 0.5  # some above the 0.999 clamp (logit > 6.9)
     sh = torch.randn(n, k, 3, generator=g) * 0.3
     sh[:, 0] = rgb_to_sh0(torch.rand(n, 3, generator=g))
     return Gaussians(means.to(dtype), log_scales.to(dtype), quats.to(dtype), logits.to(dtype),
                      sh.to(dtype), sh_degree=sh_degree)
 
 
-def dense_reference(g: Gaussians, cams: Cameras, bg: torch.Tensor, alpha_clamp: float = 0.99,
+def dense_reference(g: Gaussians, cams: Cameras, bg: torch.Tensor, alpha_clamp: float = ALPHA_CLAMP,
                     t_eps: float = 1e-4):
     """Float64 dense compositor on top of gsplat's projection helpers."""
     g = g.to("cpu")
@@ -222,8 +224,7 @@ def test_gsplat_and_torch_backends_agree_on_cuda():
     cams = cams_for_test(3, size=64).to("cuda")
     bg = torch.tensor([0.2, 0.4, 0.6], device="cuda")
     a = render(g, cams, bg, backend="gsplat")
-    # gsplat's CUDA kernel clamps alpha at 0.999; compare like with like
-    b = render(g, cams, bg, backend="torch", settings=RasterSettings(alpha_clamp=0.999))
+    b = render(g, cams, bg, backend="torch")  # one RasterSettings default drives both backends
     assert (a.rgb - b.rgb).abs().max() < 2e-3
     assert (a.alpha - b.alpha).abs().max() < 2e-3
     torch.testing.assert_close(a.means2d, b.means2d, atol=1e-3, rtol=1e-4)
@@ -234,3 +235,101 @@ def test_gsplat_and_torch_backends_agree_on_cuda():
     (b.rgb.sum()).backward()
     cos = torch.nn.functional.cosine_similarity(ga.flatten(), g.means.grad.flatten(), dim=0)
     assert cos > 0.99
+
+
+def _flat(g: Gaussians) -> tuple[torch.Tensor, ...]:
+    """The activated tensors gsplat.rasterization() takes, built here from the raw parameters."""
+    return (g.means, g.quats, torch.exp(g.log_scales), torch.sigmoid(g.opacity_logits))
+
+
+@pytest.mark.parametrize("sh_degree", [0, 1])
+def test_rasterize_on_flat_tensors_equals_render_bit_for_bit(sh_degree):
+    g = random_scene(300, 8, sh_degree=sh_degree)
+    cams = cams_for_test(3)
+    bg = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.2, 0.5, 0.9]])
+    ref = render(g, cams, bg, backend="torch")
+    out = rasterize(*_flat(g), g.sh, cams.viewmats, cams.Ks, cams.width, cams.height,
+                    sh_degree=sh_degree, backgrounds=bg, near_plane=0.01, far_plane=1e3, backend="torch")
+    assert ref.alpha.max() > 0.9
+    for name in ("rgb", "alpha", "depth", "means2d", "radii"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+    # per-camera SH (C, N, K, 3) is the same as shared SH
+    per_cam = rasterize(*_flat(g), g.sh[None].expand(3, -1, -1, -1), cams.viewmats, cams.Ks, cams.width,
+                        cams.height, sh_degree=sh_degree, backgrounds=bg, far_plane=1e3, backend="torch")
+    assert torch.equal(per_cam.rgb, ref.rgb)
+
+
+def test_rasterize_post_activation_colors_and_extra_channels():
+    """sh_degree=None: colours (N, D) as given, like gsplat; a degree-0 render is their D=3 case,
+    and every channel composites on its own (channels 3, 4 repeat channels 0, 1 exactly)."""
+    g = random_scene(300, 9)
+    cams = cams_for_test(2)
+    ref = render(g, cams, backend="torch")
+    feats = torch.cat([g.colors, g.colors[:, :2]], dim=1)  # (N, 5)
+    out = rasterize(*_flat(g), feats, cams.viewmats, cams.Ks, cams.width, cams.height, far_plane=1e3,
+                    backend="torch")
+    assert out.rgb.shape == (2, cams.height, cams.width, 5)
+    assert torch.equal(out.rgb[..., :3], ref.rgb) and torch.equal(out.rgb[..., 3:], ref.rgb[..., :2])
+    assert torch.equal(out.alpha, ref.alpha) and torch.equal(out.depth, ref.depth)
+    with pytest.raises(ValueError, match=r"colors has shape \(300, 3\), expected \(N, K, 3\)"):
+        rasterize(*_flat(g), g.colors, cams.viewmats, cams.Ks, cams.width, cams.height, sh_degree=0)
+    with pytest.raises(ValueError, match=r"backgrounds has shape \(3,\), expected \(2, 5\)"):
+        rasterize(*_flat(g), feats, cams.viewmats, cams.Ks, cams.width, cams.height,
+                  backgrounds=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"scales has shape \(300, 2\)"):
+        rasterize(g.means, g.quats, g.scales[:, :2], g.opacities, g.sh, cams.viewmats, cams.Ks,
+                  cams.width, cams.height, sh_degree=0)
+
+
+def test_torch_default_alpha_clamp_is_gsplats():
+    """The shared default is gsplat's 0.999, and the test scene reaches it: a 0.99 clamp renders
+    visibly differently (so the dense-reference comparison above pins the clamp)."""
+    assert RasterSettings().alpha_clamp == ALPHA_CLAMP == kr.GSPLAT_FIXED["alpha_clamp"]
+    g = random_scene(800, 3)
+    cams = cams_for_test()
+    a = render(g, cams, backend="torch")
+    b = render(g, cams, backend="torch", settings=RasterSettings(alpha_clamp=0.99))
+    assert (a.rgb - b.rgb).abs().max() > 3 * IMG_ATOL  # measured 9.7e-5
+
+
+def test_radius_clip_culls_small_gaussians_like_gsplat():
+    g = random_scene(300, 6)
+    cams = cams_for_test(2)
+    full = render(g, cams, backend="torch")
+    r = full.radii[full.radii > 0]
+    clip = float(r.float().median())
+    out = render(g, cams, backend="torch", settings=RasterSettings(radius_clip=clip))
+    # gsplat: culled when both per-axis radii are <= radius_clip, i.e. the larger one is
+    assert torch.equal(out.radii > 0, full.radii > clip)
+    assert 0 < int((out.radii > 0).sum()) < int((full.radii > 0).sum())
+    assert out.alpha.sum() < full.alpha.sum()
+
+
+def test_gsplat_backend_gets_the_shared_settings(monkeypatch):
+    """One RasterSettings drives gsplat too: eps2d, radius_clip and near/far reach its call."""
+    gsplat = pytest.importorskip("gsplat")
+    seen = {}
+    g = random_scene(20, 1)
+    cams = cams_for_test(2)
+    C, N, H, W = 2, 20, cams.height, cams.width
+
+    def fake_rasterization(**kw):
+        seen.update(kw)
+        return (torch.full((C, H, W, 4), 0.5), torch.full((C, H, W, 1), 0.25),
+                {"means2d": torch.zeros(C, N, 2), "radii": torch.ones(C, N, 2, dtype=torch.int32)})
+
+    monkeypatch.setattr(gsplat, "rasterization", fake_rasterization)
+    s = RasterSettings(eps2d=0.1, radius_clip=1.5)
+    out = kr._rasterize_gsplat(*_flat(g), g.sh, cams.viewmats, cams.Ks, W, H, 0, 0.2, 50.0, s)
+    assert (seen["eps2d"], seen["radius_clip"], seen["near_plane"], seen["far_plane"]) == (0.1, 1.5, 0.2, 50.0)
+    assert seen["sh_degree"] == 0 and seen["render_mode"] == "RGB+ED" and seen["colors"] is g.sh
+    assert out.rgb.shape == (C, H, W, 3) and out.depth.shape == (C, H, W, 1) and out.radii.shape == (C, N)
+
+
+def test_gsplat_backend_refuses_settings_its_kernel_fixes():
+    g = random_scene(5, 0)
+    cams = cams_for_test(1)
+    with pytest.raises(ValueError, match=r"fixes RasterSettings.alpha_clamp=0.999.*got 0.99;"):
+        render(g, cams, backend="gsplat", settings=RasterSettings(alpha_clamp=0.99))
+    with pytest.raises(ValueError, match="transmittance_eps"):
+        render(g, cams, backend="gsplat", settings=RasterSettings(transmittance_eps=1e-3))
