@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from pipeline.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from stages import regression  # noqa: E402
 from stages import report as rpt  # noqa: E402
+from stages.report.compare import compare as compare_runs, paired_frame  # noqa: E402
 
 log = logging.getLogger("nightly_power")
 
@@ -234,7 +235,7 @@ def decisions(run: rpt.RunData, base: rpt.RunData, rule: str, prompts: list[str]
     rc.rule = rule
     if relabel_seed:
         run, base = relabel(run, prompts), relabel(base, prompts)
-    out, _ = rpt.compare(run, base, rc)
+    out, _ = compare_runs(run, base, rc)
     return out
 
 
@@ -314,7 +315,7 @@ def analyse(work: str, seeds: list[int], faults: list[Variant], subset_sizes: li
         t1 = load("clean_s0_t2")
         ds = decisions(t1, clean_runs[0], RULES[0])
         res["threads"] = {d.metric: {"mean_diff": d.mean_diff, "ci": [d.ci_low, d.ci_high]} for d in ds}
-        merged = rpt.paired_frame(t1, clean_runs[0])
+        merged = paired_frame(t1, clean_runs[0])
         res["threads"]["max_abs_asset_diff"] = {
             m: float((merged[f"{m}_run"].astype(float) - merged[f"{m}_base"].astype(float)).abs().max())
             for m in t1.metrics()}
@@ -462,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
              "color_lr_quarter", "densify_off", "pixel_prior"]
     plan = [clean(0)] + [by[n] for n in order if n in by]
     plan += [v for v in faults + extra_seeds if v.name not in order] + [threads2]
-    only = {s for s in a.only.split(",") if s}
+    only = [s for s in a.only.split(",") if s]
+    if only:  # --only also sets the order
+        plan = [v for v in plan if v.name == "clean_s0"] + [v for n in only for v in plan if v.name == n != "clean_s0"]
     if not a.analyse_only:
         for v in plan:
             if not only or v.name in only:

@@ -177,7 +177,7 @@ def commit_many(storage: Storage | str, records: list[dict], name: str) -> Optio
     return st.write_bytes(f"{PARTS_DIR}/{name}.parquet", _to_parquet_bytes(table))
 
 
-def _conform(table: pa.Table) -> pa.Table:
+def conform(table: pa.Table) -> pa.Table:
     """Cast a stored table to the current schema: missing (newer) columns become nulls."""
     if table.schema.equals(SCHEMA, check_metadata=False):
         return table.replace_schema_metadata(SCHEMA.metadata)
@@ -197,10 +197,19 @@ class _Vanished(Exception):
 
 def _parse(st: Storage, rel: str, data: bytes) -> pa.Table:
     try:
-        return _conform(pq.ParquetFile(io.BytesIO(data)).read())
+        return conform(pq.ParquetFile(io.BytesIO(data)).read())
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"unreadable manifest file {st.uri(rel)}: {e}; move it aside and re-run "
                             f"to regenerate its asset") from None
+
+
+def parse_file(uri: str, data: bytes) -> pa.Table:
+    """One Parquet file's table as stored (no conforming: a reader may check its columns first);
+    `ManifestError` naming `uri` when it is not Parquet."""
+    try:
+        return pq.ParquetFile(io.BytesIO(data)).read()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError(f"unreadable manifest file {uri}: {e}") from None
 
 
 def _fetch(st: Storage, rel: str) -> bytes:

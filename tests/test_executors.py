@@ -192,7 +192,7 @@ def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "worker_start_timeout_s" in info["error"]
     assert not (out / "run.lock").exists()
-    from stages.report_html import _summary_section
+    from stages.report.html import _summary_section
     from stages.report import load_run
 
     prompts.write_text("a red cube\na blue sphere\n")

@@ -73,7 +73,7 @@ def test_report_run_summary_shows_the_renderers():
     import pandas as pd
 
     from stages.report import RunData
-    from stages.report_html import _summary_section
+    from stages.report.html import _summary_section
 
     df = pd.DataFrame({"asset_id": ["a", "b", "c", "d"], "status": ["done", "done", "done", "failed"],
                        "method": ["sctd"] * 4, "device": ["cuda:NVIDIA H200"] * 4,

@@ -95,7 +95,7 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     """Atomic writes used tempfile.mkstemp (always 0600): a shared dataset folder's manifest,
     run.json and frames were unreadable to its other users (issue 14 item 3)."""
     from common import manifest
-    from stages.report import _write_bytes as report_write
+    from stages.report.build import _write_bytes as report_write
 
     old = os.umask(umask)
     try:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stages.regression import MetricDecision
-from stages.report import KEY, RunData, resolve_ref
+from stages.report.data import KEY, RunData, resolve_ref
 
 log = logging.getLogger(__name__)
 
