@@ -6,7 +6,7 @@ Builds the random-init SD 2.1-base from configs (scripts/build_random_sd21.py) u
 names one, loads it once through the production loader, then runs `generate` for sds, ism, cds,
 gcs, sctd with configs/sd21.yaml and configs/sd21_perpneg.yaml (64 px, 1 view, ball init). Prints
 one JSON line per run: s/iteration, UNet forwards and evaluations per iteration (checked against
-SCTD-SPEC.md by tests/unet_calls.py), peak RSS of the process so far. Random weights time the
+docs/METHOD.md by tests/unet_calls.py), peak RSS of the process so far. Random weights time the
 architecture, not the result.
 """
 

@@ -1,6 +1,6 @@
 """Typed configuration: YAML (safe_load) -> nested dataclasses, validated before any work starts.
 
-Every constant of SCTD-SPEC.md is a field here with the spec's value as default. A YAML file may
+Every constant of docs/METHOD.md is a field here with the spec's value as default. A YAML file may
 name a `base:` file (relative to itself) that it overrides key by key; command-line overrides are
 explicit dotted `--set section.key=value` pairs. Nothing else changes a value.
 """
@@ -305,7 +305,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
-    deviations: list = _f([], doc="named deviations from SCTD-SPEC.md in this config")
+    deviations: list = _f([], doc="named deviations from docs/METHOD.md in this config")
     source: str = _f("", doc="set by the loader: the file(s) this config came from")
 
 

@@ -37,7 +37,7 @@ STATUSES = ("done", "failed", "rejected")
 PARTS_DIR = "manifest/parts"
 COMPACTED = "manifest/manifest.parquet"
 
-# DESIGN.md schema v1, in order, then the pipeline's own additional columns.
+# Schema v1 (the starting design), in order, then the pipeline's own additional columns.
 SCHEMA = pa.schema([
     pa.field("asset_id", pa.string(), nullable=False),
     pa.field("prompt", pa.string()),

@@ -71,7 +71,7 @@ def viewmat_centers(viewmats: Tensor) -> Tensor:
 
 @dataclass
 class CameraSamplerParams:
-    """Training camera distribution of SCTD-SPEC.md (LucidDreamer's progressive widening)."""
+    """Training camera distribution of docs/METHOD.md (LucidDreamer's progressive widening)."""
 
     radius_range: tuple[float, float] = (5.2, 5.5)
     fovy_range: tuple[float, float] = (0.32, 0.60)  # radians

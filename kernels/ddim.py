@@ -1,6 +1,6 @@
 """Deterministic DDIM steps, SCTD segment edges and the per-iteration timestep sampler.
 
-Pure tensor/number code (no I/O, no config objects). Every constant of SCTD-SPEC.md arrives as a
+Pure tensor/number code (no I/O, no config objects). Every constant of docs/METHOD.md arrives as a
 field of a plain dataclass whose default is the spec's value; stages fill them from the config.
 """
 
@@ -97,7 +97,7 @@ def segment_edges(n_segments: int, kind: str = "uniform", min_step: int = 20, ma
 
 @dataclass
 class TimestepParams:
-    """Sampler constants of SCTD-SPEC.md ("Timestep sampling per iteration")."""
+    """Sampler constants of docs/METHOD.md ("Timestep sampling per iteration")."""
 
     warmup_iters: int = 1500     # r = 1 - min(it / warmup_iters, 1)
     warmup_span: int = 480       # both ends of t's range move up by int(warmup_span * r)
@@ -133,7 +133,7 @@ def warmup_ratio(iteration: int, warmup_iters: int) -> float:
 
 def sample_timesteps(iteration: int, edges: list[int], params: TimestepParams,
                      generator: torch.Generator) -> TimestepSample:
-    """Draw (t, s, s_m) for one SCTD iteration (the authors' sampler, SCTD-SPEC.md).
+    """Draw (t, s, s_m) for one SCTD iteration (the authors' sampler, docs/METHOD.md).
 
     s_m is taken only from the first N_s edges (the last edge is the top of the trajectory, not
     the start of a segment) and t is capped at t_cap, so s_m + min_gap never exceeds 999.

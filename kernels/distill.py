@@ -5,7 +5,7 @@ Every method has the same signature, `grad(z, ts, alphas, eps, noise, p) -> (g, 
 alpha_bar (1000,) (a host sequence of floats in the generate loop, so reading a_t never waits
 for the device; a tensor works too), `eps` a `GuidedEps` (one code path for CFG and Perp-Neg: the guided
 combination is the prior side's business), `noise` the fixed per-asset eps_star (or fresh noise
-for SDS), `p` the numbers of SCTD-SPEC.md. The gradient enters the graph with
+for SDS), `p` the numbers of docs/METHOD.md. The gradient enters the graph with
 `latent_grad_loss(z, g)` (custom autograd: d/dz == g; the scalar value means nothing and is
 never logged). `terms` holds norms of the parts of g as 0-d tensors (left on the device: the
 loop reads them only when it logs) and host floats (weights, timesteps, prior calls made).
@@ -64,7 +64,7 @@ GradFn = Callable[[Tensor, TimestepSample, Alphas, GuidedEps, Tensor, SCTDParams
 
 def make_eps_star(shape: tuple[int, ...], offset: float, generator: torch.Generator,
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-    """Fixed noise of one asset: randn(B, C, h, w) + offset * randn(1, C, 1, 1) (SCTD-SPEC step 1)."""
+    """Fixed noise of one asset: randn(B, C, h, w) + offset * randn(1, C, 1, 1) (docs/METHOD.md, "One SCTD step" 1)."""
     if len(shape) != 4:
         raise ValueError(f"make_eps_star: expected a (B, C, h, w) shape, got {shape!r}")
     base = torch.randn(shape, generator=generator, dtype=dtype)
@@ -121,7 +121,7 @@ def _a(alphas: Alphas, k: int) -> float:
 @torch.no_grad()
 def _consistency(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
                  p: SCTDParams, use_self: bool, use_cross: bool) -> tuple[Tensor, Terms]:
-    """SCTD-SPEC steps 2-10 (CDS = self term only; GCS = both terms over one segment)."""
+    """docs/METHOD.md "One SCTD step" 2-10 (CDS = self term only; GCS = both terms over one segment)."""
     _check(z, eps_star, alphas, ts)
     z = z.detach()
     t, s, s_m = ts.t, ts.s, ts.s_m
@@ -166,7 +166,7 @@ def _consistency(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, 
 
 def sctd_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_star: Tensor,
               p: SCTDParams) -> tuple[Tensor, Terms]:
-    """SCTD: g = b(t) [(A - z_sm) + (omega + 1)(z_sm - B)] (SCTD-SPEC "One SCTD step")."""
+    """SCTD: g = b(t) [(A - z_sm) + (omega + 1)(z_sm - B)] (docs/METHOD.md "One SCTD step")."""
     return _consistency(z, ts, alphas, eps, eps_star, p, use_self=True, use_cross=True)
 
 

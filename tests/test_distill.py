@@ -64,7 +64,7 @@ def ddim(x, a1, a2, e):
 
 def reference_sctd(z, ts, a, fake, eps_star, omega, lam, approx=True, cross="guided",
                    use_self=True, use_cross=True):
-    """SCTD-SPEC.md steps 2-10 written out independently; returns (b * g, unscaled g)."""
+    """docs/METHOD.md "One SCTD step" 2-10 written out independently; returns (b * g, unscaled g)."""
     at, as_, am = (float(a[k]) for k in (ts.t, ts.s, ts.s_m))
     z_sm = math.sqrt(am) * z + math.sqrt(1 - am) * eps_star
     if ts.two_step:

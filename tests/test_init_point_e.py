@@ -105,7 +105,7 @@ def fake_point_e(monkeypatch, tmp_path):
 def test_point_e_init_calls_point_e_as_the_spec_says(fake_point_e, tmp_path):
     """base40M-textvec + upsampler, 1024 + 3072 = 4096 points, guidance 3.0 / 0.0, RGB aux channels,
     only the base model text-conditioned, weights cached under $SCTD3D_CACHE/point_e; then each point
-    becomes 20 Gaussians in a 0.05 ball: 81,920 (SCTD-SPEC.md, Init)."""
+    becomes 20 Gaussians in a 0.05 ball: 81,920 (docs/METHOD.md, "Training settings")."""
     assert init_mod.point_e_available()
     cfg = InitConfig(method="point_e")
     g = init_gaussians(cfg, "a hamburger", torch.Generator().manual_seed(0))

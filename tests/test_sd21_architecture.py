@@ -72,7 +72,7 @@ def test_sd21_generate_cli_on_cpu_counts_unet_calls_as_the_spec_says(sd21_random
     assert meta["prior"] == "stable_diffusion" and meta["device"] == "cpu"
     iters = check_iterations(rec.calls, "sctd", views=1)
     assert len(iters) == 2
-    # SCTD-SPEC: 4 UNet evaluations per iteration (5 on the two-step path t >= t_tau), the guided
+    # docs/METHOD.md: 4 UNet evaluations per iteration (5 on the two-step path t >= t_tau), the guided
     # one batched cond + neg into one call: 3 forwards (4 on the two-step path)
     for it in iters:
         two_step = it.t >= 150

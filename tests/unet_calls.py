@@ -1,4 +1,4 @@
-"""Count the UNet forwards of a generation and check them against SCTD-SPEC.md (test helper).
+"""Count the UNet forwards of a generation and check them against docs/METHOD.md (test helper).
 
 `UNetCallRecorder` wraps `UNet2DConditionModel.forward` (a module attribute, patched by the test
 or benchmark) and records each call's batch rows and timesteps. `check_iterations` splits the
