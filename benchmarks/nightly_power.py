@@ -15,9 +15,12 @@ code fault from stages/faults.py (SCTD3D_FAULT). Then:
 - prompt count: the same decisions on random prompt subsets (fewer prompts per night).
 
 Usage (from the repository root; resumable: finished runs under --work are reused):
-    .venv/bin/python benchmarks/nightly_power.py --work runs/nightly_power [--prompts 8] [--seeds 4]
-        [--only clean_s0,iters_half,...] [--analyse-only] [--json out.json]
-Runs are sequential (2-core machine); one run of 8 prompts takes ~2-4 min.
+    .venv/bin/python benchmarks/nightly_power.py --work runs/nightly_power [--prompts 6] [--seeds 4]
+        [--only clean_s0,iters_half,...] [--analyse-only] [--px64] [--json out.json]
+    ... --work runs/nightly_power_pixel --set prior.model=toy_pixel --set metrics.fid=false
+        (the same catalogue on a variant nightly; --px64 re-scores every run on 64 px renders)
+Runs are sequential, one torch thread each; one 6-prompt run costs ~70-90 CPU-s (+~3 min with FID),
+the whole benchmark ~20 CPU-min. Results: benchmarks/RESULTS.md "Nightly gate power".
 """
 
 from __future__ import annotations
