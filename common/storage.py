@@ -14,6 +14,7 @@ import posixpath
 import re
 import secrets
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -44,6 +45,23 @@ def create_temp(folder: str) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temp name in {folder} after 100 tries")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """The one local atomic write: yields a hidden temp name beside `path` for the writer to create
+    (so it gets 0666 & ~umask), renames it onto `path` when the block ends without error, and
+    removes it otherwise. Readers and the next run's clean-up treat the temp name as in progress."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}-{os.path.basename(path)}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class StorageError(ValueError):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
+from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,10 @@ def save_checkpoint(ckdir: Path, st: RunState, ident: dict) -> None:
 
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = ckdir / f"ckpt_{st.iteration:07d}"
-    tmp_t, tmp_j = stem.with_suffix(".safetensors.tmp"), stem.with_suffix(".json.tmp")
-    save_file(st.tensors(), str(tmp_t))
-    tmp_j.write_text(json.dumps({**ident, **st.info()}), encoding="utf-8")
-    os.replace(tmp_t, stem.with_suffix(".safetensors"))
-    os.replace(tmp_j, stem.with_suffix(".json"))       # the json is the commit marker
+    with atomic_path(stem.with_suffix(".json")) as tmp_j:   # the json is the commit marker: last
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp_t:
+            save_file(st.tensors(), tmp_t)
+        Path(tmp_j).write_text(json.dumps({**ident, **st.info()}), encoding="utf-8")
     for old in sorted(ckdir.glob("ckpt_*.json"))[:-KEEP_CHECKPOINTS]:
         old.unlink()
         old.with_suffix(".safetensors").unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from stages.kernel_params import camera_params, distill_params, schedule, traine
 from stages.losses import tv_loss
 from stages.optimisation import Optimisation, depth_image, read_terms, sample_backgrounds
 from stages.provenance import code_version, peak_memory_mb
+from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,13 @@ def summarise_terms(history: list[dict[str, float]]) -> dict[str, dict[str, floa
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
 
 
 def _save_ply_atomic(path: Path, g: Gaussians) -> None:
-    tmp = path.with_suffix(".ply.tmp")
-    save_ply(str(tmp), g.detach_clone().to("cpu"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_ply(tmp, g.detach_clone().to("cpu"))
 
 
 def _finished(out: Path, ident: dict) -> GenerateResult | None:

@@ -2,6 +2,7 @@
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,27 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert len(files) == 4  # run.json, the frame, manifest.parquet, report.html
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
+def test_atomic_path_is_the_one_local_atomic_write(tmp_path):
+    """The stages' local writes (meta.json, asset.ply, checkpoints, caches, the report) go through
+    common.storage.atomic_path: the umask is respected, a failed write leaves the old file and no
+    temp file, and the temp name is one readers and the clean-up treat as in progress."""
+    from common.storage import atomic_path, is_temp_name
+
+    target = tmp_path / "sub" / "meta.json"
+    old = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            assert is_temp_name(os.path.basename(tmp)) and os.path.dirname(tmp) == str(target.parent)
+            Path(tmp).write_text("v1")
+            assert not target.exists()  # nothing visible before the block ends
+    finally:
+        os.umask(old)
+    assert target.read_text() == "v1" and (target.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("writer died")
+    assert target.read_text() == "v1"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["meta.json"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from kernels.gaussians import Gaussians
 from common.config import Config, RenderConfig
 from stages.render import eval_cameras, render_views
+from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,8 @@ def ground_truth_views(key: str, build: Callable[[], Gaussians], rc: RenderConfi
     rgb, alpha = render_views(build(), eval_cameras(rc), rc)
     _GT_CACHE[k] = (rgb, alpha)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"rgb": rgb.contiguous(), "alpha": alpha.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"rgb": rgb.contiguous(), "alpha": alpha.contiguous()}, tmp)
     return _GT_CACHE[k]
 
 

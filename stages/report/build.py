@@ -30,6 +30,7 @@ from stages.report import html as report_html
 from stages.report.compare import (_check_thresholds, _report_cfg, compare, lowest_scoring, spreads,
                                    top_movers, trend_table)
 from stages.report.data import ReportError, _fs, _protocol, _read_json, join_uri, load_history, load_run
+from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,8 @@ def _write_bytes(uri: str, data: bytes) -> None:
     """Atomic on local disk (temp file + rename); object stores commit on close."""
     fs, path = _fs(uri)
     if _protocol(fs) in ("file", "local"):
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        from common.storage import create_temp
-
-        fd, tmp = create_temp(d)  # 0666 & ~umask: reports are meant to be shared
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # 0666 & ~umask: reports are shared
+            fh.write(data)
         return
     with fs.open(path, "wb") as fh:
         fh.write(data)

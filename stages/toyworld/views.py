@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import Tensor
 from kernels.cameras import CameraSamplerParams, sample_training_cameras
 from kernels.render import render
 from stages.toyworld.catalogue import Catalogue, ObjectSpec, build_object, load_catalogue
+from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 VIEWS_VERSION = 1  # bump when the rendering recipe changes (invalidates caches)
@@ -112,16 +112,9 @@ def object_views(name_or_prompt: str, params: ViewParams | None = None,
         except Exception as exc:  # a truncated/corrupt cache file: re-render, never trust it
             log.warning("toy view cache %s unreadable (%s); re-rendering", path, exc)
     v = render_views(obj, p, cat)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique temp name created by save_file itself: mode 0666 & ~umask (mkstemp would be 0600)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-    try:
+    with atomic_path(path) as tmp:  # concurrent workers never see half a file
         save_file({"images": v.images, "azimuth_deg": v.azimuth_deg, "elevation_deg": v.elevation_deg},
                   tmp, metadata={"object": obj.name, "params": json.dumps(p.__dict__, default=list)})
-        os.replace(tmp, path)  # atomic: concurrent workers never see half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("rendered %d toy views of %s -> %s", p.num_views, obj.name, path)
     return v
 
