@@ -381,7 +381,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stages.toyworld.catalogue import CatalogueError
     from common.manifest import ManifestError
     from common.storage import StorageError
-    from stages.generate import CheckpointError
+    from stages.checkpoint import CheckpointError
     from stages.init import InitError
     from stages.metrics.errors import MetricWeightsError
     from stages.priors.device import DeviceError

@@ -25,19 +25,16 @@ from kernels.gaussians import Gaussians
 from kernels.ply import save_ply
 from kernels.render import resolve_backend
 from common import deadline
-from stages.checkpoint import CKPT_DIR, CheckpointError, RunState, load_latest_checkpoint, save_checkpoint
-from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
-from stages.losses import tv_loss
-from stages.optimisation import Optimisation, depth_image, read_terms, sample_backgrounds
+from stages.checkpoint import CKPT_DIR, RunState, load_latest_checkpoint, save_checkpoint
+from stages.optimisation import Optimisation, read_terms
 from stages.provenance import code_version, peak_memory_mb
 from common.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
-# the stage's API (some names live in the modules above and are re-exported for its callers)
-__all__ = ["generate", "GenerateResult", "GenerationFailed", "CheckpointError", "code_version",
-           "ply_iterations", "summarise_terms", "trainer_params", "camera_params", "distill_params",
-           "schedule", "tv_loss", "depth_image", "sample_backgrounds"]
+# the stage's API; the parts it uses have their own homes (stages.checkpoint, kernel_params,
+# losses, optimisation, provenance) and are imported from there
+__all__ = ["generate", "GenerateResult", "GenerationFailed", "ply_iterations", "summarise_terms"]
 
 
 class GenerationFailed(RuntimeError):

@@ -15,14 +15,9 @@ import torch
 
 from kernels.ply import load_ply
 from common.config import load_config
-from stages.generate import (
-    depth_image,
-    generate,
-    ply_iterations,
-    sample_backgrounds,
-    summarise_terms,
-    tv_loss,
-)
+from stages.generate import generate, ply_iterations, summarise_terms
+from stages.losses import tv_loss
+from stages.optimisation import depth_image, sample_backgrounds
 
 RES = 16
 
