@@ -146,3 +146,11 @@ def test_the_checker_sees_a_lazy_upward_import_and_a_circle(tmp_path):
     assert {"stages.render", "kernels.ply"} <= deps
     assert violations({"kernels.bad": deps}, "kernels") == ["kernels.bad imports stages.render"]
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_every_source_folder_is_a_package():
+    """setuptools' `find` skips a folder without __init__.py and everything under it, so a
+    non-editable install (the cluster's `pip install`) would lack it (stages/toyworld once did)."""
+    missing = sorted(str(d.relative_to(ROOT)) for pkg in PACKAGES for d in [ROOT / pkg, *(ROOT / pkg).rglob("*")]
+                     if d.is_dir() and any(d.glob("*.py")) and not (d / "__init__.py").is_file())
+    assert not missing, f"folders with Python modules but no __init__.py: {missing}"
