@@ -25,23 +25,23 @@ def _report_cfg(cfg: Any):
     raise ReportError(f"cfg must be a Config or ReportConfig, got {type(cfg).__name__}")
 
 
-def _check_thresholds(rcfg) -> dict[str, float]:
+def _nonneg_numbers(mapping: dict, key: str) -> dict[str, float]:
+    """metric -> float from a report mapping; a value that is not a finite number >= 0 is one line."""
     out = {}
-    for k, v in rcfg.thresholds.items():
+    for k, v in mapping.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ReportError(f"report.thresholds.{k}: expected a number >= 0, got {v!r}")
+            raise ReportError(f"report.{key}.{k}: expected a number >= 0, got {v!r}")
         out[str(k)] = float(v)
     return out
+
+
+def _check_thresholds(rcfg) -> dict[str, float]:
+    return _nonneg_numbers(rcfg.thresholds, "thresholds")
 
 
 def spreads(rcfg) -> dict[str, float]:
     """report.spreads (metric -> measured run-to-run SD of the mean paired difference)."""
-    out = {}
-    for k, v in rcfg.spreads.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ReportError(f"report.spreads.{k}: expected a number >= 0, got {v!r}")
-        out[str(k)] = float(v)
-    return out
+    return _nonneg_numbers(rcfg.spreads, "spreads")
 
 
 def paired_frame(run: RunData, base: RunData) -> pd.DataFrame:
