@@ -32,26 +32,14 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TMP_PREFIX) or name.endswith(".tmp")
 
 
-def create_temp(folder: str) -> tuple[int, str]:
-    """A new hidden temp file in `folder`, created exclusively with mode 0666 & ~umask.
-
-    Why not tempfile.mkstemp: it creates 0600 files whatever the umask, so a manifest, run.json or
-    frame written through it is unreadable to the other users of a shared dataset folder."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temp name in {folder} after 100 tries")
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """The one local atomic write: yields a hidden temp name beside `path` for the writer to create
     (so it gets 0666 & ~umask), renames it onto `path` when the block ends without error, and
-    removes it otherwise. Readers and the next run's clean-up treat the temp name as in progress."""
+    removes it otherwise. Readers and the next run's clean-up treat the temp name as in progress.
+
+    Why not tempfile.mkstemp: it creates 0600 files whatever the umask, so a manifest, run.json or
+    frame written through it is unreadable to the other users of a shared dataset folder."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -189,19 +177,10 @@ class Storage:
                 f.flush()
                 self.fs.put_file(f.name, target)
             return self.uri(rel)
-        folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = create_temp(folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # durable before the rename: a record is committed last
         return self.uri(rel)
 
     def write_text(self, rel: str, text: str) -> str:
