@@ -43,7 +43,9 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}-{os.path.basename(path)}")
+    # ends in '.tmp', never in the target's extension: a glob such as '*.parquet' or '*.png' over
+    # the folder must not see a write in progress
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

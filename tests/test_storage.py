@@ -124,6 +124,7 @@ def test_atomic_path_is_the_one_local_atomic_write(tmp_path):
     try:
         with atomic_path(target) as tmp:
             assert is_temp_name(os.path.basename(tmp)) and os.path.dirname(tmp) == str(target.parent)
+            assert not list(target.parent.glob("*.json"))  # an extension glob never sees the write
             Path(tmp).write_text("v1")
             assert not target.exists()  # nothing visible before the block ends
     finally:
