@@ -294,7 +294,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                     gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
                     max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
                     worker_start_timeout_s=p.worker_start_timeout_s,
-                    connect_timeout_s=p.connect_timeout_s,
+                    connect_timeout_s=p.connect_timeout_s, max_workers=p.max_workers,
                     # the prior's device check runs in each worker as it starts, never here (a
                     # cluster's head node has no GPU by design)
                     startup=_device_check(cfg))
