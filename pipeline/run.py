@@ -292,15 +292,16 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
     if executor == "ray":
         opts = dict(address=address, num_workers=num_workers or p.num_workers or None,
                     gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
-                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
+                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=asset_timeout_s(cfg),
                     worker_start_timeout_s=p.worker_start_timeout_s,
                     connect_timeout_s=p.connect_timeout_s, max_workers=p.max_workers,
                     # the prior's device check runs in each worker as it starts, never here (a
                     # cluster's head node has no GPU by design)
                     startup=_device_check(cfg))
     else:
-        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s)
+        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=asset_timeout_s(cfg))
     opts.update(executor_options)
+    run_info["asset_timeout_s"] = opts["timeout_s"]
     ex = make_executor(executor, **opts)
     items = [AssetTask(request=r, cfg=cfg, out=st.root, storage_options=storage_options)
              for r in todo]
@@ -393,6 +394,17 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
 
 
 _FULL_STORE = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def asset_timeout_s(cfg: Config) -> float:
+    """The per-asset timeout (0 = none): pipeline.timeout_s, or, when pipeline.timeout_s_per_it > 0
+    (the cluster GPU's seconds per iteration), timeout_margin x generate.iterations x timeout_s_per_it
+    + timeout_overhead_s. An asset past it fails with `timeout: exceeded N s per-asset limit ...` in the manifest
+    (error, wall_s) and is not retried."""
+    p = cfg.pipeline
+    if p.timeout_s_per_it > 0:
+        return p.timeout_margin * cfg.generate.iterations * p.timeout_s_per_it + p.timeout_overhead_s
+    return p.timeout_s
 
 
 def _store_full(error: Optional[str]) -> str:
