@@ -50,7 +50,7 @@ print("BUILT", path)
 
 @pytest.fixture(scope="module")
 def toolchain(tmp_path_factory):
-    target = tmp_path_factory.mktemp("cuda-toolchain")
+    target = tmp_path_factory.mktemp("gsplat-build") / "toolchain"  # where build_gsplat.build() puts it
     return target, cuda_toolchain.install(target)
 
 
@@ -89,3 +89,35 @@ def test_cuda_home_is_found_and_a_missing_runtime_is_one_error(toolchain, tmp_pa
     with pytest.raises(cuda_toolchain.ToolchainError, match="no libcudart.so.N"):
         cuda_toolchain.ensure_unversioned_cudart(tmp_path)
     assert cuda_toolchain.main(["home", "--target", str(target)]) == 0
+
+
+# build_gsplat.py's own logic (toolchain reuse, the build in a child, its checks and the report) on a
+# one-kernel extension in gsplat's place: gsplat's 29 objects take hours here (RESULTS.md)
+ONE_KERNEL_CHILD = r"""
+import os, sys
+from torch.utils.cpp_extension import load
+src = os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "k.cu")
+path = load("gsplat_cuda", [src], is_python_module=False)
+open(sys.argv[1], "w").write(path)
+"""
+
+
+def test_build_script_reuses_the_toolchain_builds_checks_and_reports(toolchain, monkeypatch):
+    import json
+
+    target, home = toolchain
+    out = target.parent
+    (out / "torch_extensions").mkdir(exist_ok=True)
+    (out / "torch_extensions" / "k.cu").write_text(KERNEL)
+    monkeypatch.setattr(build_gsplat, "_CHILD", ONE_KERNEL_CHILD)
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(cuda_toolchain.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    rep = build_gsplat.build(out, "9.0", 1)
+    assert not [a for a in calls if "pip" in a[0]]  # the toolchain already there: no pip
+    assert rep["gpu_code"] == ["sm_90"] and "libcudart.so.13" in rep["needed"] and rep["seconds"] > 0
+    assert json.loads((out / "gsplat-build.json").read_text())["module"].endswith("gsplat_cuda.so")
+    assert (out / "build.log").is_file()  # the child's output (gsplat's VERBOSE=1: the compiler lines)
+    with pytest.raises(RuntimeError, match="not sm_80"):  # asked for 8.0, compiled for 9.0: refused
+        monkeypatch.setattr(build_gsplat, "_archs", lambda path: ["sm_90"])
+        build_gsplat.build(out, "8.0", 1)
