@@ -33,7 +33,7 @@ from pipeline.executors import make_executor
 from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
-from stages.export import card, index, shards
+from stages.export import card, index, prune, shards
 from stages.export.asset import (PLY_FILE, SPZ_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -60,6 +60,7 @@ class ExportSummary:
     shards: int
     shards_reused: int
     wall_s: float
+    removed: int = 0  # asset folders of an earlier export no longer selected (deleted)
 
     def line(self) -> str:
         return (f"{self.out}: {self.exported} assets exported ({self.reused} already done), "
@@ -238,6 +239,19 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
     return make_executor(kind, **opts)
 
 
+def _refuse_overlap(run_uri: str, run_root: str, out: str) -> None:
+    """ExportError when the dataset folder and the run overlap either way, however spelled (the
+    export would replace the run's asset folders, or a compaction would delete the dataset)."""
+    from common.uri_overlap import overlap
+
+    how = overlap(out, run_uri) or overlap(out, run_root)
+    if how:
+        where = {"same": "is the run folder itself", "a inside b": "is inside the run folder",
+                 "b inside a": "contains the run folder"}[how]
+        raise ExportError(f"--out {out!r} {where} ({run_root}); choose a dataset folder outside "
+                          f"the run")
+
+
 def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views: int = 120,
                    resolution: int = 512, formats: str | tuple = ("ply", "spz"),
                    shard_size: int = 256, random_views: int = 0, seed: int = 0,
@@ -257,9 +271,7 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
     if resolution > 4096:
         raise ExportError(f"--resolution {resolution}: at most 4096")
     run, info = _open_run(run_uri)
-    if out.rstrip("/") in (run_uri.rstrip("/"), run.root.rstrip("/")) or \
-            (is_local(out) and os.path.abspath(os.path.expanduser(out)) == run.root):
-        raise ExportError(f"--out {out!r} is the run folder itself; choose a new dataset folder")
+    _refuse_overlap(run_uri, run.root, out)
     table = manifest.read(run)
     expr = (where or "").strip() or DEFAULT_WHERE
     chosen = select(table, expr)
@@ -360,7 +372,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
     _write_if_changed(st, MARKER, json.dumps({
         "run": run.root, "where": expr, "spec": dataclasses.asdict(spec),
         "shard_size": shard_size, "shards": shard_members}, indent=1, sort_keys=True).encode())
-    return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
+    removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
+    return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
                          wall_s=time.perf_counter() - t0)
