@@ -31,7 +31,7 @@ from kernels.ply import save_ply  # noqa: E402
 from common.storage import open_storage  # noqa: E402
 from stages.export import card, index  # noqa: E402
 from stages.export.asset import ExportSpec, build_asset  # noqa: E402
-from stages.export.splats import find_splat_transform  # noqa: E402
+from stages.export.splat_transform import find_splat_transform  # noqa: E402
 from stages.export.views import rgba_png  # noqa: E402
 
 

@@ -182,7 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
     from stages.export.select import FilterError
-    from stages.export.splats import SplatToolError
+    from stages.export.splat_transform import SplatToolError
 
     try:
         summary = export_dataset(
@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: status = 'done')")
     p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
     p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
-    p.add_argument("--formats", default="ply,spz", help="splat formats: ply, spz (comma-separated)")
+    p.add_argument("--formats", default="ply,spz",
+                   help="splat formats, comma-separated: ply, spz, splat, sog, html, or one a plugin "
+                        "registers ($SCTD3D_PLUGINS; README 'Export formats')")
     p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")

@@ -33,11 +33,11 @@ from pipeline.executors import make_executor
 from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
+from common import plugins
 from stages.export import card, index, shards
-from stages.export.asset import (PLY_FILE, SPZ_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
-                                 build_asset, sha256)
+from stages.export import formats as fmt_registry
+from stages.export.asset import TRANSFORMS_FILE, AssetSkip, ExportSpec, build_asset, sha256
 from stages.export.select import DEFAULT_WHERE, select
-from stages.export.splats import parse_formats, require_splat_transform
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def _clean_stale_temp(st: Storage, rel: str) -> None:
 def export_asset(task: dict) -> dict:
     """Export one asset (a worker's unit). Returns {"ok": True, ...meta} or {"ok": False,
     "reason": ...} for an asset that cannot be exported (recorded as skipped, not retried)."""
+    plugins.load_plugins(task.get("plugins") or [])  # the driver's plugin modules (formats)
     st = open_storage(task["out"])
     rel, asset_id = task["rel"], task["asset_id"]
     spec = ExportSpec(**{**task["spec"], "formats": tuple(task["spec"]["formats"])})
@@ -216,9 +217,9 @@ def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
     return True
 
 
-def _write_shard(st: Storage, name: str, samples: list, read) -> None:
+def _write_shard(st: Storage, name: str, samples: list, read, members: dict) -> None:
     """One atomic write per shard, streamed through a temp file (shards can be large)."""
-    st.write_stream(name, lambda f: shards.write_shard(f, samples, read))
+    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members))
 
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
@@ -247,8 +248,8 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
     """Export the assets of `run_uri` selected by `where` into a dataset at `out` (resumable)."""
     t0 = time.perf_counter()
     try:
-        fmts = parse_formats(formats) if isinstance(formats, str) else parse_formats(",".join(formats))
-    except ValueError as e:
+        fmts = fmt_registry.parse_formats(formats)
+    except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
     for name, v, lo in (("--views", views, 1), ("--resolution", resolution, 8),
                         ("--shard-size", shard_size, 1), ("--random-views", random_views, 0)):
@@ -268,8 +269,10 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         raise ExportError(f"--where {expr!r} selects no assets of the {table.num_rows} in "
                           f"{run.root} (done {run_counts['done']}, failed {run_counts['failed']}, "
                           f"rejected {run_counts['rejected']}); loosen the filter")
-    if "spz" in fmts:
-        require_splat_transform()
+    try:
+        fmt_registry.check(fmts)  # a missing tool is one line, before any write
+    except fmt_registry.FormatUnavailable as e:
+        raise ExportError(str(e)) from None
     spec = _spec(info, views, resolution, fmts, random_views, seed, backend)
     try:
         st = open_storage(out)
@@ -302,7 +305,7 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             continue
         tasks.append({"asset_id": aid, "rel": safe_relpath("assets", aid[:2], aid),
                       "ply_uri": _ply_uri(run, r), "out": st.root,
-                      "spec": dataclasses.asdict(spec)})
+                      "spec": dataclasses.asdict(spec), "plugins": plugins.plugin_specs()})
     results: dict[str, dict] = {}
     if tasks:
         ex = _executor(executor, address, num_workers, info, ex_options)
@@ -344,14 +347,15 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                                                                       name), default=str),
                     results[a]["files"]) for a in ids]
         _write_shard(st, name, samples,
-                     lambda a, rel: st.read_bytes("assets", a[:2], a, rel))
+                     lambda a, rel: st.read_bytes("assets", a[:2], a, rel),
+                     fmt_registry.member_keys(spec.formats))
         log.info("wrote %s (%d assets)", name, len(ids))
     for name in st.ls(shards.SHARDS_DIR):  # shards of an earlier, larger selection
         if f"{shards.SHARDS_DIR}/{name}" not in shard_members and name.endswith(".tar"):
             st.rm(f"{shards.SHARDS_DIR}/{name}")
 
     idx_rows = [_index_row(rows[a], results[a], spec, shard_of[a]) for a in results]
-    idx = index.index_table(idx_rows)
+    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)))
     _write_if_changed(st, index.INDEX_FILE, index.parquet_bytes(idx))
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
@@ -373,8 +377,8 @@ def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
                                      "config_hash", "code_version", "status", *index.METRICS)},
             "num_gaussians": res.get("num_gaussians"), "num_views": res.get("num_views"),
             "num_random_views": res.get("num_random_views"), "asset_dir": rel,
-            "ply_path": f"{rel}/{PLY_FILE}" if PLY_FILE in files else None,
-            "spz_path": f"{rel}/{SPZ_FILE}" if SPZ_FILE in files else None,
+            **{col: f"{rel}/{f}" if f in files else None
+               for col, f in fmt_registry.index_columns(spec.formats).items()},
             "transforms_path": f"{rel}/{TRANSFORMS_FILE}",
             "preview_path": f"{rel}/images/000.png", "shard": shard,
             "ply_sha256": res.get("ply_sha256")}
@@ -403,7 +407,9 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
         code_versions=Counter(r["code_version"] for r in idx_rows if r.get("code_version")),
         deviations=list(cfg.get("deviations") or []),
         methods=Counter(r["method"] for r in idx_rows if r.get("method")), metrics=metrics,
-        spec=dataclasses.asdict(spec), formats=spec.formats, shards=n_shards,
+        spec=dataclasses.asdict(spec),
+        formats=[(f.name, f.card_line, list(f.files.values()))
+                 for f in map(fmt_registry.get, spec.formats)], shards=n_shards,
         shard_size=shard_size, has_plot=plot is not None, has_grid=grid is not None,
         exporter_version=exporter)
     out = {README_FILE: text.encode("utf-8")}

@@ -16,7 +16,7 @@ from export_fixtures import asset_id, make_run
 from pipeline.cli import main
 from pipeline.export import ExportError, export_dataset
 from stages.export.select import FilterError, select
-from stages.export.splats import find_splat_transform
+from stages.export.splat_transform import find_splat_transform
 
 HAVE_SPZ = find_splat_transform() is not None
 FORMATS = "ply,spz" if HAVE_SPZ else "ply"
@@ -75,7 +75,7 @@ def test_cli_bad_inputs_are_one_line_exit_2(exported, tmp_path, capsys):
     assert code == 2 and "is not a run" in err and err.count("\n") == 1
     code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d5"), "--formats",
                          "ply,gltf"], capsys)
-    assert code == 2 and "unknown format 'gltf'" in err
+    assert code == 2 and "unknown export format 'gltf'" in err and "splat" in err
 
 
 # ------------------------------------------------------------------------------- per asset

@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kernels.ply import PlyFormatError, load_ply
-from stages.export import splats, views
+from stages.export import formats, views
 
 TRANSFORMS_FILE = "transforms.json"
-PLY_FILE = "asset.ply"
-SPZ_FILE = "asset.spz"
 IMAGES_DIR = "images"
 DEPTH_DIR = "depth"
 
@@ -33,7 +31,7 @@ class ExportSpec:
 
     views: int = 120
     resolution: int = 512
-    formats: tuple = ("ply", "spz")
+    formats: tuple = ("ply", "spz")  # names in stages.export.formats' registry
     random_views: int = 0
     seed: int = 0
     elevation_deg: float = 15.0
@@ -94,12 +92,14 @@ def build_asset(asset_id: str, ply: bytes, spec: ExportSpec) -> tuple[dict[str, 
     tf = views.transforms(cams, splits, images, depths, scale)
     tf["asset_id"] = asset_id
     files[TRANSFORMS_FILE] = json.dumps(tf, indent=1).encode()
-    if "ply" in spec.formats:
-        files[PLY_FILE] = ply  # the run's file, byte for byte
-    if "spz" in spec.formats:
-        files[SPZ_FILE] = splats.ply_to_spz(ply)
+    c2w0 = views.c2w_opengl(cams.viewmats[:1])[0]
+    asset = formats.SplatAsset(asset_id=asset_id, ply=ply, gaussians=g, camera={
+        "c2w": c2w0.tolist(), "fovy": float(cams.fovy[0]), "w": int(cams.width),
+        "h": int(cams.height)})
+    splat_files = formats.encode(tuple(spec.formats), asset)
+    files.update(splat_files)
     meta = {"num_gaussians": g.num(), "sh_degree": g.sh_degree, "num_views": spec.views,
             "num_random_views": spec.random_views, "depth_scale": scale,
-            "ply_sha256": sha256(ply), "bytes": {k: len(v) for k, v in files.items()
-                                                 if k in (PLY_FILE, SPZ_FILE)}}
+            "ply_sha256": sha256(ply), "bytes": {k: len(v) for k, v in splat_files.items()},
+            "file_bytes": sum(len(v) for v in files.values())}
     return files, meta

@@ -90,10 +90,12 @@ def _yaml_str(s: str) -> str:
 def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str, int],
                   selected: int, skipped: list[dict[str, Any]], config_hashes: Counter,
                   code_versions: Counter, deviations: Sequence[str], methods: Counter,
-                  metrics: dict[str, list[float]], spec: dict[str, Any], formats: Sequence[str],
+                  metrics: dict[str, list[float]], spec: dict[str, Any],
+                  formats: Sequence[tuple[str, str, Sequence[str]]],
                   shards: int, shard_size: int, has_plot: bool, has_grid: bool,
                   exporter_version: str) -> str:
-    """The README.md text."""
+    """The README.md text; `formats` = (name, card line, WebDataset member keys) per exported
+    format (stages.export.formats)."""
     fm = [
         "---",
         "# TODO(dataset owner): choose the license of this generated data (e.g. cc-by-4.0) and",
@@ -156,13 +158,12 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
         "",
         "- `index.parquet`: one row per asset (id, prompt, seed, method, config hash, metrics, "
         "paths relative to this folder, number of views, shard)",
-        "- `assets/<id[:2]>/<id>/`: " + ", ".join(
-            (["`asset.ply` (INRIA 3DGS .ply, as generated)"] if "ply" in formats else [])
-            + (["`asset.spz` (SPZ v3, for web viewers)"] if "spz" in formats else []))
+        "- `assets/<id[:2]>/<id>/`: " + ", ".join(line for _, line, _ in formats)
         + ", `images/NNN.png` (RGBA, straight alpha = accumulated opacity), `depth/NNN.png` "
         "(16-bit, depth = value x `depth_scale`), `transforms.json`",
         f"- `shards/shard-NNNNN.tar`: {shards} WebDataset shard(s) of up to {shard_size} assets "
-        "(`<id>.prompt.txt`, `.json`, `.ply`, `.spz`, `.transforms.json`, `.viewNNN.png`, "
+        "(`<id>.prompt.txt`, `.json`, " + "".join(f"`.{k}`, " for _, _, keys in formats for k in keys)
+        + "`.transforms.json`, `.viewNNN.png`, "
         "`.depthNNN.png`)",
         "",
         "## Cameras",
@@ -183,7 +184,7 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
         'for sample in wds.WebDataset("shards/shard-{00000..%05d}.tar", shardshuffle=False):'
         % max(shards - 1, 0),
         '    prompt = sample["prompt.txt"].decode(); splat = sample["%s"]'
-        % ("ply" if "ply" in formats else "spz"),
+        % formats[0][2][0],
         "```",
         "",
     ]

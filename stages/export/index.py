@@ -8,7 +8,7 @@ path is relative to the dataset root.
 from __future__ import annotations
 
 import io
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,8 +32,6 @@ SCHEMA = pa.schema([
     ("num_views", pa.int32()),
     ("num_random_views", pa.int32()),
     ("asset_dir", pa.string()),
-    ("ply_path", pa.string()),
-    ("spz_path", pa.string()),
     ("transforms_path", pa.string()),
     ("preview_path", pa.string()),
     ("shard", pa.string()),
@@ -41,10 +39,21 @@ SCHEMA = pa.schema([
 ])
 
 
-def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts with SCHEMA's keys; missing keys are null) sorted by asset_id."""
+def schema(format_columns: Sequence[str] = ()) -> pa.Schema:
+    """SCHEMA plus the path columns of the exported formats (e.g. ply_path, spz_path: each
+    format of stages.export.formats names its own), after asset_dir."""
+    at = SCHEMA.get_field_index("asset_dir") + 1
+    s = SCHEMA
+    for k, col in enumerate(format_columns):
+        s = s.insert(at + k, pa.field(col, pa.string()))
+    return s
+
+
+def index_table(rows: Iterable[dict[str, Any]], format_columns: Sequence[str] = ()) -> pa.Table:
+    """Rows (dicts with the schema's keys; missing keys are null) sorted by asset_id."""
+    sch = schema(format_columns)
     rows = sorted(rows, key=lambda r: r["asset_id"])
-    return pa.Table.from_pylist([{n: r.get(n) for n in SCHEMA.names} for r in rows], schema=SCHEMA)
+    return pa.Table.from_pylist([{n: r.get(n) for n in sch.names} for r in rows], schema=sch)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

@@ -26,10 +26,9 @@ from PIL import Image
 
 from kernels.cameras import CameraSamplerParams, Cameras, orbit_cameras, sample_training_cameras
 from kernels.gaussians import Gaussians
-from kernels.render import render
+from stages.render import render_batches
 
 CAMERA_CONVENTION = "opengl"
-PIXELS_PER_BATCH = 4 * 512 * 512  # bounds renderer memory per call
 DEPTH_MAX_VALUE = 65535
 # OpenCV camera axes -> OpenGL camera axes (negate y and z)
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -66,15 +65,10 @@ def c2w_opengl(viewmats: torch.Tensor | np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def render_rgba_depth(g: Gaussians, cams: Cameras, backend: str = "auto",
                       device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(rgba uint8 (V,H,W,4) straight alpha, depth float32 (V,H,W), 0 where alpha = 0)."""
-    dev = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    if backend == "gsplat" and dev.type != "cuda":
-        backend = "torch"
-    g = g.to(dev)
-    batch = max(1, PIXELS_PER_BATCH // (cams.width * cams.height))
+    """(rgba uint8 (V,H,W,4) straight alpha, depth float32 (V,H,W), 0 where alpha = 0), rendered
+    by the project's batched renderer (stages.render.render_batches)."""
     rgba, depth = [], []
-    for i in range(0, len(cams), batch):
-        out = render(g, cams[i:i + batch].to(dev), background=None, backend=backend)
+    for out in render_batches(g, cams, backend, None, 0, device):
         a = out.alpha.clamp(0, 1).float().cpu()
         rgb = (out.rgb.float().cpu() / a.clamp_min(1e-6)).clamp(0, 1)  # straight colour
         rgb = torch.where(a > 0, rgb, torch.zeros_like(rgb))
