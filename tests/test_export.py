@@ -101,7 +101,7 @@ def test_asset_folder_rgba_depth_and_ply_copy(exported):
     tf = json.loads((adir / "transforms.json").read_text())
     assert tf["camera_convention"] == "opengl" and (tf["w"], tf["h"]) == (RES, RES)
     assert len(tf["frames"]) == VIEWS + RANDOM
-    assert [f["split"] for f in tf["frames"]] == ["orbit"] * VIEWS + ["random"] * RANDOM
+    assert [f["view_set"] for f in tf["frames"]] == ["orbit"] * VIEWS + ["random"] * RANDOM
     for fr in tf["frames"]:
         rgba = np.asarray(Image.open(adir / fr["file_path"]))
         assert rgba.shape == (RES, RES, 4) and rgba.dtype == np.uint8
@@ -144,12 +144,12 @@ def test_random_views_are_seeded(exported, tmp_path):
     export_dataset(str(run), str(tmp_path / "other"), views=1, resolution=16, formats="ply",
                    random_views=RANDOM, seed=4)
     tf2 = json.loads((tmp_path / "other" / "assets" / aid[:2] / aid / "transforms.json").read_text())
-    r1 = [f["transform_matrix"] for f in tf1["frames"] if f["split"] == "random"]
-    r2 = [f["transform_matrix"] for f in tf2["frames"] if f["split"] == "random"]
+    r1 = [f["transform_matrix"] for f in tf1["frames"] if f["view_set"] == "random"]
+    r2 = [f["transform_matrix"] for f in tf2["frames"] if f["view_set"] == "random"]
     assert len(r1) == len(r2) == RANDOM and not np.allclose(r1, r2)  # another seed, other views
     # and the same seed on another asset gives that asset its own views
     tf3 = json.loads((out / "assets" / asset_id(1)[:2] / asset_id(1) / "transforms.json").read_text())
-    r3 = [f["transform_matrix"] for f in tf3["frames"] if f["split"] == "random"]
+    r3 = [f["transform_matrix"] for f in tf3["frames"] if f["view_set"] == "random"]
     assert not np.allclose(r1, r3)
 
 
