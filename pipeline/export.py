@@ -217,9 +217,16 @@ def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
     return True
 
 
-def _write_shard(st: Storage, name: str, samples: list, read, members: dict) -> None:
+def _write_shard(st: Storage, name: str, samples: list, read, members: dict, depth_files,
+                 depth_unit: float) -> None:
     """One atomic write per shard, streamed through a temp file (shards can be large)."""
-    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members))
+    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members, depth_files,
+                                                       depth_unit))
+
+
+def _shard_bytes(res: dict) -> int:
+    """An asset's bytes in a shard (its files; an export from before file_bytes: its splats)."""
+    return int(res.get("file_bytes") or sum((res.get("bytes") or {}).values()) or 1)
 
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
@@ -241,7 +248,8 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
 
 def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views: int = 120,
                    resolution: int = 512, formats: str | tuple = ("ply", "spz"),
-                   shard_size: int = 256, random_views: int = 0, seed: int = 0,
+                   shard_size: int = 0, random_views: int = 0, seed: int = 0,
+                   shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
                    num_workers: Optional[int] = None, backend: Optional[str] = None,
                    executor_options: Optional[dict] = None) -> ExportSummary:
@@ -252,7 +260,8 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
     except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
     for name, v, lo in (("--views", views, 1), ("--resolution", resolution, 8),
-                        ("--shard-size", shard_size, 1), ("--random-views", random_views, 0)):
+                        ("--shard-size", shard_size, 0), ("--random-views", random_views, 0),
+                        ("--shard-bytes", shard_bytes, 1)):
         if v < lo:
             raise ExportError(f"{name} {v}: must be >= {lo}")
     if resolution > 4096:
@@ -281,14 +290,15 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         raise StorageError(f"cannot write to the dataset root {out!r}: {e.strerror or e}; choose "
                            f"a writable --out") from e
     try:
-        return _export_locked(run, info, st, chosen, table, expr, spec, shard_size, executor,
+        return _export_locked(run, info, st, chosen, table, expr, spec, (shard_bytes, shard_size),
+                              executor,
                               address, num_workers, executor_options or {}, t0)
     finally:
         lock.release()
 
 
 def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: str,
-                   spec: ExportSpec, shard_size: int, executor: str, address: Optional[str],
+                   spec: ExportSpec, sharding: tuple, executor: str, address: Optional[str],
                    num_workers: Optional[int], ex_options: dict, t0: float) -> ExportSummary:
     rows = {r["asset_id"]: r for r in chosen.to_pylist()}
     skipped: list[dict] = []
@@ -330,7 +340,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             prev = json.loads(st.read_bytes(MARKER)).get("shards") or {}
         except ValueError:
             prev = {}
-    groups = shards.plan(list(results), shard_size)
+    shard_bytes, max_assets = sharding
+    groups = shards.plan({a: _shard_bytes(v) for a, v in results.items()}, shard_bytes, max_assets)
     shard_of: dict[str, str] = {}
     shard_members: dict[str, list] = {}
     n_reused_shards = 0
@@ -348,7 +359,9 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                     results[a]["files"]) for a in ids]
         _write_shard(st, name, samples,
                      lambda a, rel: st.read_bytes("assets", a[:2], a, rel),
-                     fmt_registry.member_keys(spec.formats))
+                     fmt_registry.member_keys(spec.formats),
+                     lambda a: sorted(f for f in results[a]["files"] if f.startswith("depth/")),
+                     float(results[ids[0]].get("depth_scale") or 1e-3))
         log.info("wrote %s (%d assets)", name, len(ids))
     for name in st.ls(shards.SHARDS_DIR):  # shards of an earlier, larger selection
         if f"{shards.SHARDS_DIR}/{name}" not in shard_members and name.endswith(".tar"):
@@ -360,10 +373,10 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
     _write_card(st, run, info, expr, table, chosen.num_rows, idx_rows, skipped, spec,
-                len(groups), shard_size)
+                len(groups), sharding)
     _write_if_changed(st, MARKER, json.dumps({
         "run": run.root, "where": expr, "spec": dataclasses.asdict(spec),
-        "shard_size": shard_size, "shards": shard_members}, indent=1, sort_keys=True).encode())
+        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members}, indent=1, sort_keys=True).encode())
     return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
@@ -434,4 +447,4 @@ def export_command(run_out: str, dataset_out: Optional[str] = None, views: int =
     """The `sctd3d export` line for a run (printed by `sctd3d demo`)."""
     ds = dataset_out or (run_out.rstrip("/") + "-dataset")
     return (f"sctd3d export {run_out} --out {ds} --where \"status = 'done'\" --views {views} "
-            f"--resolution {resolution} --formats ply,spz --shard-size 256")
+            f"--resolution {resolution} --formats ply,spz")

@@ -190,11 +190,55 @@ def test_webdataset_shards_iterate(exported):
         tf = s["transforms.json"]
         assert tf["camera_convention"] == "opengl" and len(tf["frames"]) == VIEWS + RANDOM
         view = Image.open(io.BytesIO(s["view000.png"]))
-        assert view.mode == "RGBA" and view.size == (RES, RES)
-        assert Image.open(io.BytesIO(s["depth000.png"])).mode == "I;16" and "viewr001.png" in s
+        assert view.mode == "RGBA" and view.size == (RES, RES) and "viewr001.png" in s
         assert isinstance(s["ply"], bytes) and s["ply"].startswith(b"ply")
         if HAVE_SPZ:
             assert isinstance(s["spz"], bytes) and s["spz"][:2] == b"\x1f\x8b"  # SPZ v3: gzip
+
+
+def test_webdataset_decoders_keep_depth_and_alpha(exported):
+    """Through webdataset's own pipeline and decoders: `.decode("rgba8")` keeps the alpha of the
+    views, the built-in npz decoder gives the depth in world units, the same as the asset
+    folder's 16-bit PNGs (to float16 precision), frame by frame."""
+    import webdataset as wds
+
+    _, out, _ = exported
+    tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    n = 0
+    for s in wds.WebDataset(tars, shardshuffle=False, empty_check=False).decode("rgba8"):
+        aid = s["__key__"]
+        adir = out / "assets" / aid[:2] / aid
+        tf = json.loads((adir / "transforms.json").read_text())
+        depth = s["depth.npz"]["depth"]
+        assert depth.dtype == np.float16 and depth.shape == (VIEWS + RANDOM, RES, RES)
+        assert not any(k.startswith("depth") and k.endswith(".png") for k in s)
+        for k, fr in enumerate(tf["frames"]):
+            ref = np.asarray(Image.open(adir / fr["depth_file_path"])).astype(np.float64) * 1e-3
+            assert np.allclose(depth[k].astype(np.float64), ref, rtol=1e-3, atol=1e-6)
+            stem = os.path.basename(fr["file_path"])[:-4]
+            view = s[f"view{stem}.png"]
+            assert view.shape == (RES, RES, 4)
+            assert np.array_equal(view, np.asarray(Image.open(adir / fr["file_path"])))
+        assert (depth[0] > 1.0).any() and (s["view000.png"][..., 3] == 0).any()
+        n += 1
+    assert n == 3
+
+
+def test_shards_close_at_the_byte_target(exported, tmp_path):
+    from stages.export import shards
+
+    assert shards.plan({"a": 5, "b": 5, "c": 5}, 10) == [["a", "b"], ["c"]]
+    assert shards.plan({"a": 50, "b": 5}, 10) == [["a"], ["b"]]  # too big alone: own shard
+    assert shards.plan({"a": 1, "b": 1, "c": 1}, 100, max_assets=2) == [["a", "b"], ["c"]]
+    run, out, _ = exported
+    sizes = [json.loads((p / "export.json").read_text())["meta"]["file_bytes"]
+             for p in (out / "assets").glob("*/*")]
+    target = int(max(sizes) * 1.5)  # room for one asset per shard, never two
+    s = export_dataset(str(run), str(tmp_path / "ds"), views=VIEWS, resolution=RES, formats="ply",
+                       random_views=RANDOM, seed=3, shard_bytes=target)
+    assert s.shards == 3
+    for tar in (tmp_path / "ds" / "shards").glob("*.tar"):
+        assert tar.stat().st_size <= target + 16 * 1024  # tar headers and the small members
 
 
 # ------------------------------------------------------------------------------- card

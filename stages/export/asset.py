@@ -17,6 +17,9 @@ from kernels.ply import PlyFormatError, load_ply
 from stages.export import formats, views
 
 TRANSFORMS_FILE = "transforms.json"
+# the asset folder's layout (2: mm depth, loader-specific keys and split files, registry formats);
+# part of an asset's reuse key, so an export of an older layout is re-exported, not reused
+LAYOUT_VERSION = 2
 BLENDER_FILES = {"train": "transforms_train.json", "test": "transforms_test.json"}
 IMAGES_DIR = "images"
 DEPTH_DIR = "depth"
@@ -50,6 +53,7 @@ class ExportSpec:
             d.pop("seed"), d.pop("sampler"), d.pop("iteration")
         d.pop("backend")  # both backends render the same picture
         d["ply_sha256"] = ply_sha256
+        d["layout"] = LAYOUT_VERSION
         return d
 
 

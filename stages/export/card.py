@@ -92,7 +92,7 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
                   code_versions: Counter, deviations: Sequence[str], methods: Counter,
                   metrics: dict[str, list[float]], spec: dict[str, Any],
                   formats: Sequence[tuple[str, str, Sequence[str]]],
-                  shards: int, shard_size: int, has_plot: bool, has_grid: bool,
+                  shards: int, shard_size: tuple, has_plot: bool, has_grid: bool,
                   exporter_version: str) -> str:
     """The README.md text; `formats` = (name, card line, WebDataset member keys) per exported
     format (stages.export.formats)."""
@@ -161,7 +161,9 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
         "- `assets/<id[:2]>/<id>/`: " + ", ".join(line for _, line, _ in formats)
         + ", `images/NNN.png` (RGBA, straight alpha = accumulated opacity), `depth/NNN.png` "
         "(16-bit, depth = value x `depth_scale`), `transforms.json`",
-        f"- `shards/shard-NNNNN.tar`: {shards} WebDataset shard(s) of up to {shard_size} assets "
+        f"- `shards/shard-NNNNN.tar`: {shards} WebDataset shard(s) of up to "
+        f"{shard_size[0] / 1e9:g} GB" + (f" and {shard_size[1]} assets" if shard_size[1] else "")
+        + " each "
         "(`<id>.prompt.txt`, `.json`, " + "".join(f"`.{k}`, " for _, _, keys in formats for k in keys)
         + "`.transforms.json`, `.viewNNN.png`, "
         "`.depthNNN.png`)",
