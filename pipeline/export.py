@@ -36,7 +36,8 @@ from common.storage import (Storage, StorageError, asset_dir, is_local, open_sto
 from common import plugins
 from stages.export import card, index, shards
 from stages.export import formats as fmt_registry
-from stages.export.asset import TRANSFORMS_FILE, AssetSkip, ExportSpec, build_asset, sha256
+from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
+                                 build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             st.rm(f"{shards.SHARDS_DIR}/{name}")
 
     idx_rows = [_index_row(rows[a], results[a], spec, shard_of[a]) for a in results]
-    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)))
+    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)),
+                            {r["asset_id"]: st.read_bytes(r["preview_path"]) for r in idx_rows})
     _write_if_changed(st, index.INDEX_FILE, index.parquet_bytes(idx))
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
@@ -393,7 +395,8 @@ def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
             **{col: f"{rel}/{f}" if f in files else None
                for col, f in fmt_registry.index_columns(spec.formats).items()},
             "transforms_path": f"{rel}/{TRANSFORMS_FILE}",
-            "preview_path": f"{rel}/images/000.png", "shard": shard,
+            "preview_path": f"{rel}/{PREVIEW_FILE}" if PREVIEW_FILE in files
+            else f"{rel}/images/000.png", "shard": shard,
             "ply_sha256": res.get("ply_sha256")}
 
 
@@ -413,19 +416,26 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
     plot, grid = card.metric_plot(metrics), card.sample_grid(previews)
     cfg = info.get("config") or {}
     name = os.path.basename(st.root.rstrip("/")) or "sctd3d-dataset"
+    gen = cfg.get("generate") or {}
+    iterations, batch_views = int(gen.get("iterations") or 0), int(gen.get("batch_views") or 1)
     text = card.card_markdown(
         name=name, n_assets=len(idx_rows), where=expr, run_counts=run_counts, selected=selected,
         skipped=skipped, config_hashes=Counter(r["config_hash"] for r in idx_rows
                                                if r.get("config_hash")),
         code_versions=Counter(r["code_version"] for r in idx_rows if r.get("code_version")),
-        deviations=list(cfg.get("deviations") or []),
+        deviations=card.current_deviations(list(cfg.get("deviations") or []), iterations),
+        training=(f"{iterations} iterations x {batch_views} views per step "
+                  "(generate.iterations, generate.batch_views of the run config)"
+                  if iterations else ""),
+        grid_samples=[(r["asset_id"], r.get("prompt") or "") for r in ordered[:card.GRID_MAX]],
+        axes=[(f.name, f.axes) for f in map(fmt_registry.get, spec.formats) if f.axes],
         methods=Counter(r["method"] for r in idx_rows if r.get("method")), metrics=metrics,
         spec=dataclasses.asdict(spec),
         formats=[(f.name, f.card_line, list(f.files.values()))
                  for f in map(fmt_registry.get, spec.formats)], shards=n_shards,
         shard_size=shard_size, has_plot=plot is not None, has_grid=grid is not None,
         exporter_version=exporter)
-    out = {README_FILE: text.encode("utf-8")}
+    out = {README_FILE: text.encode("utf-8"), card.LICENSE_FILE: card.LICENSE_TEXT.encode()}
     if plot is not None:
         out[card.PLOT_FILE] = plot
     if grid is not None:
@@ -439,6 +449,8 @@ def _write_card(st: Storage, run: Storage, info: dict, expr: str, table, selecte
     files = build_card(st, run.root, info, expr, manifest.counts(table), selected, idx_rows,
                        skipped, spec, n_shards, shard_size)
     for rel, data in files.items():
+        if rel == card.LICENSE_FILE and st.exists(rel):
+            continue  # the placeholder is the owner's to edit: written once, never replaced
         _write_if_changed(st, rel, data)
 
 

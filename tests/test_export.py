@@ -171,6 +171,15 @@ def test_index_reads_with_datasets_pandas_and_duckdb(exported, tmp_path):
         assert not os.path.isabs(rel) and (out / rel).is_file()
     ds = load_dataset("parquet", data_files=path, split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 3 and set(ds["asset_id"]) == set(df["asset_id"])
+    # the preview is an Image feature (what the Hub's viewer shows as pictures), per asset
+    from datasets import Image as HFImage
+
+    assert isinstance(ds.features["preview"], HFImage)
+    for row in ds:
+        im = row["preview"]
+        assert im.mode == "RGBA" and im.size == (RES, RES)
+        ref = Image.open(out / row["asset_dir"] / "images" / "000.png")
+        assert np.array_equal(np.asarray(im), np.asarray(ref))  # view 0 (under 256 px: as is)
     con = duckdb.connect()
     n = con.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE clip_l >= 0.25").fetchall()
     assert n[0][0] == 2
@@ -250,12 +259,23 @@ def test_dataset_card_front_matter_counts_plot_and_grid(exported):
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n")[1])
     assert front["license"] == "other" and "TODO" in text.split("---\n")[1]
+    # the Hub wants license_name and license_link with `other`; the link resolves
+    assert front["license_name"] and (out / front["license_link"]).is_file()
+    assert "TODO" in (out / front["license_link"]).read_text()
+    # the run's training length only (demo: 150 iterations x 2 views; its base config's
+    # "600 iterations" note is stale), no metric rows with n = 0, captions under the grid
+    assert "150 iterations x 2 views per step" in text and "600 iterations" not in text
+    assert "| 0 | - |" not in text and "| toy_psnr | 3 |" in text
+    grid_at = text.index("](card/samples.png)")
+    for i in range(3):
+        assert text.index(f"| prompt number {i} | `{asset_id(i)}` |") > grid_at
     assert front["task_categories"] == ["text-to-3d"] and front["size_categories"] == ["n<1K"]
     assert front["configs"][0]["data_files"][0]["path"] == "index.parquet"
     assert "`cafe0123`" in text and "0.1.0+test" in text  # config hash, code version
     assert "done 5, failed 1, rejected 0" in text  # counts by status of the run
     assert "status = 'done' OR status = 'failed'" in text and "skipped: 3" in text
     assert "toy world: 32x32 pixel renders" in text  # the run config's deviations
+    assert '`.depth.npz`' in text and '.decode("rgba8")' in text
     assert '"camera_convention": "opengl"' in text
     for png in ("card/metrics.png", "card/samples.png"):
         assert f"]({png})" in text

@@ -15,8 +15,10 @@ from typing import Any
 
 from kernels.ply import PlyFormatError, load_ply
 from stages.export import formats, views
+from stages.export.index import preview_png
 
 TRANSFORMS_FILE = "transforms.json"
+PREVIEW_FILE = "preview.png"  # view 0, at most index.PREVIEW_PX: the index's image column
 # the asset folder's layout (2: mm depth, loader-specific keys and split files, registry formats);
 # part of an asset's reuse key, so an export of an older layout is re-exported, not reused
 LAYOUT_VERSION = 2
@@ -95,6 +97,7 @@ def build_asset(asset_id: str, ply: bytes, spec: ExportSpec) -> tuple[dict[str, 
         files[images[i]] = views.rgba_png(rgba[i])
         files[depths[i]], n_far = views.depth_png(depth[i])
         too_far += n_far
+    files[PREVIEW_FILE] = preview_png(files[images[0]])
     tf = views.transforms(cams, view_sets, images, depths)
     tf["asset_id"] = asset_id
     files[TRANSFORMS_FILE] = json.dumps(tf, indent=1).encode()
