@@ -302,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None,
                    help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
                         "(default: status = 'done')")
-    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
-    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
+    p.add_argument("--views", type=int, default=None,
+                   help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
     p.add_argument("--formats", default="ply,spz",
                    help="splat formats, comma-separated: ply, spz, splat, sog, html, or one a plugin "
                         "registers ($SCTD3D_PLUGINS; README 'Export formats')")

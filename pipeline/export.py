@@ -204,6 +204,21 @@ def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views:
                       backend=backend or r.get("backend", "auto"))
 
 
+GPU_DEFAULT_VIEWS = (120, 512)  # views, resolution when the renders run on a GPU (gsplat)
+CPU_DEFAULT_VIEWS = (24, 256)  # on CPUs (torch renderer): ~10-60 s per asset, RESULTS.md "Export"
+
+
+def default_views(executor: str, info: dict) -> tuple[int, int]:
+    """(views, resolution) when the user gives none: the GPU default where the renders run on a
+    GPU (local: CUDA here; Ray: the run's pipeline.gpus_per_worker > 0), else the CPU default."""
+    import torch
+
+    p = (info.get("config") or {}).get("pipeline") or {}
+    on_gpu = (float(p.get("gpus_per_worker", 0) or 0) > 0 if executor == "ray"
+              else torch.cuda.is_available())
+    return GPU_DEFAULT_VIEWS if on_gpu else CPU_DEFAULT_VIEWS
+
+
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
     name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
@@ -247,8 +262,9 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
     return make_executor(kind, **opts)
 
 
-def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views: int = 120,
-                   resolution: int = 512, formats: str | tuple = ("ply", "spz"),
+def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
+                   views: Optional[int] = None, resolution: Optional[int] = None,
+                   formats: str | tuple = ("ply", "spz"),
                    shard_size: int = 0, random_views: int = 0, seed: int = 0,
                    shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
@@ -260,6 +276,11 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         fmts = fmt_registry.parse_formats(formats)
     except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
+    run, info = _open_run(run_uri)
+    if views is None or resolution is None:
+        dv, dr = default_views(executor, info)
+        views = dv if views is None else views
+        resolution = dr if resolution is None else resolution
     for name, v, lo in (("--views", views, 1), ("--resolution", resolution, 8),
                         ("--shard-size", shard_size, 0), ("--random-views", random_views, 0),
                         ("--shard-bytes", shard_bytes, 1)):
@@ -267,7 +288,6 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
             raise ExportError(f"{name} {v}: must be >= {lo}")
     if resolution > 4096:
         raise ExportError(f"--resolution {resolution}: at most 4096")
-    run, info = _open_run(run_uri)
     if out.rstrip("/") in (run_uri.rstrip("/"), run.root.rstrip("/")) or \
             (is_local(out) and os.path.abspath(os.path.expanduser(out)) == run.root):
         raise ExportError(f"--out {out!r} is the run folder itself; choose a new dataset folder")

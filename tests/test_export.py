@@ -448,3 +448,17 @@ def test_a_non_hex_asset_id_is_skipped_not_turned_into_a_path(tmp_path):
     skipped = json.loads((out / "skipped.json").read_text())
     assert skipped[0]["asset_id"] == "Not-A-Hex-Id" and "hex" in skipped[0]["reason"]
     assert not list(out.rglob("Not-A-Hex-Id*"))
+
+
+def test_default_views_fit_the_renderer(exported, tmp_path, monkeypatch):
+    """Without --views/--resolution: 120 views at 512 px where renders run on a GPU, 24 at 256 px
+    on CPUs (the torch renderer; RESULTS.md "Export" has the time per asset)."""
+    import torch
+
+    from pipeline.export import default_views
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_views("local", {}) == (24, 256)
+    assert default_views("ray", {"config": {"pipeline": {"gpus_per_worker": 1}}}) == (120, 512)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_views("local", {}) == (120, 512)
