@@ -36,6 +36,7 @@ from common.storage import (Storage, StorageError, asset_dir, is_local, open_sto
 from common import plugins
 from stages.export import card, index, shards
 from stages.export import formats as fmt_registry
+from stages.export.formats.ply import FILE as PLY_FILE
 from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -264,7 +265,7 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
 
 def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
                    views: Optional[int] = None, resolution: Optional[int] = None,
-                   formats: str | tuple = ("ply", "spz"),
+                   formats: str | tuple | None = None,
                    shard_size: int = 0, random_views: int = 0, seed: int = 0,
                    shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
@@ -273,7 +274,7 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
     """Export the assets of `run_uri` selected by `where` into a dataset at `out` (resumable)."""
     t0 = time.perf_counter()
     try:
-        fmts = fmt_registry.parse_formats(formats)
+        fmts = fmt_registry.parse_formats(formats or fmt_registry.default_formats())
     except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
     run, info = _open_run(run_uri)
@@ -401,7 +402,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
         "axes": {"world": fmt_registry.WORLD_AXES, "transforms.json": "OpenGL camera axes "
                  "(x right, y up, looking down -z) in that world",
                  **{f.name: f.axes for f in map(fmt_registry.get, spec.formats)}},
-        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members}, indent=1, sort_keys=True).encode())
+        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members},
+        indent=1, sort_keys=True).encode())
     return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,

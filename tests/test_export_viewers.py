@@ -128,6 +128,9 @@ def _colour_rows(img: np.ndarray) -> tuple[float, float, int, int]:
 def test_supersplat_viewer_html_is_upright_and_offline(site):
     html = (site["adir"] / "viewer.html").read_text()
     assert "<script" in html and "asset.ply" not in html  # self-contained: the splat is inside
+    import re
+
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://""", html)  # nothing fetched online
     drv = site["drv"]
     drv.set_window_size(400, 400)
     drv.get(f"{site['url']}/data/{site['rel']}/viewer.html")
