@@ -3,7 +3,7 @@
 Why: every row is checked before any GPU time is spent, so a batch of thousands never dies (or
 burns a GPU hour) on row 4,812. Bad rows become `rejected` records with the reason; the rest run.
 Assets are identified by a stable hash of (normalised prompt, seed, generation hash: the generation
-settings plus the content identity of the prior's weights, common.config.generation_hash), so
+settings plus the content identity of the prior's weights, stages.generation_id.generation_hash), so
 prompts never become paths, re-running the same input finds the same assets, and evaluation
 settings never rename an asset.
 
@@ -26,8 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 import fsspec
 
 
-from common.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
-                             to_dict)
+from common.config import Config, ConfigError, apply_overrides, config_hash, to_dict
 from pipeline.validate import check_names
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
@@ -375,12 +374,9 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
 
 def asset_generation_hash(cfg: Config) -> str:
     """generation_hash with the prior's weights identity (file digests cached per process)."""
-    from stages.priors.identity import generation_inputs  # imports torch (stages.priors): lazily
+    from stages.generation_id import generation_hash  # imports torch (stages.priors): lazily
 
-    try:
-        return generation_hash(cfg, generation_inputs(cfg))
-    except ValueError as e:  # e.g. prior.model names no shipped toy SD nor a directory
-        raise ConfigError(str(e)) from None
+    return generation_hash(cfg)
 
 
 def request_config(cfg: Config, req: AssetRequest) -> Config:

@@ -161,6 +161,15 @@ def make_guided_eps(prior: Prior, prompt: str, azimuths_deg: Sequence[float] | T
                             [torch.stack(neg1), torch.stack(neg2)], weights, guidance_scale)
 
 
+def guidance_keys(cfg: "PriorConfig") -> tuple[str, ...]:
+    """The `prior` keys the guidance (and the render size it is fed) reads for every prior."""
+    keys = ("prior.name", "prior.image_size", "prior.guidance_scale", "prior.negative_prompt",
+            "prior.view_dependent_prompt", "prior.front_angle_deg", "prior.back_angle_deg", "prior.perp_neg")
+    if cfg.perp_neg:
+        keys += ("prior.perp_neg_weight", "prior.perp_neg_front_decay", "prior.perp_neg_side_decay")
+    return keys
+
+
 def make_guided_eps_from_config(prior: Prior, cfg: "PriorConfig", prompt: str,
                                 azimuths_deg: Sequence[float] | Tensor) -> BatchedGuidedEps:
     """`make_guided_eps` with every constant taken from the `prior` config section."""
