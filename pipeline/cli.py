@@ -178,6 +178,22 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """'1GB' / '500MB' / '2e9' -> bytes (decimal units), for --shard-bytes."""
+    units = {"kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+    t = text.strip().lower()
+    for u, m in units.items():
+        if t.endswith(u):
+            t, mult = t[:-len(u)].strip(), m
+            break
+    else:
+        mult = 1
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 500MB)") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
@@ -188,6 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         summary = export_dataset(
             args.run, args.out, where=args.where, views=args.views, resolution=args.resolution,
             formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
+            shard_bytes=args.shard_bytes,
             seed=args.seed, executor=args.executor, address=args.address,
             num_workers=args.num_workers, backend=args.backend)
     except (ExportError, FilterError, SplatToolError) as e:
@@ -285,12 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None,
                    help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
                         "(default: status = 'done')")
-    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
-    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
+    p.add_argument("--views", type=int, default=None,
+                   help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
     p.add_argument("--formats", default="ply,spz",
                    help="splat formats, comma-separated: ply, spz, splat, sog, html, or one a plugin "
                         "registers ($SCTD3D_PLUGINS; README 'Export formats')")
-    p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="at most N assets per WebDataset shard (default 0: no count limit)")
+    p.add_argument("--shard-bytes", type=_byte_size, default="1GB",
+                   help="WebDataset shard size target, e.g. 500MB, 1GB (default 1GB)")
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")

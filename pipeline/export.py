@@ -36,7 +36,8 @@ from common.storage import (Storage, StorageError, asset_dir, is_local, open_sto
 from common import plugins
 from stages.export import card, index, shards
 from stages.export import formats as fmt_registry
-from stages.export.asset import TRANSFORMS_FILE, AssetSkip, ExportSpec, build_asset, sha256
+from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
+                                 build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,21 @@ def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views:
                       backend=backend or r.get("backend", "auto"))
 
 
+GPU_DEFAULT_VIEWS = (120, 512)  # views, resolution when the renders run on a GPU (gsplat)
+CPU_DEFAULT_VIEWS = (24, 256)  # on CPUs (torch renderer): ~10-60 s per asset, RESULTS.md "Export"
+
+
+def default_views(executor: str, info: dict) -> tuple[int, int]:
+    """(views, resolution) when the user gives none: the GPU default where the renders run on a
+    GPU (local: CUDA here; Ray: the run's pipeline.gpus_per_worker > 0), else the CPU default."""
+    import torch
+
+    p = (info.get("config") or {}).get("pipeline") or {}
+    on_gpu = (float(p.get("gpus_per_worker", 0) or 0) > 0 if executor == "ray"
+              else torch.cuda.is_available())
+    return GPU_DEFAULT_VIEWS if on_gpu else CPU_DEFAULT_VIEWS
+
+
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
     name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
@@ -217,9 +233,16 @@ def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
     return True
 
 
-def _write_shard(st: Storage, name: str, samples: list, read, members: dict) -> None:
+def _write_shard(st: Storage, name: str, samples: list, read, members: dict, depth_files,
+                 depth_unit: float) -> None:
     """One atomic write per shard, streamed through a temp file (shards can be large)."""
-    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members))
+    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members, depth_files,
+                                                       depth_unit))
+
+
+def _shard_bytes(res: dict) -> int:
+    """An asset's bytes in a shard (its files; an export from before file_bytes: its splats)."""
+    return int(res.get("file_bytes") or sum((res.get("bytes") or {}).values()) or 1)
 
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
@@ -239,9 +262,11 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
     return make_executor(kind, **opts)
 
 
-def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views: int = 120,
-                   resolution: int = 512, formats: str | tuple = ("ply", "spz"),
-                   shard_size: int = 256, random_views: int = 0, seed: int = 0,
+def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
+                   views: Optional[int] = None, resolution: Optional[int] = None,
+                   formats: str | tuple = ("ply", "spz"),
+                   shard_size: int = 0, random_views: int = 0, seed: int = 0,
+                   shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
                    num_workers: Optional[int] = None, backend: Optional[str] = None,
                    executor_options: Optional[dict] = None) -> ExportSummary:
@@ -251,13 +276,18 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         fmts = fmt_registry.parse_formats(formats)
     except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
+    run, info = _open_run(run_uri)
+    if views is None or resolution is None:
+        dv, dr = default_views(executor, info)
+        views = dv if views is None else views
+        resolution = dr if resolution is None else resolution
     for name, v, lo in (("--views", views, 1), ("--resolution", resolution, 8),
-                        ("--shard-size", shard_size, 1), ("--random-views", random_views, 0)):
+                        ("--shard-size", shard_size, 0), ("--random-views", random_views, 0),
+                        ("--shard-bytes", shard_bytes, 1)):
         if v < lo:
             raise ExportError(f"{name} {v}: must be >= {lo}")
     if resolution > 4096:
         raise ExportError(f"--resolution {resolution}: at most 4096")
-    run, info = _open_run(run_uri)
     if out.rstrip("/") in (run_uri.rstrip("/"), run.root.rstrip("/")) or \
             (is_local(out) and os.path.abspath(os.path.expanduser(out)) == run.root):
         raise ExportError(f"--out {out!r} is the run folder itself; choose a new dataset folder")
@@ -281,14 +311,15 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         raise StorageError(f"cannot write to the dataset root {out!r}: {e.strerror or e}; choose "
                            f"a writable --out") from e
     try:
-        return _export_locked(run, info, st, chosen, table, expr, spec, shard_size, executor,
+        return _export_locked(run, info, st, chosen, table, expr, spec, (shard_bytes, shard_size),
+                              executor,
                               address, num_workers, executor_options or {}, t0)
     finally:
         lock.release()
 
 
 def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: str,
-                   spec: ExportSpec, shard_size: int, executor: str, address: Optional[str],
+                   spec: ExportSpec, sharding: tuple, executor: str, address: Optional[str],
                    num_workers: Optional[int], ex_options: dict, t0: float) -> ExportSummary:
     rows = {r["asset_id"]: r for r in chosen.to_pylist()}
     skipped: list[dict] = []
@@ -330,7 +361,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             prev = json.loads(st.read_bytes(MARKER)).get("shards") or {}
         except ValueError:
             prev = {}
-    groups = shards.plan(list(results), shard_size)
+    shard_bytes, max_assets = sharding
+    groups = shards.plan({a: _shard_bytes(v) for a, v in results.items()}, shard_bytes, max_assets)
     shard_of: dict[str, str] = {}
     shard_members: dict[str, list] = {}
     n_reused_shards = 0
@@ -348,22 +380,25 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                     results[a]["files"]) for a in ids]
         _write_shard(st, name, samples,
                      lambda a, rel: st.read_bytes("assets", a[:2], a, rel),
-                     fmt_registry.member_keys(spec.formats))
+                     fmt_registry.member_keys(spec.formats),
+                     lambda a: sorted(f for f in results[a]["files"] if f.startswith("depth/")),
+                     float(results[ids[0]].get("depth_scale") or 1e-3))
         log.info("wrote %s (%d assets)", name, len(ids))
     for name in st.ls(shards.SHARDS_DIR):  # shards of an earlier, larger selection
         if f"{shards.SHARDS_DIR}/{name}" not in shard_members and name.endswith(".tar"):
             st.rm(f"{shards.SHARDS_DIR}/{name}")
 
     idx_rows = [_index_row(rows[a], results[a], spec, shard_of[a]) for a in results]
-    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)))
+    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)),
+                            {r["asset_id"]: st.read_bytes(r["preview_path"]) for r in idx_rows})
     _write_if_changed(st, index.INDEX_FILE, index.parquet_bytes(idx))
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
     _write_card(st, run, info, expr, table, chosen.num_rows, idx_rows, skipped, spec,
-                len(groups), shard_size)
+                len(groups), sharding)
     _write_if_changed(st, MARKER, json.dumps({
         "run": run.root, "where": expr, "spec": dataclasses.asdict(spec),
-        "shard_size": shard_size, "shards": shard_members}, indent=1, sort_keys=True).encode())
+        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members}, indent=1, sort_keys=True).encode())
     return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
@@ -380,7 +415,8 @@ def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
             **{col: f"{rel}/{f}" if f in files else None
                for col, f in fmt_registry.index_columns(spec.formats).items()},
             "transforms_path": f"{rel}/{TRANSFORMS_FILE}",
-            "preview_path": f"{rel}/images/000.png", "shard": shard,
+            "preview_path": f"{rel}/{PREVIEW_FILE}" if PREVIEW_FILE in files
+            else f"{rel}/images/000.png", "shard": shard,
             "ply_sha256": res.get("ply_sha256")}
 
 
@@ -400,19 +436,26 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
     plot, grid = card.metric_plot(metrics), card.sample_grid(previews)
     cfg = info.get("config") or {}
     name = os.path.basename(st.root.rstrip("/")) or "sctd3d-dataset"
+    gen = cfg.get("generate") or {}
+    iterations, batch_views = int(gen.get("iterations") or 0), int(gen.get("batch_views") or 1)
     text = card.card_markdown(
         name=name, n_assets=len(idx_rows), where=expr, run_counts=run_counts, selected=selected,
         skipped=skipped, config_hashes=Counter(r["config_hash"] for r in idx_rows
                                                if r.get("config_hash")),
         code_versions=Counter(r["code_version"] for r in idx_rows if r.get("code_version")),
-        deviations=list(cfg.get("deviations") or []),
+        deviations=card.current_deviations(list(cfg.get("deviations") or []), iterations),
+        training=(f"{iterations} iterations x {batch_views} views per step "
+                  "(generate.iterations, generate.batch_views of the run config)"
+                  if iterations else ""),
+        grid_samples=[(r["asset_id"], r.get("prompt") or "") for r in ordered[:card.GRID_MAX]],
+        axes=[(f.name, f.axes) for f in map(fmt_registry.get, spec.formats) if f.axes],
         methods=Counter(r["method"] for r in idx_rows if r.get("method")), metrics=metrics,
         spec=dataclasses.asdict(spec),
         formats=[(f.name, f.card_line, list(f.files.values()))
                  for f in map(fmt_registry.get, spec.formats)], shards=n_shards,
         shard_size=shard_size, has_plot=plot is not None, has_grid=grid is not None,
         exporter_version=exporter)
-    out = {README_FILE: text.encode("utf-8")}
+    out = {README_FILE: text.encode("utf-8"), card.LICENSE_FILE: card.LICENSE_TEXT.encode()}
     if plot is not None:
         out[card.PLOT_FILE] = plot
     if grid is not None:
@@ -426,6 +469,8 @@ def _write_card(st: Storage, run: Storage, info: dict, expr: str, table, selecte
     files = build_card(st, run.root, info, expr, manifest.counts(table), selected, idx_rows,
                        skipped, spec, n_shards, shard_size)
     for rel, data in files.items():
+        if rel == card.LICENSE_FILE and st.exists(rel):
+            continue  # the placeholder is the owner's to edit: written once, never replaced
         _write_if_changed(st, rel, data)
 
 
@@ -434,4 +479,4 @@ def export_command(run_out: str, dataset_out: Optional[str] = None, views: int =
     """The `sctd3d export` line for a run (printed by `sctd3d demo`)."""
     ds = dataset_out or (run_out.rstrip("/") + "-dataset")
     return (f"sctd3d export {run_out} --out {ds} --where \"status = 'done'\" --views {views} "
-            f"--resolution {resolution} --formats ply,spz --shard-size 256")
+            f"--resolution {resolution} --formats ply,spz")
