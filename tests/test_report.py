@@ -144,24 +144,47 @@ def test_metric_missing_in_run_is_flagged(tmp_path):
     assert s["metrics"]["toy_rprec"]["status"] == "missing" and code == 1
 
 
-def test_run_level_fid_lower_is_better(tmp_path):
+def _set_level(root, **rec):
+    os.makedirs(os.path.join(root, "metrics"), exist_ok=True)
+    with open(os.path.join(root, "metrics", "fid.json"), "w") as fh:
+        json.dump(rec, fh)
+
+
+def test_fid_point_estimate_is_shown_with_n_and_never_gates(tmp_path):
+    """Issue 24.1: a clean other-seed night's FID 277.76 -> 289.03 (60 vs 60 images) alarmed on a point
+    estimate. FID is now shown with its image counts and never decides; KID with its SE decides."""
     base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
     run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False)
-    for root, fid in ((base, 20.0), (run, 30.0)):
-        os.makedirs(os.path.join(root, "metrics"), exist_ok=True)
-        with open(os.path.join(root, "metrics", "fid.json"), "w") as fh:
-            json.dump({"fid": fid}, fh)
-    code, s, _ = _report(tmp_path, run, baseline=base)
-    assert code == 1 and s["metrics"]["fid"]["regressed"] and s["metrics"]["fid"]["mean_diff"] == 10.0
-    with open(os.path.join(run, "metrics", "fid.json"), "w") as fh:
-        json.dump({"fid": 15.0}, fh)
-    code, s, _ = _report(tmp_path, run, baseline=base)
-    assert code == 0 and s["metrics"]["fid"]["status"] == "improved"
+    _set_level(base, fid=277.76, n_generated=60, n_reference=60)
+    _set_level(run, fid=289.03, n_generated=60, n_reference=60)
+    code, s, page = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"fid": 2.0, "toy_psnr": 0.5}))
+    f = s["metrics"]["fid"]
+    assert code == 0 and not f["regressed"] and f["status"] == "worse" and "n = 60 vs 60" in f["note"]
+    assert "report.thresholds.fid is ignored" in f["note"]
+    assert "(n=60 vs 60 ref.)" in page and s["run"]["fid_n_generated"] == 60
 
 
-# ---------------------------------------------------------------------------------------------
-# history, summary.json, HTML
-# ---------------------------------------------------------------------------------------------
+def test_kid_decides_on_its_standard_error(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False)
+    n = dict(kid_n_images=288, kid_n_assets=6)
+    _set_level(base, fid=50.0, kid=0.020, kid_se=0.002, **n)
+    # worse by 0.010 with SEs 0.002 each: CI [0.0045, 0.0155] lies beyond a threshold of 0.004
+    _set_level(run, fid=52.0, kid=0.030, kid_se=0.002, **n)
+    code, s, page = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    k = s["metrics"]["kid"]
+    assert code == 1 and k["regressed"] and abs(k["mean_diff"] - 0.01) < 1e-12
+    assert k["ci"][0] > 0.004 and "288" in k["note"] and "6 assets" in k["note"]
+    # the same difference with large SEs (noisy small nights) is not an alarm
+    _set_level(run, fid=52.0, kid=0.030, kid_se=0.008, **n)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    assert code == 0 and s["metrics"]["kid"]["status"] == "ok"
+    # no SE (one asset): never gated
+    _set_level(run, kid=0.5, kid_n_images=48, kid_n_assets=1)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    assert code == 0 and s["metrics"]["kid"]["status"] == "insufficient"
+
+
 def test_history_draws_a_trend_and_uses_the_newest_earlier_run_as_baseline(tmp_path):
     hist = tmp_path / "runs"
     # names sort differently from run times: ordering must follow run time
@@ -203,8 +226,11 @@ def test_page_is_self_contained_with_thumbnails(tmp_path):
     base = make_run(str(tmp_path / "base"), noise_seed=1)
     run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"clip_l": -2.0})
     _, _, page = _report(tmp_path, run, baseline=base, cfg=_cfg(top_movers=3))
-    assert "<script" not in page.lower()
-    assert not re.search(r'(src|href)\s*=\s*"(?!data:)', page), "every resource must be inline"
+    # every resource is inline or a file of the report folder (no scheme, no absolute path, no '..')
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    local = [r for r in refs if not r.startswith("data:")]
+    assert local and all(re.fullmatch(r"[A-Za-z0-9_]+(/[A-Za-z0-9_.-]+)*\.[a-z]+", r) for r in local), local
+    assert all((tmp_path / "out" / r).is_file() for r in local), local
     thumbs = re.findall(r'class="thumb" id="thumb-(?:run|base)-\d+"[^>]*src="(data:[^"]+)"', page)
     assert len(thumbs) == 6 and all(_png_std(t) > 10 for t in thumbs)
     assert 'id="regression-table"' in page and 'id="method-table"' in page and 'id="prompt-table"' in page
