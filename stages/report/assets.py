@@ -167,6 +167,7 @@ class FolderWriter:
     def __init__(self, out_dir: str, write_bytes) -> None:
         self.out_dir, self._write = out_dir, write_bytes
         self.written: list[str] = []
+        self.views: dict[str, dict | None] = {}  # asset folder -> its view spec (written once)
 
     def write(self, rel: str, data: bytes) -> str:
         self._write(join_uri(self.out_dir, *rel.split("/")), data)
@@ -174,15 +175,22 @@ class FolderWriter:
         return rel
 
 
-def wrap_splat(w: FolderWriter, asset_dir: str, key: str) -> dict | None:
-    """a/<key>.js holding the asset's splat file; the view spec for report.js, or None."""
+def wrap_splat(w: FolderWriter, asset_dir: str) -> dict | None:
+    """a/<key>.js holding the asset's splat file (key: a hash of its folder, written once per report);
+    the view spec for report.js, or None when the asset has no splat file."""
+    if asset_dir in w.views:
+        v = w.views[asset_dir]
+        return dict(v) if v else None
+    key = safe_key(asset_dir)
+    w.views[asset_dir] = None
     for ext in SPLAT_EXT:
         data = _read(posixpath.join(asset_dir, f"asset.{ext}"))
         if data:
             b64 = base64.b64encode(data).decode("ascii")
             js = f'(window.__sctd3dAssets=window.__sctd3dAssets||{{}})["{key}"]="{b64}";\n'
-            return {"src": w.write(f"a/{key}.js", js.encode("ascii")), "key": key, "format": ext,
-                    "bytes": len(data)}
+            w.views[asset_dir] = {"src": w.write(f"a/{key}.js", js.encode("ascii")), "key": key,
+                                  "format": ext, "bytes": len(data)}
+            return dict(w.views[asset_dir])
     return None
 
 
@@ -262,7 +270,7 @@ def build_rows(run: RunData, base: RunData | None, pairing: str | None, rcfg: An
         done = str(r["status"]) == "done"
         pair_key = tuple(r[k] for k in KEY)
         if done and adir and (i < rcfg.viewer_max_assets or pair_key in side_by_side):
-            view = wrap_splat(w, adir, key)
+            view = wrap_splat(w, adir)
             if view:
                 view.update(label="tonight" if delta else "this run", role="run")
                 extra["views"] = [view]
@@ -270,7 +278,7 @@ def build_rows(run: RunData, base: RunData | None, pairing: str | None, rcfg: An
                 view_bytes += view["bytes"]
                 bdir = _asset_dir(r, base.root, "_base") if delta else None
                 if bdir and pair_key in side_by_side:
-                    bview = wrap_splat(w, bdir, safe_key(base.root, key))
+                    bview = wrap_splat(w, bdir)
                     if bview:
                         bview.update(label="baseline", role="base")
                         extra["views"].append(bview)

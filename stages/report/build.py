@@ -139,14 +139,13 @@ def _mover_views(w, run: RunData, base: RunData | None, movers: pd.DataFrame) ->
         adir = report_assets._asset_dir(row, run.root, sfx)
         if not adir:
             continue
-        k = report_assets.safe_key(run.root, "mover", idx)
         spec = []
-        v = report_assets.wrap_splat(w, adir, k)
+        v = report_assets.wrap_splat(w, adir)
         if v:
             spec.append({**v, "label": "tonight" if base is not None else "this run", "role": "run"})
         if base is not None:
             bdir = report_assets._asset_dir(row, base.root, "_base")
-            bv = report_assets.wrap_splat(w, bdir, report_assets.safe_key(base.root, "mover", idx)) if bdir else None
+            bv = report_assets.wrap_splat(w, bdir) if bdir else None
             if bv:
                 spec.append({**bv, "label": "baseline", "role": "base"})
         if spec:

@@ -496,7 +496,7 @@ def render_page(*, run: RunData, base: RunData | None, past: list[RunData],
     nav = f' · <a href="{esc(index_href)}" id="index-link">all nights</a>' if index_href else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'><link rel='icon' href='data:,'>"
         f"<title>sctd3d {kind} — {esc(run.label)}</title><style>{CSS}</style></head><body>"
         f"<h1>sctd3d {kind}</h1><div class='muted'>{esc(run.uri)} · generated "
         f"{esc(summary['generated_at'][:19])} UTC · summary.json beside this file{nav}</div>"

@@ -71,7 +71,7 @@ def build_index(nights: list[RunData], tonight: RunData, tonight_summary: dict, 
     head = (["night", "decision", "assets", "done", "failed", "rejected"] + [f"{m} (mean)" for m in metrics]
             + ["KID", "FID", "generation hash"])
     th = "".join(f'<th class="{"l" if i < 2 else ""}">{esc(h)}</th>' for i, h in enumerate(head))
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sctd3d nightly — all nights"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>sctd3d nightly — all nights"
             f"</title><style>{CSS}</style></head><body><h1>sctd3d nightly — all nights</h1>"
             f"<div class='muted'>{len(nights)} nights, newest first; rebuilt by each night's report "
             f"(generated {esc(tonight_summary.get('generated_at', '')[:19])} UTC)</div>"

@@ -50,7 +50,7 @@
   function openGroup(container, views) {
     const cam = CFG.camera;
     if (!cam) throw new Error("no camera in the page config");
-    const group = { viewers: [], angle: 0, playing: true, speed: 0.5, id: S.groups.length, ready: 0 };
+    const group = { viewers: [], angle: 0, playing: true, speed: 0.5, id: S.groups.length, ready: 0, frames: 0 };
     S.groups.push(group);
     container.textContent = "";
     const bar = el("div", { class: "vbar" });
@@ -114,6 +114,7 @@
           rot.decompose(vw.camera.position, vw.camera.quaternion, vw.camera.scale);
           vw.renderer.render(vw.scene, vw.camera);
         }
+        if (group.ready === views.length) group.frames++; // frames drawn with every asset loaded
         requestAnimationFrame(frame);
       }
       requestAnimationFrame(frame);
