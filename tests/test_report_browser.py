@@ -270,6 +270,9 @@ def test_viewer_draws_frame_0_like_the_render_stage(browser, splat_site, http_ro
     p0, p2 = _psnr(shot, f0), _psnr(shot, f2)
     assert p0 >= VIEWER_PSNR_DB, f"viewer vs frame 0: {p0:.1f} dB < {VIEWER_PSNR_DB}"
     assert p2 < VIEWER_PSNR_DB, f"control (frame 2, other side) should differ: {p2:.1f} dB"
+    # the training curve from meta.json is drawn
+    curve = _canvas_rgb(browser, "#asset-table tr.detail canvas.curve")
+    assert curve.std() > 5
     # the turntable plays from the report folder; links point at the asset's files
     vid = browser.find_element("css selector", "#asset-table tr.detail video").get_attribute("src")
     assert vid.startswith(_page_url(mode, splat_site, http_root)[1] + "a/") and vid.endswith(".mp4")
@@ -333,7 +336,8 @@ def test_sorting_and_filtering_reorder_rows(browser, splat_site, http_root):
 
 
 def test_prompts_are_escaped_in_the_table(browser, tmp_path):
-    run = make_run(str(tmp_path / "run"), n_prompts=3, prompt_fmt="{p:02d} " + XSS_PROMPT, images=False)
+    run = make_run(str(tmp_path / "run"), n_prompts=3, prompt_fmt="{p:02d} " + XSS_PROMPT, images=False,
+                   shift={"toy_rprec": -1.0})
     out = tmp_path / "site" / "report.html"
     build_report(run, str(out), cfg=ReportConfig(n_boot=50))
     assert "<img src=x" not in out.read_text(encoding="utf-8")
@@ -342,3 +346,5 @@ def test_prompts_are_escaped_in_the_table(browser, tmp_path):
     assert cells and all(XSS_PROMPT in c for c in cells)
     assert browser.execute_script("return window.__xss") is None
     assert not browser.find_elements("css selector", "#asset-table img")
+    # values at or below the per-asset floor (report.floors: toy_rprec 0) are highlighted
+    assert len(browser.find_elements("css selector", "#asset-table td.floor")) == 3

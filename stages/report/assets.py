@@ -79,12 +79,25 @@ def _finite(v: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Cameras: the render stage's frame 0 (the viewer starts there and orbits like the turntable)
 # ----------------------------------------------------------------------------------------------
+def orbit_frame0_c2w(elevation_deg: float, radius: float) -> np.ndarray:
+    """OpenGL camera-to-world (4x4) of frame 0 of kernels.cameras.orbit_cameras (azimuth 0: on +z,
+    looking at the origin, y up), in numpy so the report does not import torch (20 s on a loaded
+    CPU). tests/test_report.py checks it equals orbit_cameras + stages.export.views.c2w_opengl."""
+    el = math.radians(elevation_deg)
+    eye = np.array([0.0, radius * math.sin(el), radius * math.cos(el)])
+    fwd = -eye / np.linalg.norm(eye)
+    right = np.cross(fwd, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, -down, -fwd, eye
+    return m
+
+
 def page_camera(run: RunData, max_px: int = 512) -> dict:
     """Frame 0 of the run's evaluation orbit (its run.json config's `render` section; defaults when
     absent) as an OpenGL camera-to-world matrix (row-major), vertical FOV and background."""
     from common.config import RenderConfig
-    from kernels.cameras import orbit_cameras
-    from stages.export.views import c2w_opengl
 
     rc = RenderConfig()
     cfg = (run.extra.get("run_json") or {}).get("config")
@@ -95,13 +108,12 @@ def page_camera(run: RunData, max_px: int = 512) -> dict:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
         return float(v) if ok else float(getattr(rc, k))
 
-    el, radius, fovy = num("elevation_deg", -90, 90), num("radius", 1e-3, 1e4), num("fovy", 1e-3, 3.1)
+    el, radius, fovy = num("elevation_deg", -89, 89), num("radius", 1e-3, 1e4), num("fovy", 1e-3, 3.1)
     res = int(num("resolution", 8, 4096))
     bg = src.get("background", rc.background)
     if not (isinstance(bg, list) and len(bg) == 3 and all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in bg)):
         bg = list(rc.background)
-    cams = orbit_cameras(n=1, elevation_deg=el, radius=radius, fovy=fovy, width=res, height=res)
-    return {"c2w": c2w_opengl(cams.viewmats)[0].reshape(-1).tolist(), "fovy_deg": math.degrees(fovy),
+    return {"c2w": orbit_frame0_c2w(el, radius).reshape(-1).tolist(), "fovy_deg": math.degrees(fovy),
             "size": min(res, max_px), "background": [float(x) for x in bg],
             "frame0": {"elevation_deg": el, "radius": radius, "fovy": fovy, "azimuth_deg": 0.0}}
 
