@@ -2,7 +2,6 @@
 retries on worker death with a bounded attempt count, and the per-asset timeout."""
 
 import os
-import sys
 import time
 
 import pytest
