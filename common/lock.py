@@ -82,7 +82,8 @@ def _flock_guard(path: str) -> Iterator[None]:
                                        f"retry later") from None
                     time.sleep(0.002)
             try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                now, held = os.stat(path), os.fstat(fd)
+                same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
             except FileNotFoundError:
                 same = False
         except BaseException:

@@ -130,7 +130,8 @@ def _rejected_id(raw: bytes | str, line: int) -> str:
 
 def _printable(raw: bytes | str, limit: int = 200) -> str:
     if len(raw) > 8 * limit:  # a huge row: show its start and its size, never decode all of it
-        return _printable(raw[:limit], limit) + f"... ({len(raw)} {'bytes' if isinstance(raw, bytes) else 'chars'})"
+        unit = "bytes" if isinstance(raw, bytes) else "chars"
+        return _printable(raw[:limit], limit) + f"... ({len(raw)} {unit})"
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
@@ -199,7 +200,7 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
-def _unreachable(uri: str, e: BaseException) -> Optional[str]:
+def _unreachable(e: BaseException) -> Optional[str]:
     """For a 'not found' from a remote filesystem: the connection failure behind it, if any
     (fsspec's HTTP client reports a refused connection as FileNotFoundError)."""
     seen, c, found = set(), e.__cause__ or e.__context__, None
@@ -216,7 +217,7 @@ def _unreachable(uri: str, e: BaseException) -> Optional[str]:
 
 def not_found_error(uri: str, e: BaseException) -> InputError:
     """'prompt file not found', or, when the server could not be reached at all, that."""
-    why = _unreachable(uri, e)
+    why = _unreachable(e)
     if why:
         return InputError(f"cannot connect to read the prompt file {uri!r} ({why}); check the URL "
                           f"and that its server is up and reachable from here")
