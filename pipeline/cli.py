@@ -34,9 +34,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
+    from pipeline.plugins import load_plugins
     from pipeline.validate import check_names
 
-    return check_names(load_config(args.config, list(args.overrides) + list(extra or [])))
+    cfg = load_config(args.config, list(args.overrides) + list(extra or []))
+    load_plugins(cfg.pipeline.plugins)  # before the names are checked: plugins register names
+    return check_names(cfg)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -272,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="batch: prompts file/URI -> assets, renders, metrics, manifest")
     p.add_argument("prompts", help="txt / jsonl / parquet, local path or fsspec URL")
     p.add_argument("--out", required=True, help="output root (local path, s3://, gs://)")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="same as --set pipeline.executor=...")
+    p.add_argument("--executor", default=None,
+                   help="same as --set pipeline.executor=... (local, ray, or a plugin's executor)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     p.add_argument("--redo", choices=("failed", "missing", "all"), default="failed",
@@ -334,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", default="local", help="local, ray, or a plugin's executor")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
     p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,

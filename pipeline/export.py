@@ -29,7 +29,7 @@ from typing import Any, Optional
 import fsspec
 
 from common import manifest
-from pipeline.executors import make_executor
+from pipeline.executors import executor_names, executor_options, make_executor
 from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
@@ -248,18 +248,16 @@ def _shard_bytes(res: dict) -> int:
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
               options: dict):
+    """The run's executor settings (run.json's `pipeline` section) as the registry builds them."""
+    from common.config import PipelineConfig
+    from pipeline.plugins import load_plugins
+
     p = (info.get("config") or {}).get("pipeline") or {}
-    if kind == "ray":
-        opts: dict[str, Any] = dict(address=address, num_workers=num_workers or None,
-                                    gpus_per_worker=float(p.get("gpus_per_worker", 0) or 0),
-                                    cpus_per_worker=float(p.get("cpus_per_worker", 1) or 1),
-                                    max_attempts=int(p.get("max_attempts", 3) or 3),
-                                    backoff_s=float(p.get("backoff_s", 5.0)))
-    elif kind == "local":
-        opts = dict(max_attempts=1)
-    else:
-        raise ExportError(f"--executor {kind!r} is not one of ['local', 'ray']")
-    opts.update(options)
+    pcfg = PipelineConfig(**{f.name: p[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in p})
+    load_plugins(pcfg.plugins)
+    if kind not in executor_names():
+        raise ExportError(f"--executor {kind!r} is not one of {executor_names()}")
+    opts = executor_options(kind, pcfg, address=address, num_workers=num_workers, **options)
     return make_executor(kind, **opts)
 
 

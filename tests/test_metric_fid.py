@@ -279,6 +279,9 @@ class _RecordingExecutor:
     def __init__(self, inner):
         self.inner, self.ran = inner, []
 
+    def start(self):
+        self.inner.start()
+
     def map(self, items, fn):
         items = list(items)
         self.ran.append((getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "?")),
