@@ -408,6 +408,9 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                 len(groups), sharding)
     _write_if_changed(st, MARKER, json.dumps({
         "run": run.root, "where": expr, "spec": dataclasses.asdict(spec),
+        "axes": {"world": fmt_registry.WORLD_AXES, "transforms.json": "OpenGL camera axes "
+                 "(x right, y up, looking down -z) in that world",
+                 **{f.name: f.axes for f in map(fmt_registry.get, spec.formats)}},
         "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members}, indent=1, sort_keys=True).encode())
     removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
     return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows, exported=len(results),

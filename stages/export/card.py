@@ -224,8 +224,8 @@ def card_markdown(*, name: str, n_assets: int, where: str, run_counts: dict[str,
         "",
         "## Cameras",
         "",
-        "`transforms.json` follows nerfstudio / Blender: `fl_x, fl_y, cx, cy, w, h` in pixels "
-        "(also per frame), per-frame 4x4 camera-to-world `transform_matrix` with **OpenGL camera "
+        "`transforms.json` follows nerfstudio / Blender: `fl_x, fl_y, cx, cy, w, h` in pixels, "
+        "per-frame 4x4 camera-to-world `transform_matrix` with **OpenGL camera "
         "axes** (x right, y up, looking down -z; `\"camera_convention\": \"opengl\"`), world y-up, "
         "object at the origin. Random views (`view_set: random`, stems `rNNN`) have their own field "
         "of view, so intrinsics are per frame when they differ (top level otherwise). Depth is "

@@ -4,7 +4,7 @@ Axes: SPZ's own convention, RUB (the SPZ specification: "SPZ stores data interna
 coordinate system following the OpenGL and three.js convention"), which is sctd3d's world: the
 stored positions are the .ply's, unchanged. Encoded by splat-transform (Niantic's WebAssembly
 codec) after turning the y-up .ply into the RDF .ply the tool assumes (stages/export/splat_transform).
-Version 3: Spark, SuperSplat and Niantic's reader read it; GaussianSplats3D 0.4.7 reads SPZ 1-2
+Version 3: Spark and Niantic's reader read it; GaussianSplats3D 0.4.7 reads SPZ 1-2
 only, so it gets the `splat` format.
 """
 
@@ -30,4 +30,4 @@ FORMAT = register(ExportFormat(
     name="spz", files={FILE: "spz"}, encode=encode, check=check, default=True,
     axes=f"SPZ's own RUB convention = sctd3d world ({WORLD_AXES}); positions unchanged",
     card_line=f"`asset.spz` (SPZ v{SPZ_VERSION}, RUB axes as the SPZ spec defines: Spark, "
-              "SuperSplat, Niantic's reader)"))
+              "Niantic's reader; not GaussianSplats3D 0.4, use `asset.splat`)"))
