@@ -34,9 +34,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
+    from pipeline.plugins import load_plugins
     from pipeline.validate import check_names
 
-    return check_names(load_config(args.config, list(args.overrides) + list(extra or [])))
+    cfg = load_config(args.config, list(args.overrides) + list(extra or []))
+    load_plugins(cfg.pipeline.plugins)  # before the names are checked: plugins register names
+    return check_names(cfg)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -144,16 +147,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stages.evaluate import EvaluateError, evaluate
+    from pipeline.evaluate import EvaluateError, evaluate, evaluate_run, resolve_target
 
-    cfg = _cfg(args)
+    extra = []
+    if args.executor is not None:
+        extra.append(f"pipeline.executor={args.executor}")
+    if args.num_workers is not None:
+        extra.append(f"pipeline.num_workers={args.num_workers}")
+    cfg = _cfg(args, extra)
     try:
-        result = evaluate(args.target, cfg)
+        kind, where = resolve_target(args.target)
+        if kind == "asset":
+            print(_fmt_summary(evaluate(where, cfg)))
+            return 0
+        summary = evaluate_run(where, cfg, cfg.pipeline.executor, args.address,
+                               cfg.pipeline.num_workers or None)
     except EvaluateError as e:  # e.g. the config changes a generation key: `sctd3d run` is the tool
         print(f"sctd3d evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(_fmt_summary(result))
-    return 0
+    print("\n".join(summary.lines()))
+    for line in summary.hints():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -212,6 +227,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     print(summary.line())
     print(summary.where())
+    if getattr(summary, "removed", 0):
+        print(f"removed: {summary.removed} asset folder(s) of an earlier export no longer selected")
     if summary.exported == 0:
         print(f"sctd3d export: error: none of the {summary.selected} selected assets could be "
               f"exported; see {summary.out.rstrip('/')}/skipped.json", file=sys.stderr)
@@ -258,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="batch: prompts file/URI -> assets, renders, metrics, manifest")
     p.add_argument("prompts", help="txt / jsonl / parquet, local path or fsspec URL")
     p.add_argument("--out", required=True, help="output root (local path, s3://, gs://)")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="same as --set pipeline.executor=...")
+    p.add_argument("--executor", default=None,
+                   help="same as --set pipeline.executor=... (local, ray, or a plugin's executor)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     p.add_argument("--redo", choices=("failed", "missing", "all"), default="failed",
@@ -279,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
                                         "regenerating (asset dir or run)")
     p.add_argument("target")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where assets are re-scored (same as --set pipeline.executor=...)")
+    p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
+    p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     _add_config_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
@@ -316,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", default="local", help="local, ray, or a plugin's executor")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
     p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,

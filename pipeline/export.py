@@ -29,14 +29,13 @@ from typing import Any, Optional
 import fsspec
 
 from common import manifest
-from pipeline.executors import make_executor
+from pipeline.executors import executor_names, executor_options, make_executor
 from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
 from common import plugins
-from stages.export import card, index, shards
+from stages.export import card, index, prune, shards
 from stages.export import formats as fmt_registry
-from stages.export.formats.ply import FILE as PLY_FILE
 from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -62,6 +61,7 @@ class ExportSummary:
     shards: int
     shards_reused: int
     wall_s: float
+    removed: int = 0  # asset folders of an earlier export no longer selected (deleted)
 
     def line(self) -> str:
         return (f"{self.out}: {self.exported} assets exported ({self.reused} already done), "
@@ -222,7 +222,7 @@ def default_views(executor: str, info: dict) -> tuple[int, int]:
 
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
-    name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
+    name = os.path.basename(str(row.get("asset_uri") or "asset.ply")) or "asset.ply"
     return run.uri("assets", row["asset_id"][:2], row["asset_id"], name)
 
 
@@ -248,19 +248,30 @@ def _shard_bytes(res: dict) -> int:
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
               options: dict):
+    """The run's executor settings (run.json's `pipeline` section) as the registry builds them."""
+    from common.config import PipelineConfig
+    from pipeline.plugins import load_plugins
+
     p = (info.get("config") or {}).get("pipeline") or {}
-    if kind == "ray":
-        opts: dict[str, Any] = dict(address=address, num_workers=num_workers or None,
-                                    gpus_per_worker=float(p.get("gpus_per_worker", 0) or 0),
-                                    cpus_per_worker=float(p.get("cpus_per_worker", 1) or 1),
-                                    max_attempts=int(p.get("max_attempts", 3) or 3),
-                                    backoff_s=float(p.get("backoff_s", 5.0)))
-    elif kind == "local":
-        opts = dict(max_attempts=1)
-    else:
-        raise ExportError(f"--executor {kind!r} is not one of ['local', 'ray']")
-    opts.update(options)
+    pcfg = PipelineConfig(**{f.name: p[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in p})
+    load_plugins(pcfg.plugins)
+    if kind not in executor_names():
+        raise ExportError(f"--executor {kind!r} is not one of {executor_names()}")
+    opts = executor_options(kind, pcfg, address=address, num_workers=num_workers, **options)
     return make_executor(kind, **opts)
+
+
+def _refuse_overlap(run_uri: str, run_root: str, out: str) -> None:
+    """ExportError when the dataset folder and the run overlap either way, however spelled (the
+    export would replace the run's asset folders, or a compaction would delete the dataset)."""
+    from common.uri_overlap import overlap
+
+    how = overlap(out, run_uri) or overlap(out, run_root)
+    if how:
+        where = {"same": "is the run folder itself", "a inside b": "is inside the run folder",
+                 "b inside a": "contains the run folder"}[how]
+        raise ExportError(f"--out {out!r} {where} ({run_root}); choose a dataset folder outside "
+                          f"the run")
 
 
 def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
@@ -289,9 +300,7 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
             raise ExportError(f"{name} {v}: must be >= {lo}")
     if resolution > 4096:
         raise ExportError(f"--resolution {resolution}: at most 4096")
-    if out.rstrip("/") in (run_uri.rstrip("/"), run.root.rstrip("/")) or \
-            (is_local(out) and os.path.abspath(os.path.expanduser(out)) == run.root):
-        raise ExportError(f"--out {out!r} is the run folder itself; choose a new dataset folder")
+    _refuse_overlap(run_uri, run.root, out)
     table = manifest.read(run)
     expr = (where or "").strip() or DEFAULT_WHERE
     chosen = select(table, expr)
@@ -404,7 +413,9 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                  **{f.name: f.axes for f in map(fmt_registry.get, spec.formats)}},
         "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members},
         indent=1, sort_keys=True).encode())
-    return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
+    removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
+    return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows,
+                         exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
                          wall_s=time.perf_counter() - t0)

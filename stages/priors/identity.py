@@ -2,7 +2,7 @@
 
 Why: `prior.model: toy` (or a local directory) is a name; retraining the weights behind it must
 give new asset ids, or a run silently mixes assets from two priors. So an asset id hashes the
-generation settings (`common.config.generation_hash`) together with `generation_inputs(cfg)`:
+generation settings (`stages.generation_id.generation_hash`) together with `generation_inputs(cfg)`:
 
 - a local diffusers directory (the shipped toy SD dirs, `prior.model=/path/dir`): the sha256 of
   every non-hidden file under it (relative path + bytes): weights, configs, tokenizer;

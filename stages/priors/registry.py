@@ -50,6 +50,16 @@ PRIORS: dict[str, Loader] = {
 }
 
 
+# the config keys each prior reads besides the guidance's (stages.priors.guidance.guidance_keys);
+# stages.generation_id hashes exactly these into asset ids
+PRIOR_KEYS: dict[str, tuple[str, ...]] = {
+    "stable_diffusion": ("prior.model", "prior.revision", "prior.dtype", "prior.channels_last",
+                         "prior.single_file_config"),
+    "toy_sd": ("prior.model", "prior.dtype", "prior.channels_last"),
+    "toy_exact": ("toy.catalogue", "toy.views_per_object", "toy.camera_radius_range", "toy.camera_fovy_range"),
+}
+
+
 def prior_names() -> list[str]:
     """The registered prior names (sorted), for validation and error messages."""
     return sorted(PRIORS)
