@@ -63,6 +63,8 @@ class PriorConfig:
     channels_last: bool = _f(True)
     single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+    compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
+                      doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 
 
 @dataclass
@@ -339,6 +341,7 @@ EVALUATION_SECTIONS = ("render", "metrics")
 NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
     "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
+    "prior.compile": "torch.compile of the UNet: how fast eps is computed, not what (fp tolerance)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
     "generate.log_every": "how often the loop logs its loss terms (the asset is the same)",
     "prior.num_train_timesteps": "read by nothing: T is the prior's own (its scheduler config)",
