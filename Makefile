@@ -25,6 +25,7 @@ demo: setup
 
 test: setup
 	bash scripts/install_test_deps.sh
+	bash scripts/install_splat_tools.sh  # npm pins of the export tests (idempotent)
 	$(BIN)/python -m pytest -q tests
 
 clean:

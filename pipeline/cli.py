@@ -327,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
     p.add_argument("--resolution", type=int, default=None,
                    help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
-    p.add_argument("--formats", default="ply,spz",
-                   help="splat formats, comma-separated: ply, spz, splat, sog, html, or one a plugin "
-                        "registers ($SCTD3D_PLUGINS; README 'Export formats')")
+    p.add_argument("--formats", default=None,
+                   help="splat formats, comma-separated (default ply,spz): ply, spz, splat, sog, "
+                        "html, or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
     p.add_argument("--shard-size", type=int, default=0,
                    help="at most N assets per WebDataset shard (default 0: no count limit)")
     p.add_argument("--shard-bytes", type=_byte_size, default="1GB",

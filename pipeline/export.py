@@ -36,6 +36,7 @@ from common.storage import (Storage, StorageError, asset_dir, is_local, open_sto
 from common import plugins
 from stages.export import card, index, prune, shards
 from stages.export import formats as fmt_registry
+from stages.export.formats.ply import FILE as PLY_FILE
 from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -222,7 +223,7 @@ def default_views(executor: str, info: dict) -> tuple[int, int]:
 
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
-    name = os.path.basename(str(row.get("asset_uri") or "asset.ply")) or "asset.ply"
+    name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
     return run.uri("assets", row["asset_id"][:2], row["asset_id"], name)
 
 
@@ -276,7 +277,7 @@ def _refuse_overlap(run_uri: str, run_root: str, out: str) -> None:
 
 def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
                    views: Optional[int] = None, resolution: Optional[int] = None,
-                   formats: str | tuple = ("ply", "spz"),
+                   formats: str | tuple | None = None,
                    shard_size: int = 0, random_views: int = 0, seed: int = 0,
                    shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
@@ -285,7 +286,7 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
     """Export the assets of `run_uri` selected by `where` into a dataset at `out` (resumable)."""
     t0 = time.perf_counter()
     try:
-        fmts = fmt_registry.parse_formats(formats)
+        fmts = fmt_registry.parse_formats(formats or fmt_registry.default_formats())
     except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
     run, info = _open_run(run_uri)
@@ -411,7 +412,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
         "axes": {"world": fmt_registry.WORLD_AXES, "transforms.json": "OpenGL camera axes "
                  "(x right, y up, looking down -z) in that world",
                  **{f.name: f.axes for f in map(fmt_registry.get, spec.formats)}},
-        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members}, indent=1, sort_keys=True).encode())
+        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members},
+        indent=1, sort_keys=True).encode())
     removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
     return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),

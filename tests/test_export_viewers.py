@@ -65,6 +65,11 @@ def site(tmp_path_factory):
     adir = base / "ds" / rel
     tf = json.loads((adir / "transforms.json").read_text())
     fr = tf["frames"][0]
+    # what a user gets from the .ply with splat-transform's defaults (it assumes a y-down .ply)
+    from stages.export.splat_transform import convert
+
+    (adir / "ply_viewer.html").write_bytes(convert((adir / "asset.ply").read_bytes(), "ply",
+                                                   "html", options=["-g", "cpu"], fmt="html"))
     srv, url = wv.serve(base / "ds")
     drv = wv.chrome(base / "chrome-profile")
     try:
@@ -125,12 +130,10 @@ def _colour_rows(img: np.ndarray) -> tuple[float, float, int, int]:
             int(red.sum()), int(blue.sum()))
 
 
-def test_supersplat_viewer_html_is_upright_and_offline(site):
-    html = (site["adir"] / "viewer.html").read_text()
-    assert "<script" in html and "asset.ply" not in html  # self-contained: the splat is inside
+def _viewer_rows(site, page: str) -> tuple[float, float, int, int]:
     drv = site["drv"]
     drv.set_window_size(400, 400)
-    drv.get(f"{site['url']}/data/{site['rel']}/viewer.html")
+    drv.get(f"{site['url']}/data/{site['rel']}/{page}")
     deadline, rows = time.monotonic() + 90, None
     while time.monotonic() < deadline:
         shot = np.asarray(Image.open(io.BytesIO(drv.get_screenshot_as_png())).convert("RGB"))
@@ -139,4 +142,21 @@ def test_supersplat_viewer_html_is_upright_and_offline(site):
             break
         time.sleep(0.5)
     assert rows and rows[2] > 200 and rows[3] > 200, f"the viewer drew no asset: {rows}"
+    return rows
+
+
+def test_supersplat_viewer_html_is_upright_and_offline(site):
+    html = (site["adir"] / "viewer.html").read_text()
+    assert "<script" in html and "asset.ply" not in html  # self-contained: the splat is inside
+    import re
+
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://""", html)  # nothing fetched online
+    rows = _viewer_rows(site, "viewer.html")
     assert rows[0] < rows[1], f"upside down: red (+y) at row {rows[0]:.0f}, blue at {rows[1]:.0f}"
+
+
+def test_supersplat_viewer_of_the_raw_ply_is_upside_down(site):
+    """The README table's `asset.ply` x SuperSplat cell: the y-up .ply through splat-transform's
+    defaults (it assumes y-down) is upside down; `viewer.html` / `.sog` are the way there."""
+    rows = _viewer_rows(site, "ply_viewer.html")
+    assert rows[0] > rows[1], f"expected upside down: red at row {rows[0]:.0f}, blue {rows[1]:.0f}"

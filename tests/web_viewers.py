@@ -5,7 +5,6 @@ headless Chromium (selenium) screenshots of a viewer's canvas."""
 from __future__ import annotations
 
 import base64
-import functools
 import http.server
 import io
 import os
