@@ -259,8 +259,13 @@ class PipelineConfig:
                                   "checkpoints this often while it runs (0 = only at the end)")
     lock_stale_s: float = _f(900.0, lo=1.0, doc="a run lock without heartbeat this long is stale")
     worker_start_timeout_s: float = _f(600.0, lo=1.0, doc="ray: stop the run when no worker actor has "
-                                       "started this long (no feasible GPU node, autoscaler stuck)")
+                                       "started and no node was being launched this long (no feasible GPU "
+                                       "node, autoscaler stuck); waiting while the autoscaler launches "
+                                       "nodes does not count")
     connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
+    max_workers: int = _f(64, lo=1, doc="ray, num_workers 0 on an autoscaling cluster: request "
+                          "min(assets, max_workers) workers; the autoscaler adds GPU nodes for them up to "
+                          "its own max_workers (ray_cluster.yaml: nodes x GPUs per node)")
 
 
 KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
