@@ -63,6 +63,8 @@ class PriorConfig:
     channels_last: bool = _f(True)
     single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+    compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
+                      doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 
 
 @dataclass
@@ -257,8 +259,13 @@ class PipelineConfig:
                                   "checkpoints this often while it runs (0 = only at the end)")
     lock_stale_s: float = _f(900.0, lo=1.0, doc="a run lock without heartbeat this long is stale")
     worker_start_timeout_s: float = _f(600.0, lo=1.0, doc="ray: stop the run when no worker actor has "
-                                       "started this long (no feasible GPU node, autoscaler stuck)")
+                                       "started and no node was being launched this long (no feasible GPU "
+                                       "node, autoscaler stuck); waiting while the autoscaler launches "
+                                       "nodes does not count")
     connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
+    max_workers: int = _f(64, lo=1, doc="ray, num_workers 0 on an autoscaling cluster: request "
+                          "min(assets, max_workers) workers; the autoscaler adds GPU nodes for them up to "
+                          "its own max_workers (ray_cluster.yaml: nodes x GPUs per node)")
 
 
 KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
@@ -339,6 +346,7 @@ EVALUATION_SECTIONS = ("render", "metrics")
 NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
     "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
+    "prior.compile": "torch.compile of the UNet: how fast eps is computed, not what (fp tolerance)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
     "generate.log_every": "how often the loop logs its loss terms (the asset is the same)",
     "prior.num_train_timesteps": "read by nothing: T is the prior's own (its scheduler config)",

@@ -271,7 +271,7 @@ def _evaluate_locked(out: Storage, cfg: Config, run_info: dict, executor: str,
                 records.commit(out, rec)  # last: the asset's new frames and metrics.json exist
                 summary.rescored += 1
                 per_asset[task.asset_id] = {"prompt": task.prompt, **o.value["values"],
-                                            "stale": o.value["stale"]}
+                                            "stale": o.value["stale"], "worker": o.worker}
                 for m in task.keep:
                     summary.kept[m] = summary.kept.get(m, 0) + 1
                 for m in task.stale:
@@ -317,6 +317,10 @@ def _fid(cfg: Config, out: Storage, ex: Any, executor: str) -> dict:
     from pipeline.run import _on_worker
     from stages.metrics.fid import run_fid
 
+    if not cfg.metrics.fid:  # (run_fid says the same, after loading the extractor's identity)
+        rec = {"fid": None, "reason": "metrics.fid is false"}
+        out.write_text("metrics/fid.json", json.dumps(rec, indent=2))
+        return rec
     done = [r for r in manifest.read(out).to_pylist() if r["status"] == "done"]
     runner = functools.partial(_on_worker, ex) if executor == "ray" else None
     try:

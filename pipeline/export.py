@@ -222,7 +222,7 @@ def default_views(executor: str, info: dict) -> tuple[int, int]:
 
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
-    name = os.path.basename(str(row.get("asset_uri") or "asset.ply")) or "asset.ply"
+    name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
     return run.uri("assets", row["asset_id"][:2], row["asset_id"], name)
 
 

@@ -167,8 +167,7 @@ def link_out_of_root(root: str, adir: str, names: tuple[str, ...]) -> str:
             continue
         real = os.path.realpath(p)
         if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-            what = f"its {name}" if name else "the asset folder"
-            return f"{what} leads out of the run ({p} -> {real})"
+            return f"{name or 'the asset folder'} is a link out of the run ({p} -> {real})"
     return ""
 
 

@@ -46,7 +46,7 @@ def test_out_overlapping_the_run_is_refused_however_spelled(run, tmp_path):
         assert "Traceback" not in err
     # the run through the symlink, into a folder inside it: the same refusal
     code, _, err = run_cli("export", str(tmp_path / "link"), "--out", f"{run}/dataset",
-                           "--formats", "ply")
+                           "--formats", "ply", "--views", "2", "--resolution", "16")
     assert code == 2 and "is inside the run folder" in err
     assert _snapshot(run) == before and not (run / "dataset").exists()
 
@@ -64,7 +64,7 @@ def test_object_store_prefixes_overlap_by_bucket_and_prefix(tmp_path):
         if p.is_file():
             fs.pipe_file(f"/bkt/run/{p.relative_to(src).as_posix()}", p.read_bytes())
     code, _, err = run_cli("export", "memory://bkt/run", "--out", "memory://bkt//run/manifest/x",
-                           "--formats", "ply")
+                           "--formats", "ply", "--views", "2", "--resolution", "16")
     assert code == 2 and "is inside the run folder" in err and err.count("\n") == 1
     assert not fs.exists("/bkt/run/manifest/x")
 
