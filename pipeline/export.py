@@ -36,6 +36,7 @@ from common.storage import (Storage, StorageError, asset_dir, is_local, open_sto
 from common import plugins
 from stages.export import card, index, prune, shards
 from stages.export import formats as fmt_registry
+from stages.export.formats.ply import FILE as PLY_FILE
 from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -414,8 +415,7 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
         "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members},
         indent=1, sort_keys=True).encode())
     removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
-    return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows,
-                         exported=len(results),
+    return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
                          wall_s=time.perf_counter() - t0)
