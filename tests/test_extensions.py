@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from common import manifest
-from pipeline import executors, plugins
+from common import plugins as common_plugins
+from pipeline import executors
 from pipeline.cli import main
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -22,7 +23,7 @@ TINY = ["generate.iterations=3", "generate.save_ply_at=[]", "generate.checkpoint
 def registries(monkeypatch):
     """Whatever a plugin registers is gone after the test (the registries are module globals)."""
     monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
-    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(common_plugins, "_loaded", {})  # the one plugin loader's memory
 
 
 def _plugin_module(stem: str):
