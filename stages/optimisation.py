@@ -187,7 +187,8 @@ class Optimisation:
         cams, bg = d.cameras.to(self.device), d.background.to(self.device)
         noise = (self.eps_star if self.method.fixed_noise
                  else torch.randn(self.latent_shape, generator=self.gen_noise).to(self.device))
-        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths)  # before device work
+        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
+                                             cameras=d.cameras)
 
         out: RenderOutput = render(trainer.g, cams, background=bg, backend=self.backend)
         img = depth_image(out.depth) if d.use_depth else out.rgb
