@@ -17,12 +17,15 @@ $(BIN)/sctd3d: pyproject.toml
 	touch $(BIN)/sctd3d
 
 setup: $(BIN)/sctd3d
+	# the report's offline 3D viewer (Spark + three.js from npm, pinned in tools/report-viewer/package-lock.json)
+	bash tools/report-viewer/setup.sh
 
 demo: setup
 	$(BIN)/sctd3d demo --out runs/demo
 
 test: setup
 	bash scripts/install_test_deps.sh
+	bash scripts/install_splat_tools.sh  # npm pins of the export tests (idempotent)
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -65,6 +65,8 @@ class PriorConfig:
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
     options: dict = _f({}, doc="the chosen prior's own settings (its spec's options class, "
                        "stages.priors.registry); empty for the shipped priors")
+    compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
+                      doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 
 
 @dataclass
@@ -263,6 +265,9 @@ class PipelineConfig:
     connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
 
 
+KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
+
+
 @dataclass
 class ReportConfig:
     n_boot: int = _f(2000, lo=10)
@@ -271,8 +276,9 @@ class ReportConfig:
     # regression when the CI of (run - baseline) lies beyond -threshold (higher-is-better metrics)
     # (signed so that negative = worse; FID is lower-is-better). Metrics without a threshold are
     # reported but never gate. done_rate: fraction of shared assets that finished `done`.
+    # kid: set-level, decided on KID +- its bootstrap SE (FID is a point estimate: shown, never gated)
     thresholds: dict = _f({"clip_l": 0.5, "image_reward": 0.02, "toy_psnr": 0.5,
-                           "toy_rprec": 0.05, "fid": 2.0, "done_rate": 0.1})
+                           "toy_rprec": 0.05, "kid": KID_THRESHOLD, "done_rate": 0.1})
     # measured run-to-run spread of each metric's mean paired difference (SD over clean nights of
     # other seeds; benchmarks/nightly_power.py): what a threshold is set from. Shown next to each
     # decision on the report page; never gates. Empty = not measured for this config.
@@ -284,6 +290,12 @@ class ReportConfig:
     min_pairs: int = _f(3, lo=1, doc="fewer shared assets: 'insufficient', never gates")
     thumb_px: int = _f(320, lo=16, hi=2048, doc="contact-sheet image width in the HTML")
     max_prompt_rows: int = _f(500, lo=1, doc="per-prompt table rows shown (worst first)")
+    table_max_rows: int = _f(20000, lo=1, doc="per-asset table rows in the page (worst first); all in assets.csv")
+    page_rows: int = _f(100, lo=1, hi=10000, doc="per-asset table rows per page")
+    viewer_max_assets: int = _f(200, lo=0, doc="assets (worst first) whose splat file is copied for the 3D view")
+    max_failure_rows: int = _f(200, lo=1, doc="failure/rejection rows in the page; all in failures.csv")
+    floors: dict = _f({"toy_rprec": 0.0}, doc="metric -> per-asset floor: values at or below it are highlighted")
+    allow_config_change: bool = _f(False, doc="compare nights whose generation hashes differ (--allow-config-change)")
 
 
 @dataclass
@@ -331,6 +343,7 @@ EVALUATION_SECTIONS = ("render", "metrics")
 NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
     "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
+    "prior.compile": "torch.compile of the UNet: how fast eps is computed, not what (fp tolerance)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
     "generate.log_every": "how often the loop logs its loss terms (the asset is the same)",
     "prior.num_train_timesteps": "read by nothing: T is the prior's own (its scheduler config)",

@@ -147,16 +147,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stages.evaluate import EvaluateError, evaluate
+    from pipeline.evaluate import EvaluateError, evaluate, evaluate_run, resolve_target
 
-    cfg = _cfg(args)
+    extra = []
+    if args.executor is not None:
+        extra.append(f"pipeline.executor={args.executor}")
+    if args.num_workers is not None:
+        extra.append(f"pipeline.num_workers={args.num_workers}")
+    cfg = _cfg(args, extra)
     try:
-        result = evaluate(args.target, cfg)
+        kind, where = resolve_target(args.target)
+        if kind == "asset":
+            print(_fmt_summary(evaluate(where, cfg)))
+            return 0
+        summary = evaluate_run(where, cfg, cfg.pipeline.executor, args.address,
+                               cfg.pipeline.num_workers or None)
     except EvaluateError as e:  # e.g. the config changes a generation key: `sctd3d run` is the tool
         print(f"sctd3d evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(_fmt_summary(result))
-    return 0
+    print("\n".join(summary.lines()))
+    for line in summary.hints():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -181,16 +193,33 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """'1GB' / '500MB' / '2e9' -> bytes (decimal units), for --shard-bytes."""
+    units = {"kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+    t = text.strip().lower()
+    for u, m in units.items():
+        if t.endswith(u):
+            t, mult = t[:-len(u)].strip(), m
+            break
+    else:
+        mult = 1
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 500MB)") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
     from stages.export.select import FilterError
-    from stages.export.splats import SplatToolError
+    from stages.export.splat_transform import SplatToolError
 
     try:
         summary = export_dataset(
             args.run, args.out, where=args.where, views=args.views, resolution=args.resolution,
             formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
+            shard_bytes=args.shard_bytes,
             seed=args.seed, executor=args.executor, address=args.address,
             num_workers=args.num_workers, backend=args.backend)
     except (ExportError, FilterError, SplatToolError) as e:
@@ -198,6 +227,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     print(summary.line())
     print(summary.where())
+    if getattr(summary, "removed", 0):
+        print(f"removed: {summary.removed} asset folder(s) of an earlier export no longer selected")
     if summary.exported == 0:
         print(f"sctd3d export: error: none of the {summary.selected} selected assets could be "
               f"exported; see {summary.out.rstrip('/')}/skipped.json", file=sys.stderr)
@@ -265,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
                                         "regenerating (asset dir or run)")
     p.add_argument("target")
+    p.add_argument("--executor", default=None,
+                   help="where assets are re-scored: local, ray, or a plugin's (same as --set pipeline.executor=...)")
+    p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
+    p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     _add_config_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
@@ -288,10 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None,
                    help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
                         "(default: status = 'done')")
-    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
-    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
-    p.add_argument("--formats", default="ply,spz", help="splat formats: ply, spz (comma-separated)")
-    p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
+    p.add_argument("--views", type=int, default=None,
+                   help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
+    p.add_argument("--formats", default=None,
+                   help="splat formats, comma-separated (default ply,spz): ply, spz, splat, sog, "
+                        "html, or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="at most N assets per WebDataset shard (default 0: no count limit)")
+    p.add_argument("--shard-bytes", type=_byte_size, default="1GB",
+                   help="WebDataset shard size target, e.g. 500MB, 1GB (default 1GB)")
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")

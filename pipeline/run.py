@@ -30,7 +30,7 @@ from pipeline.checkpoint_sync import remove_temp_files
 from common.config import Config, apply_overrides, config_hash, eval_hash, load_config, to_dict
 from pipeline.executors import executor_options as build_executor_options, make_executor
 from pipeline.inputs import PromptBatch, asset_generation_hash, read_prompts, request_config
-from common.lock import RunLock
+from common.lock import LOST_LOCK, LockHeld, RunLock
 from pipeline.records import committed, failed_record, now, rejected_record
 from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
 from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
@@ -350,6 +350,10 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         ex.close()
 
     stopped_by = deadline.stop_requested()
+    if stopped_by.startswith(LOST_LOCK):  # another run owns the root now: write nothing more
+        raise LockHeld(f"{stopped_by}; this run stopped without compacting or writing run.json "
+                       f"(its committed assets are kept); re-run the same command once the other "
+                       f"run has finished")
     interrupted = bool(stopped_by)
     # merge this run's parts (we hold the lock): FID, the report and every later reader read one file
     manifest.compact_locked(st)

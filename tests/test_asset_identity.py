@@ -486,7 +486,7 @@ def test_evaluate_rescores_a_run_without_touching_its_assets(tmp_path, prompts, 
 
     # a new evaluation orbit: re-rendered and re-scored, the asset untouched
     new = load_config("toy.yaml", TINY + ["render.num_views=5", "render.elevation_deg=30"])
-    from stages.evaluate import evaluate
+    from pipeline.evaluate import evaluate
 
     summary = evaluate(out, new)
     assert summary["rescored"] == 1 and summary["eval_hash"] == eval_hash(new) != eval_hash(cfg)
@@ -541,7 +541,7 @@ def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, m
     from kernels.ply import save_ply
     import fakes
     from pipeline.run import run_batch
-    from stages.evaluate import evaluate
+    from pipeline.evaluate import evaluate
     from stages.toyworld.catalogue import build_object
 
     def exact_object(cfg, prompt, seed, asset_dir, progress=False):  # the catalogue object itself

@@ -23,7 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -52,6 +57,73 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+_CONNECT_FIX = ("check the address (the head node's IP:6379, 'auto' on a cluster node), that the "
+                "cluster is up (ray status) and reachable from here; pipeline.connect_timeout_s sets "
+                "the wait")
+
+# The connect probe's child: import Ray (not counted in the timeout: it is slow on a loaded
+# machine), say so, connect, disconnect.
+_PROBE_CODE = """
+import sys
+import ray
+print("imported", flush=True)
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.shutdown()
+print("connected", flush=True)
+"""
+_PROBE_IMPORT_S = 300.0   # bound on the child's `import ray` (a broken environment must not hang)
+
+
+def _probe(addr: str, timeout_s: float) -> None:
+    """Connect to `addr` once in a child process; ExecutorError (one line) unless it connected within
+    `timeout_s` of having imported Ray. A child that does not answer is killed with its process
+    group, so nothing of the attempt outlives this call (see RayExecutor._connect)."""
+    with tempfile.TemporaryFile(mode="w+") as err:  # a file, not a pipe: Ray's logging cannot block it
+        proc = subprocess.Popen([sys.executable, "-c", _PROBE_CODE, addr], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+        lines: list[str] = []
+        killed = False
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                end = time.monotonic() + _PROBE_IMPORT_S
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0 or not sel.select(timeout=left):
+                        break
+                    line = proc.stdout.readline()
+                    if not line:  # the child exited
+                        break
+                    lines.append(line.strip())
+                    if lines[-1] == "imported":
+                        end = time.monotonic() + timeout_s
+                    elif lines[-1] == "connected":
+                        break
+        finally:
+            if "connected" in lines:  # it disconnects and exits by itself
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it started
+                killed = "connected" not in lines
+            proc.wait()
+            proc.stdout.close()
+        if "connected" in lines:
+            return
+        if killed and "imported" in lines:
+            raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within {timeout_s:.0f} s; "
+                                f"{_CONNECT_FIX}")
+        if killed:
+            raise ExecutorError(f"the Ray connect probe ({sys.executable}) did not import ray within "
+                                f"{_PROBE_IMPORT_S:.0f} s; check this machine's Python environment")
+        err.seek(0)
+        last = [ln.strip() for ln in err.read().splitlines() if ln.strip()]
+        why = last[-1][:500] if last else f"exit status {proc.returncode}"
+        raise ExecutorError(f"cannot connect to the Ray cluster at --address {addr!r} ({why}); {_CONNECT_FIX}")
 
 
 @ray.remote(max_restarts=0, max_concurrency=1)
@@ -143,13 +215,16 @@ class RayExecutor:
     def _connect(self, kw: dict) -> None:
         """ray.init(address=...) within `connect_timeout_s`, else ExecutorError.
 
-        Why a probe and a thread: against an address where nothing answers, ray.init retries the GCS
-        forever (a warning every 30 s). A refused TCP connection fails at once; anything else that
-        does not answer in time is given up on (the stuck connect thread is a daemon)."""
+        Why a probe process: against an address where nothing answers (a silent port, a firewall
+        that swallows the handshake), ray.init retries the GCS forever. An in-process attempt cannot
+        be abandoned safely: its C++ GCS client threads keep retrying with the GIL released, and
+        when the interpreter exits they run into the C++ static destructors (std::bad_alloc ->
+        std::terminate -> SIGABRT, exit -6 after the right error line). So the first attempt runs
+        in a child process (`_probe`) that is killed, with everything it started, when it does not
+        answer in time; only after it connected does this process call ray.init (in a thread:
+        ray.init off the main thread leaves the run's own SIGTERM handler in place). A refused TCP
+        connection fails at once, before any process starts."""
         addr = self.address or ""
-        fix = ("check the address (the head node's IP:6379, 'auto' on a cluster node), that the "
-               "cluster is up (ray status) and reachable from here; pipeline.connect_timeout_s sets "
-               "the wait")
         hostport = addr.split("://", 1)[-1]
         if addr != "auto" and ":" in hostport:
             host, port = hostport.rsplit(":", 1)
@@ -158,7 +233,8 @@ class RayExecutor:
                                          timeout=self.connect_timeout_s).close()
             except (OSError, ValueError) as e:
                 raise ExecutorError(f"cannot reach the Ray cluster at --address {addr!r} "
-                                    f"({type(e).__name__}: {e}); {fix}") from None
+                                    f"({type(e).__name__}: {e}); {_CONNECT_FIX}") from None
+        _probe(addr, self.connect_timeout_s)
         result: dict = {}
 
         def init() -> None:
@@ -175,16 +251,18 @@ class RayExecutor:
         ray_log.addFilter(quiet)
         t = threading.Thread(target=init, daemon=True, name="ray-connect")
         t.start()
+        # the probe just connected: this waits only if the cluster went away in between (then the
+        # thread is abandoned, the one case left where the exit can abort; see _probe)
         t.join(self.connect_timeout_s)
         if not t.is_alive():
             ray_log.removeFilter(quiet)
         if t.is_alive():
             raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within "
-                                f"{self.connect_timeout_s:.0f} s; {fix}")
+                                f"{self.connect_timeout_s:.0f} s; {_CONNECT_FIX}")
         if "error" in result:
             e = result["error"]
             raise ExecutorError(f"cannot connect to the Ray cluster at --address {addr!r} "
-                                f"({format_error(e)}); {fix}") from None
+                                f"({format_error(e)}); {_CONNECT_FIX}") from None
 
     def _request(self) -> dict:
         """The resources one worker actor asks for (as Ray's scheduler sees them)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -29,6 +30,17 @@ log = logging.getLogger(__name__)
 # prompts whose length was checked, per prior kind: the tokenizer runs once per prompt and process,
 # not on every generate iteration (and the truncation warning is given once)
 _LENGTH_CHECKED: set[tuple[str, int, str]] = set()
+# per prior: torch.arange(T) on its device; a timestep is an index into it (a view), so no UNet
+# call copies its timestep from the host
+_STEPS: "weakref.WeakKeyDictionary[object, Tensor]" = weakref.WeakKeyDictionary()
+
+
+def _steps(prior: Prior) -> Tensor:
+    steps = _STEPS.get(prior)
+    if steps is None:
+        steps = torch.arange(len(prior.alphas_cumprod), device=prior.device, dtype=torch.long)
+        _STEPS[prior] = steps
+    return steps
 
 
 @dataclass
@@ -106,7 +118,8 @@ class BatchedGuidedEps:
             raise ValueError(f"prior {prior.name!r} is conditioned on the cameras; pass the batch's cameras")
 
     def _t(self, t: int | Tensor, n: int) -> Tensor:
-        tt = torch.as_tensor(t, device=self.prior.device, dtype=torch.long)
+        tt = _steps(self.prior)[t] if isinstance(t, int) else torch.as_tensor(t, device=self.prior.device,
+                                                                               dtype=torch.long)
         return tt.expand(n) if tt.dim() == 0 else tt.repeat(n // tt.shape[0])
 
     def null(self, x: Tensor, t: int | Tensor) -> Tensor:
@@ -123,14 +136,39 @@ class BatchedGuidedEps:
         return combine_guided(preds.float(), self.batch, self.guidance_scale, self.weights)
 
 
+def perp_neg_weights(azimuths_deg: Sequence[float], p: PerpNegParams) -> list[tuple[float, float]]:
+    """Per view, the two Perp-Neg negative weights (host floats)."""
+    return [perp_neg_view(a, p)[4] for a in azimuths_deg]
+
+
+def perp_neg_params(cfg: "PriorConfig") -> PerpNegParams | None:
+    """Perp-Neg's numbers from the `prior` section, or None for CFG."""
+    return PerpNegParams(cfg.perp_neg_weight, cfg.perp_neg_front_decay, cfg.perp_neg_side_decay) if cfg.perp_neg else None
+
+
+def warm_embeddings(prior: Prior, cfg: "PriorConfig", prompt: str) -> None:
+    """Embed every prompt `make_guided_eps_from_config` can ask for (null, negative, the view
+    prompts), so the text encoder runs once before the loop, not in whichever iteration first
+    sees a view."""
+    texts = ["", cfg.negative_prompt]
+    if cfg.perp_neg or cfg.view_dependent_prompt:
+        texts += [prompt + s for s in VIEW_SUFFIXES.values()]
+    else:
+        texts.append(prompt)
+    prior.embed(texts)
+
+
 def make_guided_eps(prior: Prior, prompt: str, azimuths_deg: Sequence[float] | Tensor, negative_prompt: str = "",
                     guidance_scale: float = 7.5, perp_neg: PerpNegParams | None = None,
                     view_dependent: bool = True, front_angle_deg: float = 60.0,
-                    back_angle_deg: float = 60.0, cameras: Any = None) -> BatchedGuidedEps:
+                    back_angle_deg: float = 60.0, weights: Tensor | None = None,
+                    cameras: Any = None) -> BatchedGuidedEps:
     """Embeddings for one batch of views -> a GuidedEps (CFG, or Perp-Neg when `perp_neg` is given).
 
     null = embedding of "" (inversion); neg = `negative_prompt` (CFG baseline); cond = the prompt
     with the azimuth's view suffix (CFG) or the interpolated view embeddings (Perp-Neg).
+    `weights`: Perp-Neg's (B, 2) view weights already on the prior's device (the generate loop
+    draws them ahead with its cameras); else they are built here from `azimuths_deg`.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"make_guided_eps: prompt must be a non-empty string, got {prompt!r}")
@@ -164,7 +202,8 @@ def make_guided_eps(prior: Prior, prompt: str, azimuths_deg: Sequence[float] | T
         neg1.append(views[n1])
         neg2.append(views[n2])
         ws.append((w1, w2))
-    weights = torch.tensor(ws, dtype=torch.float32, device=prior.device)
+    if weights is None:
+        weights = torch.tensor(ws, dtype=torch.float32, device=prior.device)
     return BatchedGuidedEps(prior, cond_stack(conds), neg_b, null_b,
                             [cond_stack(neg1), cond_stack(neg2)], weights, guidance_scale, cameras)
 
@@ -179,9 +218,11 @@ def guidance_keys(cfg: "PriorConfig") -> tuple[str, ...]:
 
 
 def make_guided_eps_from_config(prior: Prior, cfg: "PriorConfig", prompt: str,
-                                azimuths_deg: Sequence[float] | Tensor, cameras: Any = None) -> BatchedGuidedEps:
+                                azimuths_deg: Sequence[float] | Tensor,
+                                weights: Tensor | None = None, cameras: Any = None) -> BatchedGuidedEps:
     """`make_guided_eps` with every constant taken from the `prior` config section."""
-    pn = PerpNegParams(cfg.perp_neg_weight, cfg.perp_neg_front_decay, cfg.perp_neg_side_decay) if cfg.perp_neg else None
+    pn = perp_neg_params(cfg)
     w = faults.guidance_sign() * cfg.guidance_scale  # identity unless a benchmark injects distill_sign
     return make_guided_eps(prior, prompt, azimuths_deg, cfg.negative_prompt, w, pn,
-                           cfg.view_dependent_prompt, cfg.front_angle_deg, cfg.back_angle_deg, cameras)
+                           cfg.view_dependent_prompt, cfg.front_angle_deg, cfg.back_angle_deg,
+                           weights if pn is not None else None, cameras)

@@ -37,6 +37,7 @@ class PriorSpec:
     config_keys: Union[tuple[str, ...], Callable[["PriorConfig"], tuple[str, ...]]] = ()
     identity: Optional[Callable[["Config"], dict]] = None   # content identity of its weights (asset ids)
     token_limit: Optional[TokenLimit] = None   # (count_tokens, max_tokens) from its tokenizer; None: none
+    lowercases: Optional[Callable[["PriorConfig"], bool]] = None  # its tokenizer ignores case (None: no)
     needs_gpu: bool = False      # device auto never falls back to the CPU silently (prior.allow_cpu does)
     uses_toy_cache: bool = False  # reads / writes the on-disk toy cache (preflight checks it)
     options: Optional[type] = None  # dataclass of its own settings, given as `prior.options: {...}`
@@ -105,6 +106,18 @@ def token_limit(cfg: "PriorConfig") -> tuple[Optional[Callable[[str], int]], Opt
     return spec.token_limit(cfg) if spec.token_limit is not None else (None, None)
 
 
+def prompt_lowercased(cfg: "PriorConfig") -> bool:
+    """Whether the prior `cfg` names sees a prompt and its lowercase as the same text (then they
+    are one asset: pipeline.inputs); its spec's `lowercases`, False for a prior without one."""
+    spec = PRIORS.get(cfg.name)
+    if spec is None or spec.lowercases is None:
+        return False
+    try:
+        return bool(spec.lowercases(cfg))
+    except ValueError:  # e.g. an unknown toy SD name: the run's config check names it
+        return False
+
+
 def prior_identity(cfg: "Config") -> dict:
     """The content identity of the prior `cfg.prior` names (its spec's `identity`, see
     stages/priors/identity.py); a prior without one is identified by its settings alone."""
@@ -161,6 +174,26 @@ def _sd_tokens(cfg: "PriorConfig"):
     return clip_token_limit(cfg.model, cfg.revision)
 
 
+def _sd_lowercases(cfg: "PriorConfig") -> bool:
+    from stages.priors.tokens import clip_lowercases
+
+    return clip_lowercases(cfg.model, cfg.revision)
+
+
+def _toy_sd_lowercases(cfg: "PriorConfig") -> bool:
+    from stages.priors.stable_diffusion import toy_sd_model
+    from stages.priors.tokens import clip_lowercases
+
+    return clip_lowercases(toy_sd_model(cfg.model), "", must_exist=True)
+
+
+def _catalogue_lowercases(cfg: "PriorConfig") -> bool:
+    from stages.priors.tokens import lowercases
+    from stages.toyworld.catalogue import prompt_key
+
+    return lowercases(prompt_key)
+
+
 def _toy_sd_tokens(cfg: "PriorConfig"):
     from stages.priors.stable_diffusion import toy_sd_model
     from stages.priors.tokens import clip_token_limit
@@ -172,12 +205,12 @@ register_prior(PriorSpec(
     "stable_diffusion", _stable_diffusion,
     config_keys=("prior.model", "prior.revision", "prior.dtype", "prior.channels_last",
                  "prior.single_file_config"),
-    identity=_sd_identity, token_limit=_sd_tokens, needs_gpu=True))
+    identity=_sd_identity, token_limit=_sd_tokens, lowercases=_sd_lowercases, needs_gpu=True))
 register_prior(PriorSpec(
     "toy_sd", _toy_sd, config_keys=("prior.model", "prior.dtype", "prior.channels_last"),
-    identity=_toy_sd_identity, token_limit=_toy_sd_tokens))
+    identity=_toy_sd_identity, token_limit=_toy_sd_tokens, lowercases=_toy_sd_lowercases))
 register_prior(PriorSpec(
     "toy_exact", _toy_exact,
     config_keys=("toy.catalogue", "toy.views_per_object", "toy.camera_radius_range", "toy.camera_fovy_range"),
-    identity=_toy_exact_identity, uses_toy_cache=True))
+    identity=_toy_exact_identity, lowercases=_catalogue_lowercases, uses_toy_cache=True))
 
