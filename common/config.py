@@ -63,6 +63,8 @@ class PriorConfig:
     channels_last: bool = _f(True)
     single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+    options: dict = _f({}, doc="the chosen prior's own settings (its spec's options class, "
+                       "stages.priors.registry); empty for the shipped priors")
     compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
                       doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 

@@ -36,8 +36,7 @@ from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
 from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
 from pipeline.validate import check_names
 from stages.metrics.fid import run_fid
-from stages.priors.device import require_device
-from stages.priors.tokens import token_limit
+from stages.priors.registry import require_device, token_limit
 from stages.provenance import code_version  # one home: meta.json and run.json say the same
 from stages.report import build_report
 
