@@ -7,47 +7,27 @@ production file edited. Each entry is a module name (importable where the run an
 run) or a path to a `.py` file. Every process that runs work imports them: the driver (the CLI,
 `run_batch`) and each worker before its first asset (`pipeline.asset.process_asset`). The config
 is the user's own (prompt rows may not set `pipeline.*`), so naming code to import is theirs too.
+Modules named in `$SCTD3D_PLUGINS` or `sctd3d.plugins` entry points load too (common/plugins.py).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 from typing import Iterable
 
+from common import plugins as _plugins
 from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-_LOADED: dict[str, object] = {}
-
-
-def _module_name(path: Path) -> str:
-    return "sctd3d_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
-
 
 def load_plugins(names: Iterable[str]) -> None:
-    """Import each plugin once per process (ConfigError, one line, when one cannot be imported)."""
-    for name in names:
-        if name in _LOADED:
-            continue
-        try:
-            if name.endswith(".py"):
-                path = Path(name).expanduser()
-                if not path.is_file():
-                    raise FileNotFoundError(f"no such file {str(path)!r}")
-                spec = importlib.util.spec_from_file_location(_module_name(path), path)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[spec.name] = module  # picklable classes: their module must be findable
-                spec.loader.exec_module(module)
-            else:
-                module = importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - any failure of the plugin's import, in one line
-            raise ConfigError(f"pipeline.plugins: cannot import {name!r} ({type(e).__name__}: {e}); "
-                              f"give an importable module name or a .py file path") from None
-        _LOADED[name] = module
-        log.info("plugin %s loaded", name)
+    """Import each plugin once per process (ConfigError, one line, when one cannot be imported):
+    `$SCTD3D_PLUGINS` and `sctd3d.plugins` entry points, then the config's `pipeline.plugins`.
+    The loading itself is common/plugins.py's (one loader for every kind of plugin)."""
+    try:
+        for spec in [*_plugins.load_plugins(), *_plugins.load_plugins(list(names),
+                                                                      "pipeline.plugins")]:
+            log.info("plugin %s loaded", spec)
+    except _plugins.PluginError as e:
+        raise ConfigError(str(e)) from None

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from common import manifest
-from pipeline import executors, plugins
+from common import plugins as common_plugins
+from pipeline import executors
 from pipeline.cli import main
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -25,7 +26,7 @@ def registries(monkeypatch):
 
     monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
     monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
-    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(common_plugins, "_loaded", {})  # the one plugin loader's memory
 
 
 def _plugin_module(stem: str):
