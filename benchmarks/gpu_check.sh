@@ -2,7 +2,7 @@
 # The prepared GPU check (issues 13, 20 item 5): one command on a machine with one NVIDIA GPU, its
 # own torch (CUDA build) and transformers 5, and no network; < 8 min. Nothing is downloaded and the
 # machine's packages are not changed: only the wheels brought along (scripts/gpu_check_wheels.sh:
-# diffusers, gsplat, plyfile and small helpers, ~21 MiB; no Ray, no metrics) are installed, where
+# diffusers, gsplat, plyfile and small helpers, 34 MiB; no Ray, no metrics) are installed, where
 # missing, into the work folder. Prints:
 #   0. the environment: python, torch + CUDA, transformers, hub; which carried wheels it installed;
 #   1. the node check: driver vs torch's CUDA build, torch.cuda, gsplat's CUDA extension built

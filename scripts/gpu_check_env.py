@@ -27,13 +27,17 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.tags import sys_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 # what `sctd3d generate` and benchmarks/bench_generate.py import, beyond the standard library
 NEEDS = ["torch>=2.4", "transformers>=4.40", "numpy", "pyyaml", "pillow", "diffusers>=0.39,<0.43",
          "gsplat==1.5.3", "plyfile>=1.0", "imageio>=2.34", "ninja", "pytest>=7"]
-MACHINE_ONLY = {"torch", "transformers"}  # never installed from wheels: the machine's own
+MACHINE_ONLY = {"torch", "transformers"}
+PYTHON = Version(".".join(map(str, sys.version_info[:3])))
+SUPPORTED_TAGS = frozenset(sys_tags())  # never installed from wheels: the machine's own
 
 
 def log(msg: str) -> None:
@@ -56,6 +60,8 @@ class Wheel:
         self.name = canonicalize_name(msg["Name"])
         self.version = Version(msg["Version"])
         self.requires = [Requirement(r) for r in (msg.get_all("Requires-Dist") or [])]
+        self.requires_python = SpecifierSet(msg.get("Requires-Python") or "")
+        self.fits_platform = bool(parse_wheel_filename(path.name)[3] & SUPPORTED_TAGS)
 
     def runtime_requires(self) -> list[Requirement]:
         env = {"extra": ""}
@@ -66,6 +72,7 @@ def plan(needs: list[str], wheels: list[Wheel]) -> tuple[list[Wheel], list[str]]
     """(wheels to install, unmet requirement lines)."""
     chosen: dict[str, Wheel] = {}
     unmet: list[str] = []
+    why: dict[str, list[str]] = {}  # need -> why each carried candidate did not fit
 
     def satisfy(req: Requirement, stack: tuple[str, ...]) -> bool:
         name = canonicalize_name(req.name)
@@ -79,18 +86,29 @@ def plan(needs: list[str], wheels: list[Wheel]) -> tuple[list[Wheel], list[str]]
         for w in sorted((w for w in wheels if w.name == name), key=lambda w: w.version, reverse=True):
             if w.version not in req.specifier:
                 continue
+            if not w.fits_platform:  # e.g. Pillow built for another Python
+                continue
+            if PYTHON not in w.requires_python:
+                why.setdefault(name, []).append(f"{w.name} {w.version} needs Python {w.requires_python}")
+                continue
             chosen[name] = w
-            if all(satisfy(r, stack + (name,)) for r in w.runtime_requires()):
+            bad = next((r for r in w.runtime_requires() if not satisfy(r, stack + (name,))), None)
+            if bad is None:
                 return True
             del chosen[name]
+            have = installed(bad.name)
+            why.setdefault(name, []).append(f"{w.name} {w.version} needs {bad} "
+                                            f"({'installed ' + str(have) if have else 'not installed'})")
         return False
 
     for line in needs:
         req = Requirement(line)
         if not satisfy(req, ()):
             have = installed(req.name)
+            reasons = "; ".join(r for rs in why.values() for r in rs) or "none carried"
+            why.clear()
             unmet.append(f"{line}: {'installed ' + str(have) if have else 'not installed'}, and no carried "
-                         f"wheel fits the machine's packages")
+                         f"wheel fits the machine's packages ({reasons})")
     return list(chosen.values()), unmet
 
 
@@ -117,13 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     log(f"python {sys.version.split()[0]}; " + ", ".join(
         f"{n} {installed(n) or '-'}" for n in ("torch", "transformers", "huggingface-hub", "safetensors",
                                               "tokenizers", "diffusers")))
-    try:
-        import torch
-
-        log(f"torch CUDA build {torch.version.cuda}; GPU: "
-            f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
-    except Exception as e:  # a broken torch is reported by the unmet line below too
-        log(f"torch does not import: {type(e).__name__}: {e}")
     todo, unmet = plan(needs, wheels)
     for line in unmet:
         log(f"UNMET {line}")

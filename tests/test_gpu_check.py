@@ -23,7 +23,7 @@ def _check(model: str, out: Path, py: str = sys.executable, **env_extra) -> subp
     wheels.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PY=py, GPU_CHECK_OUT=str(out), GPU_CHECK_WHEELS=str(wheels), **env_extra)
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", model],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=1800)
 
 
 def test_cpu_smoke_runs_the_benchmark_and_two_prompts(tiny_sd_dir, tmp_path):
