@@ -430,8 +430,12 @@ def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: 
             import tempfile
             with tempfile.TemporaryDirectory() as tmp:
                 ref = F.toy_reference(cfg, list(done["prompt"].astype(str)), tmp)
-                ref_feats, _ = F.reference_statistics(ref, cfg.metrics, os.path.join(work, "fid_reference"),
-                                                      model or F.load_inception(cfg.metrics.fid_inception, "cpu"))
+                # the runs that computed FID cached the same reference's features: reuse them
+                caches = [os.path.join(work, f"clean_s{x}", "metrics", "fid_reference") for x in seeds]
+                cache_dir = next((c for c in caches if os.path.isdir(c)), os.path.join(work, "fid_reference"))
+                ref_feats, hit = F.reference_statistics(ref, cfg.metrics, cache_dir,
+                                                        model or F.load_inception(cfg.metrics.fid_inception, "cpu"))
+                log.info("reference features: %d images (%s)", len(ref), "cached" if hit else "computed")
         k = F.kid_with_se(feats, groups, ref_feats)
         k["fid"] = F.frechet_distance_features(feats, ref_feats)
         per_run[s] = k
@@ -463,7 +467,7 @@ def print_set_level(res: dict) -> None:
         print(f"| clean_s{s} | {r['kid_n_images']} | {r['kid_n_assets']} | {r['kid']:.5f} | {r['kid_se']:.5f} | "
               f"{r['fid']:.2f} |")
     print(f"\n- ordered pairs of clean runs (other seeds): {res['pairs']}")
-    print(f"- KID difference / SE per pair: " + ", ".join(f"{d['diff']:+.5f}/{d['se']:.5f}" for d in res["diffs"]))
+    print("- KID difference / SE per pair: " + ", ".join(f"{d['diff']:+.5f}/{d['se']:.5f}" for d in res["diffs"]))
     print(f"- false alarms per KID threshold ({int(100 * res['confidence'])}% CI beyond it): {res['alarms']}")
     if res["fid_moves"]:
         print(f"- FID moves between clean runs: max |diff| {max(abs(x) for x in res['fid_moves']):.2f} "

@@ -63,6 +63,8 @@ class PriorConfig:
     channels_last: bool = _f(True)
     single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+    options: dict = _f({}, doc="the chosen prior's own settings (its spec's options class, "
+                       "stages.priors.registry); empty for the shipped priors")
     compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
                       doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 
@@ -251,7 +253,13 @@ class PipelineConfig:
     cpus_per_worker: float = _f(1.0, lo=0.0)
     max_attempts: int = _f(3, lo=1)
     backoff_s: float = _f(5.0, lo=0.0)
-    timeout_s: float = _f(3600.0, lo=0.0, doc="per-asset timeout; 0 = none")
+    timeout_s: float = _f(3600.0, lo=0.0, doc="per-asset timeout; 0 = none (used when timeout_s_per_it is 0)")
+    timeout_s_per_it: float = _f(0.0, lo=0.0, doc="the cluster GPU's seconds per generation iteration (README, "
+                                 "'Choosing GPU nodes'); > 0: the per-asset timeout is timeout_margin x "
+                                 "generate.iterations x this + timeout_overhead_s instead of timeout_s")
+    timeout_margin: float = _f(2.0, lo=1.0, doc="factor on the expected generation time (timeout_s_per_it)")
+    timeout_overhead_s: float = _f(600.0, lo=0.0, doc="added to a derived timeout: model load, evaluation "
+                                   "render, metrics (timeout_s_per_it)")
     render: bool = _f(True, doc="run the evaluation render stage per asset")
     score: bool = _f(True, doc="run per-asset metrics")
     report: bool = _f(True, doc="write the report at the end of a run")

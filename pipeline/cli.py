@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
                                         "regenerating (asset dir or run)")
     p.add_argument("target")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="where assets are re-scored (same as --set pipeline.executor=...)")
+    p.add_argument("--executor", default=None,
+                   help="where assets are re-scored: local, ray, or a plugin's (same as --set pipeline.executor=...)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     _add_config_args(p)

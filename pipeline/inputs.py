@@ -7,7 +7,7 @@ settings plus the content identity of the prior's weights, stages.generation_id.
 prompts never become paths, re-running the same input finds the same assets, and evaluation
 settings never rename an asset. The normalised prompt is what the prior can tell apart: Unicode
 NFC, whitespace (tabs and line breaks too) collapsed, and lowercased when the prior's tokenizer
-lowercases (stages.priors.tokens.prompt_lowercased; CLIP's does), so "A Red Cube" and "a red cube"
+lowercases (stages.priors.registry.prompt_lowercased; CLIP's does), so "A Red Cube" and "a red cube"
 are one asset. The manifest keeps the first row's text with its case.
 
 Each JSONL row is bounded before it is decoded (MAX_ROW_BYTES, MAX_ROW_DEPTH) and must name each
@@ -334,7 +334,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
                  ) -> PromptBatch:
     """Read, validate and deduplicate a prompt list. `count_tokens`/`max_tokens`: the prior's limit.
     Case-only variants are one asset when the prior's tokenizer lowercases (read from local files)."""
-    from stages.priors.tokens import prompt_lowercased
+    from stages.priors.registry import prompt_lowercased
 
     fmt = _detect_format(uri)
     try:

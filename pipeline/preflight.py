@@ -20,7 +20,10 @@ CACHE_ENV = "SCTD3D_CACHE"
 def uses_cache(cfg: Config) -> bool:
     """Whether this config reads or writes the on-disk cache (toy views and ground truth, Point-E)."""
     toy_metrics = {"toy_psnr", "toy_rprec"} & set(cfg.metrics.metrics)
-    return (cfg.prior.name == "toy_exact" or cfg.init.method in ("point_e", "toy_shape")
+    from stages.priors.registry import PRIORS
+
+    prior = PRIORS.get(cfg.prior.name)
+    return (bool(prior and prior.uses_toy_cache) or cfg.init.method in ("point_e", "toy_shape")
             or bool(toy_metrics and cfg.pipeline.score) or cfg.metrics.fid_reference == "toy")
 
 

@@ -78,4 +78,11 @@ def check_names(cfg: Config, source: str | None = None) -> Config:
         where = source if source is not None else _where(cfg, key, value)
         raise ConfigError(f"{where}: {key}: {value!r} is not a registered {what}{hint}; "
                           f"registered: {', '.join(names)}")
+    from stages.priors.registry import prior_spec
+
+    try:
+        prior_spec(cfg.prior.name).parse_options(cfg.prior)
+    except (TypeError, ValueError) as e:  # the options class's own checks say what is wrong
+        raise ConfigError(f"{source if source is not None else _where(cfg, 'prior.options', cfg.prior.options)}: "
+                          f"{e}") from None
     return cfg

@@ -258,7 +258,7 @@ class Optimisation:
         noise = (self.eps_star if self.method.fixed_noise
                  else torch.randn(self.latent_shape, generator=self.gen_noise, device=self.device))
         guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
-                                             weights=view_w)
+                                             weights=view_w, cameras=cams)
 
         out: RenderOutput = render(trainer.g, cams, background=bg, backend=self.backend)
         img = depth_image(out.depth) if d.use_depth else out.rgb

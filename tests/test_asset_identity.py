@@ -29,7 +29,7 @@ from pipeline.inputs import asset_id_for, read_prompts
 from pipeline.validate import REGISTERED
 from stages.generation_id import generation_keys
 from stages.priors import identity
-from stages.priors.registry import PRIOR_KEYS
+from stages.priors.registry import prior_identity, prior_spec
 
 PROMPT = "a red cube"
 
@@ -135,7 +135,7 @@ def _classified(key: str) -> str:
 GEN_KEYS = sorted(k for k in LEAVES if _classified(k) == "generation")
 EVAL_KEYS = sorted(k for k in LEAVES if _classified(k) == "evaluation")
 NEITHER_KEYS = sorted(k for k in LEAVES if _classified(k) == "neither" and k != "generate.seed")
-TOY_GEN_KEYS = sorted(k for k in PRIOR_KEYS["toy_exact"] if k.startswith("toy."))
+TOY_GEN_KEYS = sorted(k for k in prior_spec("toy_exact").config_keys if k.startswith("toy."))
 
 
 def _registered(key: str) -> list[str]:
@@ -169,7 +169,7 @@ def test_every_generation_key_is_read_by_something_or_not_hashed():
         read |= generation_keys(_with(key, name))
     read |= generation_keys(_with("prior.perp_neg", True))
     orphans = [k for k in GEN_KEYS if k not in read]
-    assert not orphans, f"declare where these are read (METHOD_KEYS, PRIOR_KEYS, INIT_KEYS) or NOT_HASHED: {orphans}"
+    assert not orphans, f"declare where these are read (METHOD_KEYS, PriorSpec.config_keys, INIT_KEYS) or NOT_HASHED: {orphans}"
 
 
 @pytest.mark.parametrize("key,name", COMPONENTS)
@@ -383,11 +383,11 @@ def test_hub_id_identity_uses_the_cached_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path), raising=False)
     cfg = apply_overrides(Config(), {"prior.model": "org/m"})
-    assert identity.prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
+    assert prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
     missing = apply_overrides(Config(), {"prior.model": "org/not-cached"})
-    assert identity.prior_identity(missing)["commit"] is None
+    assert prior_identity(missing)["commit"] is None
     gone = apply_overrides(Config(), {"prior.model": str(tmp_path / "no-such-dir")})
-    assert identity.prior_identity(gone) == {"kind": "missing", "path": str(tmp_path / "no-such-dir")}
+    assert prior_identity(gone) == {"kind": "missing", "path": str(tmp_path / "no-such-dir")}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_where_accepts_one_condition_only_and_never_touches_files(run, tmp_path,
     (tmp_path / ".tmp").mkdir()
     (tmp_path / ".tmp" / "secret.csv").write_text("a\n1\n")
     code, stdout, err = run_cli("export", str(run), "--out", str(tmp_path / "ds"), "--where", where,
-                                "--formats", "ply")
+                                "--formats", "ply", "--views", "2", "--resolution", "16")
     assert code == 2 and err.count("\n") == 1 and err.startswith("sctd3d export: error: --where")
     assert "Traceback" not in err and stdout == ""
     assert sorted(p.name for p in (tmp_path / ".tmp").iterdir()) == ["secret.csv"]
@@ -115,7 +115,8 @@ def test_ctrl_c_stops_a_heavy_where_in_one_line(run, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("PYTEST_CURRENT_TEST", None)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "export", str(run), "--out",
-                             str(tmp_path / "ds"), "--where", HEAVY, "--formats", "ply"],
+                             str(tmp_path / "ds"), "--where", HEAVY, "--formats", "ply",
+                             "--views", "2", "--resolution", "16"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []

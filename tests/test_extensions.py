@@ -22,7 +22,10 @@ TINY = ["generate.iterations=3", "generate.save_ply_at=[]", "generate.checkpoint
 @pytest.fixture
 def registries(monkeypatch):
     """Whatever a plugin registers is gone after the test (the registries are module globals)."""
+    from stages.priors import registry
+
     monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
+    monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
     monkeypatch.setattr(common_plugins, "_loaded", {})  # the one plugin loader's memory
 
 
@@ -60,3 +63,39 @@ def test_an_unknown_executor_is_one_line_naming_the_registered_ones(tmp_path, re
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.endswith("pipeline.executor: 'threads' is not a registered executor; registered: local, ray")
+
+
+def test_a_camera_conditioned_prior_from_a_plugin_file_runs_sctd3d_run(tmp_path, registries, capsys):
+    """A multi-view prior with two text embeddings and camera conditioning: registered from its
+    file, run through the CLI; the guidance (unchanged) passes every view's camera through."""
+    plugin = str(PLUGINS / "camera_prior.py")
+    code, out = _run(tmp_path, "--set", f"pipeline.plugins=[{plugin}]", "--set", "prior.name=camera_mv",
+                     "--set", "prior.options={tint: 0.8}", "--set", "pipeline.render=false",
+                     "--set", "pipeline.score=false")
+    assert code == 0, capsys.readouterr().err
+    recs = manifest.read(out).to_pylist()
+    assert sorted(r["status"] for r in recs) == ["done", "done"]
+    aid = recs[0]["asset_id"]
+    assert json.loads(Path(out, "assets", aid[:2], aid, "meta.json").read_text())["prior"] == "camera_mv"
+    calls = _plugin_module("camera_prior").CALLS
+    batch = 4  # toy.yaml's generate.batch_views
+    # every call saw the batch's cameras: 3 iterations x 2 assets, null (inversion) and guided calls
+    assert len(calls) >= 6 and all(v == batch and n % v == 0 for n, v in calls)
+    assert {n // v for n, v in calls} >= {2}   # the guided call: [cond | neg] latents, cameras repeated
+
+
+def test_a_plugin_priors_options_are_checked_and_enter_the_asset_id(tmp_path, registries, capsys):
+    from common.config import load_config
+    from pipeline.inputs import asset_generation_hash
+    from pipeline.plugins import load_plugins
+
+    load_plugins([str(PLUGINS / "camera_prior.py")])
+    base = load_config("toy.yaml", ["prior.name=camera_mv"])
+    assert asset_generation_hash(base) == asset_generation_hash(load_config("toy.yaml", [
+        "prior.name=camera_mv", "prior.options={}"]))
+    assert asset_generation_hash(base) != asset_generation_hash(load_config("toy.yaml", [
+        "prior.name=camera_mv", "prior.options={tint: 0.9}"]))
+    code, _ = _run(tmp_path, "--set", f"pipeline.plugins=[{PLUGINS / 'camera_prior.py'}]",
+                   "--set", "prior.name=camera_mv", "--set", "prior.options={tnt: 0.2}")
+    assert code == 2
+    assert "prior.options: ['tnt'] are not options of prior 'camera_mv'" in capsys.readouterr().err

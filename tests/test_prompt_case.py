@@ -1,6 +1,6 @@
 """Case-only prompt variants are one asset where the prior's tokenizer lowercases (issue 26 item 8).
 
-The decision is asked of the tokenizer itself (stages.priors.tokens.prompt_lowercased). Checked
+The decision is asked of the tokenizer itself (stages.priors.registry.prompt_lowercased). Checked
 with the real tokenizers: the toy SD's CLIPTokenizer, and SD 2.1's vocabulary (OpenCLIP's BPE file,
 shipped with open_clip) both through open_clip's own tokenizer (what SD 2.1's text encoder was
 trained with) and through transformers' CLIPTokenizer in SD 2.1's diffusers `tokenizer/` layout,
@@ -13,7 +13,7 @@ import pytest
 
 from common.config import Config, load_config
 from pipeline.inputs import asset_id_for, read_prompts
-from stages.priors import tokens
+from stages.priors import registry, tokens
 
 VARIANTS = ["a red cube", "A Red Cube", "A RED CUBE", "a  Red\tcube "]
 SD21_TOKENIZER_CONFIG = {  # stabilityai/stable-diffusion-2-1(-base) tokenizer/tokenizer_config.json
@@ -41,7 +41,7 @@ def _write(tmp_path, lines, name="p.txt"):
 
 
 def test_case_only_variants_are_one_asset_with_a_lowercasing_tokenizer(tmp_path, cfg):
-    assert tokens.prompt_lowercased(cfg.prior)  # the toy SD's CLIP tokenizer lowercases
+    assert registry.prompt_lowercased(cfg.prior)  # the toy SD's CLIP tokenizer lowercases
     b = read_prompts(_write(tmp_path, VARIANTS + ["A Blue Sphere"]), cfg)
     assert [r.prompt for r in b.requests] == ["a red cube", "A Blue Sphere"] and b.duplicates == 3
     # an all-lowercase prompt's id is what it always was (computed without lowercasing)
@@ -61,7 +61,7 @@ def test_case_kept_when_no_tokenizer_can_be_read(tmp_path, monkeypatch):
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    assert not tokens.prompt_lowercased(Config().prior)
+    assert not registry.prompt_lowercased(Config().prior)
     b = read_prompts(_write(tmp_path, VARIANTS), Config())
     shown = ["a red cube", "A Red Cube", "A RED CUBE", "a Red cube"]
     assert [r.prompt for r in b.requests] == shown and b.duplicates == 0
@@ -78,7 +78,7 @@ def test_the_probe_tells_a_cased_tokenizer_from_a_lowercasing_one():
 def test_toy_exact_looks_prompts_up_case_insensitively():
     from common.config import PriorConfig
 
-    assert tokens.prompt_lowercased(PriorConfig(name="toy_exact"))
+    assert registry.prompt_lowercased(PriorConfig(name="toy_exact"))
 
 
 def _sd21_vocabulary():
@@ -121,7 +121,7 @@ def test_sd21_tokenizer_lowercases(tmp_path, monkeypatch):
     assert hf(tokens.CASE_PROBE).input_ids[1:-1] == oc.encode(tokens.CASE_PROBE)
     assert len({tuple(hf(v).input_ids) for v in VARIANTS}) == 1
     # a local SD 2.1 diffusers folder ...
-    assert tokens.prompt_lowercased(PriorConfig(name="stable_diffusion", model=str(folder)))
+    assert registry.prompt_lowercased(PriorConfig(name="stable_diffusion", model=str(folder)))
     # ... and the hub id, from the local Hugging Face cache (never the network)
     import huggingface_hub.constants as hc
 
@@ -133,4 +133,4 @@ def test_sd21_tokenizer_lowercases(tmp_path, monkeypatch):
     _sd21_tokenizer_folder(repo / "snapshots" / commit)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     tokens._lowercased.cache_clear()
-    assert tokens.prompt_lowercased(Config().prior)
+    assert registry.prompt_lowercased(Config().prior)

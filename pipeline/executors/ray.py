@@ -424,7 +424,9 @@ class RayExecutor:
                         self._replace(i)
                         remaining -= 1
                         yield Outcome(item=t.item, ok=False, attempts=t.attempts,
-                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit",
+                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit "
+                                            f"after {now - t.started:.0f} s (pipeline.timeout_s or "
+                                            f"timeout_s_per_it; not retried)",
                                       wall_s=now - t.started, worker=slot.name)
         finally:
             self.close()

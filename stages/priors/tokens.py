@@ -1,9 +1,11 @@
-"""A prior's prompt-token counter and limit, and whether it sees letter case, from its tokenizer
-alone (no UNet or text encoder).
+"""Tokenizer facts a run needs before any model loads: a prior's prompt-token counter and limit, and
+whether it sees letter case, from its tokenizer files alone (no UNet or text encoder).
 
-Why here: the prompt-length check (pipeline.inputs) needs the tokenizer the prior will use, and
-only the prior's own code knows where that lives. Stable Diffusion priors (and the toy SD, which
-uses the same CLIP tokenizer format) have a `tokenizer/` folder; toy_exact has no tokenizer: it
+Why here: the prompt-length check and the prompt's identity text (pipeline.inputs) need the
+tokenizer the prior will use, and only the prior's own spec knows where that lives
+(`PriorSpec.token_limit` / `PriorSpec.lowercases`, asked by `stages.priors.registry.token_limit` /
+`prompt_lowercased`). The Stable Diffusion priors (and the toy SD, same CLIP tokenizer format) use
+`clip_token_limit` / `clip_lowercases` on their `tokenizer/` folder; toy_exact has no tokenizer: it
 looks a prompt up in the toy catalogue by its catalogue key.
 
 Case: "a red cube" and "A Red Cube" are one asset when the prior cannot tell them apart. That is
@@ -22,16 +24,11 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
-
-if TYPE_CHECKING:  # pragma: no cover
-    from common.config import PriorConfig
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
 TokenCounter = Callable[[str], int]
-TOKENIZED_PRIORS = ("stable_diffusion", "toy_sd")
-CATALOGUE_PRIORS = ("toy_exact",)  # a prompt is its toy catalogue key (stages.toyworld.catalogue)
 # mixed-case letters of several scripts; a tokenizer that splits it exactly as its lowercase ignores case
 CASE_PROBE = "A Red Cube, a BLUE sphere: Ärger Élan ÑANDÚ ΣΟΦΙΑ ДОМ"
 
@@ -41,30 +38,11 @@ def lowercases(split: Callable[[str], Any]) -> bool:
     return split(CASE_PROBE) == split(CASE_PROBE.lower())
 
 
-def _tokenizer_dir(name: str, model: str) -> Optional[str]:
-    """The local folder holding the prior's `tokenizer/`, or None (single file, missing folder,
-    hub id: the caller decides what a hub id means)."""
-    from stages.priors.stable_diffusion import toy_sd_model
-
-    model = toy_sd_model(model) if name == "toy_sd" else model
-    local = Path(model).expanduser()
-    return str(local) if (local / "tokenizer").is_dir() else None
-
-
 @functools.lru_cache(maxsize=16)
-def _lowercased(name: str, model: str, revision: str) -> bool:
-    if name in CATALOGUE_PRIORS:
-        from stages.toyworld.catalogue import prompt_key
-
-        return lowercases(prompt_key)
-    if name not in TOKENIZED_PRIORS:
-        return False
-    try:
-        folder = _tokenizer_dir(name, model)
-    except ValueError:  # an unknown toy SD name: the run's config check names it
-        return False
+def _lowercased(model: str, revision: str, must_exist: bool) -> bool:
     local = Path(model).expanduser()
-    if folder is None and (local.exists() or name != "stable_diffusion"):
+    folder = str(local) if (local / "tokenizer").is_dir() else None
+    if folder is None and (local.exists() or must_exist):
         return False  # a single file or a folder without tokenizer/: case kept
     if folder is None:  # a hub id: its tokenizer from the local Hugging Face cache, if there
         from huggingface_hub import try_to_load_from_cache
@@ -88,28 +66,24 @@ def _lowercased(name: str, model: str, revision: str) -> bool:
     return lowercases(tok.tokenize)
 
 
-def prompt_lowercased(prior: "PriorConfig") -> bool:
-    """Whether `prior` sees a prompt and its lowercase as the same text (so they are one asset)."""
-    return _lowercased(prior.name, prior.model, prior.revision)
+def clip_lowercases(model: str, revision: str = "", must_exist: bool = False) -> bool:
+    """Whether the CLIP tokenizer of a diffusers model (directory with `tokenizer/`, or a hub id in
+    the local cache) ignores case; False when it cannot be read here. `must_exist`: `model` is a
+    local directory (a hub id is not tried). Cached per process."""
+    return _lowercased(model, revision, must_exist)
 
 
-def token_limit(prior: "PriorConfig") -> tuple[Optional[TokenCounter], Optional[int]]:
-    """(count_tokens, max_tokens) for `prior`, or (None, None) when it has no readable tokenizer.
-
-    When the tokenizer cannot be read here (e.g. a hub id not cached on the driver), prompts are
-    still checked against the character cap and the prior's own truncation warning applies; the
-    reason is logged."""
-    if prior.name not in TOKENIZED_PRIORS:
-        return None, None
-    from stages.priors.stable_diffusion import toy_sd_model
-
-    model = toy_sd_model(prior.model) if prior.name == "toy_sd" else prior.model
+def clip_token_limit(model: str, revision: str = "", must_exist: bool = False
+                     ) -> tuple[Optional[TokenCounter], Optional[int]]:
+    """The CLIP tokenizer of a diffusers model (hub id or directory with `tokenizer/`), as
+    (count_tokens, max_tokens); (None, None) with the reason logged when it cannot be read.
+    `must_exist`: `model` is a local directory (a hub id is not tried)."""
     local = Path(model).expanduser()
     if local.is_file():
         log.warning("token-limit check skipped: prior.model %s is a single file", model)
         return None, None
-    if prior.name == "toy_sd" and not local.is_dir():
-        log.warning("token-limit check skipped: the toy SD directory %s does not exist", model)
+    if must_exist and not local.is_dir():
+        log.warning("token-limit check skipped: the model directory %s does not exist", model)
         return None, None
     if local.is_dir() and not (local / "tokenizer").is_dir():
         log.warning("token-limit check skipped: %s has no tokenizer/ folder", model)
@@ -119,7 +93,7 @@ def token_limit(prior: "PriorConfig") -> tuple[Optional[TokenCounter], Optional[
     try:
         tok = CLIPTokenizer.from_pretrained(str(local) if local.is_dir() else model,
                                             subfolder="tokenizer",
-                                            revision=None if local.is_dir() else (prior.revision or None),
+                                            revision=None if local.is_dir() else (revision or None),
                                             local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except (OSError, ValueError) as e:
         log.warning("token-limit check skipped: cannot read the tokenizer of %s (%s)", model,

@@ -52,6 +52,8 @@
     if (!cam) throw new Error("no camera in the page config");
     const group = { viewers: [], angle: 0, playing: true, speed: 0.5, id: S.groups.length, ready: 0, frames: 0 };
     S.groups.push(group);
+    if (container.__sctd3dGroup) container.__sctd3dGroup.stopped = true; // reopened: the old viewers go
+    container.__sctd3dGroup = group;
     container.textContent = "";
     const bar = el("div", { class: "vbar" });
     const btn = el("button", { type: "button", class: "vplay" }, "pause");
@@ -106,6 +108,12 @@
       }
       let last = performance.now();
       function frame(now) {
+        if (group.stopped || !container.isConnected) { // closed, reopened or paged away: free the WebGL contexts (~16 per page)
+          for (const vw of group.viewers) { vw.renderer.dispose(); vw.renderer.forceContextLoss(); }
+          group.viewers.length = 0;
+          group.stopped = true;
+          return;
+        }
         const dt = (now - last) / 1000;
         last = now;
         if (group.playing) group.angle += dt * group.speed;
