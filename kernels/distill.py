@@ -67,8 +67,9 @@ def make_eps_star(shape: tuple[int, ...], offset: float, generator: torch.Genera
     """Fixed noise of one asset: randn(B, C, h, w) + offset * randn(1, C, 1, 1) (docs/METHOD.md, "One SCTD step" 1)."""
     if len(shape) != 4:
         raise ValueError(f"make_eps_star: expected a (B, C, h, w) shape, got {shape!r}")
-    base = torch.randn(shape, generator=generator, dtype=dtype)
-    chan = torch.randn((1, shape[1], 1, 1), generator=generator, dtype=dtype)
+    dev = generator.device            # drawn where the generator lives (a device generator: no copy)
+    base = torch.randn(shape, generator=generator, dtype=dtype, device=dev)
+    chan = torch.randn((1, shape[1], 1, 1), generator=generator, dtype=dtype, device=dev)
     return (base + offset * chan).to(device)
 
 

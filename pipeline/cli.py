@@ -34,9 +34,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
+    from pipeline.plugins import load_plugins
     from pipeline.validate import check_names
 
-    return check_names(load_config(args.config, list(args.overrides) + list(extra or [])))
+    cfg = load_config(args.config, list(args.overrides) + list(extra or []))
+    load_plugins(cfg.pipeline.plugins)  # before the names are checked: plugins register names
+    return check_names(cfg)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -190,16 +193,33 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """'1GB' / '500MB' / '2e9' -> bytes (decimal units), for --shard-bytes."""
+    units = {"kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+    t = text.strip().lower()
+    for u, m in units.items():
+        if t.endswith(u):
+            t, mult = t[:-len(u)].strip(), m
+            break
+    else:
+        mult = 1
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 500MB)") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
     from stages.export.select import FilterError
-    from stages.export.splats import SplatToolError
+    from stages.export.splat_transform import SplatToolError
 
     try:
         summary = export_dataset(
             args.run, args.out, where=args.where, views=args.views, resolution=args.resolution,
             formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
+            shard_bytes=args.shard_bytes,
             seed=args.seed, executor=args.executor, address=args.address,
             num_workers=args.num_workers, backend=args.backend)
     except (ExportError, FilterError, SplatToolError) as e:
@@ -255,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="batch: prompts file/URI -> assets, renders, metrics, manifest")
     p.add_argument("prompts", help="txt / jsonl / parquet, local path or fsspec URL")
     p.add_argument("--out", required=True, help="output root (local path, s3://, gs://)")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="same as --set pipeline.executor=...")
+    p.add_argument("--executor", default=None,
+                   help="same as --set pipeline.executor=... (local, ray, or a plugin's executor)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     p.add_argument("--redo", choices=("failed", "missing", "all"), default="failed",
@@ -276,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
                                         "regenerating (asset dir or run)")
     p.add_argument("target")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="where assets are re-scored (same as --set pipeline.executor=...)")
+    p.add_argument("--executor", default=None,
+                   help="where assets are re-scored: local, ray, or a plugin's (same as --set pipeline.executor=...)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     _add_config_args(p)
@@ -303,14 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None,
                    help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
                         "(default: status = 'done')")
-    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
-    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
-    p.add_argument("--formats", default="ply,spz", help="splat formats: ply, spz (comma-separated)")
-    p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
+    p.add_argument("--views", type=int, default=None,
+                   help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
+    p.add_argument("--formats", default=None,
+                   help="splat formats, comma-separated (default ply,spz): ply, spz, splat, sog, "
+                        "html, or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="at most N assets per WebDataset shard (default 0: no count limit)")
+    p.add_argument("--shard-bytes", type=_byte_size, default="1GB",
+                   help="WebDataset shard size target, e.g. 500MB, 1GB (default 1GB)")
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", default="local", help="local, ray, or a plugin's executor")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
     p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,

@@ -36,7 +36,7 @@ from common.config import Config, config_hash, eval_hash, evaluation_settings
 from common.lock import RunLock
 from common.storage import Storage, StorageError, asset_dir, open_storage
 from pipeline import records
-from pipeline.executors import make_executor
+from pipeline.executors import executor_names, executor_options, make_executor
 from stages.evaluate import (EvaluateError, RescoreTask, check_same_generation, evaluate_asset,
                              rescore_asset, run_config, run_root)
 from stages.metrics import PER_ASSET
@@ -186,18 +186,13 @@ def plan_metrics(rec: dict, new_settings: dict, wanted: list, known: dict[str, d
 # ----------------------------------------------------------------------------------------------
 def _executor(cfg: Config, kind: str, address: Optional[str], num_workers: Optional[int],
               options: dict):
-    p = cfg.pipeline
-    if kind == "ray":
-        opts: dict[str, Any] = dict(
-            address=address, num_workers=num_workers or p.num_workers or None,
-            gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
-            max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
-            worker_start_timeout_s=p.worker_start_timeout_s, connect_timeout_s=p.connect_timeout_s)
-    elif kind == "local":
-        opts = dict(max_attempts=1, timeout_s=p.timeout_s)
-    else:
-        raise EvaluateError(f"--executor {kind!r} is not one of ['local', 'ray']")
-    opts.update(options)
+    """The executor as the registry builds it from the config (pipeline.executors)."""
+    from pipeline.plugins import load_plugins
+
+    load_plugins(cfg.pipeline.plugins)
+    if kind not in executor_names():
+        raise EvaluateError(f"--executor {kind!r} is not one of {executor_names()}")
+    opts = executor_options(kind, cfg.pipeline, address=address, num_workers=num_workers, **options)
     return make_executor(kind, **opts)
 
 

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from common import deadline
-from common.config import (Config, ConfigError, apply_overrides, evaluation_settings,
-                           generation_hash, generation_settings)
+from common.config import Config, ConfigError, apply_overrides, evaluation_settings
 from common.storage import Storage, asset_dir as asset_dir_of, open_storage
 
 log = logging.getLogger(__name__)
@@ -91,9 +90,9 @@ def run_root(target: str) -> str | None:
 
 
 def _asset_generation_hash(cfg: Config) -> str:
-    from stages.priors.identity import generation_inputs
+    from stages.generation_id import generation_hash
 
-    return generation_hash(cfg, generation_inputs(cfg))
+    return generation_hash(cfg)
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -135,6 +134,8 @@ def check_same_generation(cfg: Config, run_info: dict, records: list[dict]) -> N
                             "generation_hash in its records); re-score single asset directories instead")
     if new in known:
         return
+    from stages.generation_id import generation_settings
+
     diff = _differences(generation_settings(old_cfg), generation_settings(cfg)) if old_cfg else []
     why = f" ({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''})" if diff else \
         (" (the prior's weights differ)" if old_cfg is not None else "")

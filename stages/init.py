@@ -217,6 +217,13 @@ def _point_e(cfg: "InitConfig", prompt: str, generator: torch.Generator, toy_cat
 # init.method -> (cfg, prompt, generator, toy catalogue) -> initial points; the one list of init
 # names (the config is validated against it, `pipeline.validate`)
 INIT_METHODS: dict[str, InitMethod] = {"point_e": _point_e, "ball": _ball, "toy_shape": _toy_shape}
+# the config keys each init method reads (stages.generation_id hashes exactly these into asset ids)
+_POINTS = ("init.method", "init.initial_opacity", "init.initial_scale", "init.sh_degree")
+INIT_KEYS: dict[str, tuple[str, ...]] = {
+    "point_e": _POINTS + ("init.num_points", "init.gaussians_per_point", "init.point_radius", "init.shape_scale"),
+    "ball": _POINTS + ("init.ball_num_gaussians", "init.ball_radius"),
+    "toy_shape": _POINTS + ("init.ball_num_gaussians", "init.shape_scale", "init.shape_noise", "toy.catalogue"),
+}
 
 
 def init_gaussians(cfg: "InitConfig", prompt: str, generator: torch.Generator,

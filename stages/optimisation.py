@@ -2,11 +2,14 @@
 `snapshot` / `restore` / `retry` to and from a `RunState` (checkpoints and the NaN rollback).
 
 An iteration (docs/METHOD.md "Training settings"): host-side draws (cameras, background, depth /
-flip flags, timesteps) -> render -> optional depth-as-input and horizontal flip -> encode ->
+flip flags, timesteps; drawn ahead for `PLAN_CHUNK` iterations and sent to the device in one copy,
+`IterationPlan`) -> render -> optional depth-as-input and horizontal flip -> encode ->
 distillation gradient (method from `kernels.distill.METHODS`; never a branch on its name) -> extra
 losses (`stages.losses`) -> backward -> `GaussianTrainer.step` (clip, Adam, LR schedules,
 densify / prune) -> one fused finiteness check. Nothing is read back from the device before that
-check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations).
+check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations). Nothing
+is copied to the device either, outside the plan's one copy per chunk: the noise generator lives on
+the device (SDS noise, VAE sampling), timesteps index a device `arange` (`stages.priors.guidance`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from kernels.trainer import GaussianTrainer
 from stages.checkpoint import RunState
 from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
 from stages.losses import add_weighted, extra_losses, loss_weights
-from stages.priors.guidance import make_guided_eps_from_config
+from stages.priors.guidance import make_guided_eps_from_config, perp_neg_params, perp_neg_weights, warm_embeddings
+
+PLAN_CHUNK = 256   # iterations drawn ahead on the host and copied to the device at once
 
 
 def depth_image(depth: Tensor) -> Tensor:
@@ -65,6 +70,52 @@ def draw_iteration(it: int, batch: int, res: int, cam_p: CameraSamplerParams, au
     flip = bool(torch.rand((), generator=gen) < aug.flip_p)
     ts = method.sample(it, sched, gen)
     return IterationDraw(cams, cams.azimuth_deg.tolist(), bg, use_depth, flip, ts)
+
+
+class IterationPlan:
+    """The host draws of iterations `first`..`first + n - 1`, their device tensors and the host
+    generator's state after each draw (what a snapshot at that iteration saves).
+
+    Cameras, backgrounds and Perp-Neg view weights of the whole chunk are packed into one float32
+    tensor and copied to the device once (from pinned memory, without blocking, on CUDA), so the
+    iterations themselves copy nothing from the host. The draws are the loop's own, in its order,
+    so a seed gives the same run as drawing one iteration at a time."""
+
+    def __init__(self, first: int, n: int, draw, gen: torch.Generator, device: torch.device,
+                 view_weights=None) -> None:
+        self.first, self.state0 = first, gen.get_state()
+        self.draws: list[IterationDraw] = []
+        self.states: list[Tensor] = []
+        rows = []
+        for it in range(first, first + n):
+            d = draw(it)
+            self.draws.append(d)
+            self.states.append(gen.get_state())
+            c = d.cameras
+            cols = [c.viewmats.reshape(len(c), 16), c.Ks.reshape(len(c), 9), d.background.float(),
+                    torch.stack([c.azimuth_deg, c.elevation_deg, c.radius, c.fovy], dim=1)]
+            if view_weights is not None:
+                cols.append(torch.tensor(view_weights(d.azimuths), dtype=torch.float32).reshape(len(c), -1))
+            rows.append(torch.cat(cols, dim=1))
+        packed = torch.stack(rows)                      # (n, B, 32 [+ weights])
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        self.packed = packed.to(device, non_blocking=True)
+
+    def covers(self, it: int) -> bool:
+        return self.first <= it < self.first + len(self.draws)
+
+    def state_after(self, it: int) -> Tensor:
+        """The host generator's state once iteration `it` (first - 1 .. last) has drawn."""
+        return self.state0 if it == self.first - 1 else self.states[it - self.first]
+
+    def at(self, it: int) -> tuple[IterationDraw, Cameras, Tensor, Tensor | None]:
+        """(host draw, device cameras, device backgrounds (B, 3), device view weights or None)."""
+        d, p = self.draws[it - self.first], self.packed[it - self.first]
+        c = d.cameras
+        cams = Cameras(p[:, :16].reshape(-1, 4, 4), p[:, 16:25].reshape(-1, 3, 3), c.width, c.height,
+                       p[:, 28], p[:, 29], p[:, 30], p[:, 31])
+        return d, cams, p[:, 25:28], (p[:, 32:] if p.shape[1] > 32 else None)
 
 
 def read_terms(history: list[dict]) -> None:
@@ -121,7 +172,9 @@ class Optimisation:
         self.loss_weights = loss_weights(g.losses)
         self.backend = g.render_backend
         self.eps_star_offset = g.sctd.eps_star_offset
+        self.perp_neg = perp_neg_params(cfg.prior)
         self.trainer: GaussianTrainer | None = None
+        self.plan: IterationPlan | None = None
         self.gen = self.gen_noise = None
         self.eps_star: Tensor | None = None
         self.history: list[dict] = []
@@ -137,8 +190,9 @@ class Optimisation:
         tr = GaussianTrainer(g0.to(self.device), self.trainer_params)
         gen = torch.Generator().manual_seed(self.seed + 1)
         ns = noise_seed(self.seed, 0)
-        gn = torch.Generator().manual_seed(ns)
-        es = make_eps_star(self.latent_shape, self.eps_star_offset, gn) if self.method.fixed_noise else None
+        gn = torch.Generator(device=self.device).manual_seed(ns)
+        es = (make_eps_star(self.latent_shape, self.eps_star_offset, gn, self.device)
+              if self.method.fixed_noise else None)
         return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), es, 0, ns, [], 0, 0.0)
 
     def restore(self, st: RunState) -> None:
@@ -147,24 +201,40 @@ class Optimisation:
         self.trainer.load_state_dict(st.trainer)
         self.gen = torch.Generator()
         self.gen.set_state(st.gen)
-        self.gen_noise = torch.Generator()
+        self.gen_noise = torch.Generator(device=self.device)   # on the device: no noise copied per iteration
         self.gen_noise.set_state(st.gen_noise)
         self.eps_star = st.eps_star.to(self.device) if st.eps_star is not None else None
         self.history = list(st.history)
         self.unet_calls = st.unet_calls
         self.attempt, self.noise_seed = st.attempt, st.noise_seed
+        warm_embeddings(self.prior, self.cfg.prior, self.prompt)  # the text encoder runs here, not mid-run
+        self._plan_from(st.iteration + 1)
+
+    def _plan_from(self, first: int) -> None:
+        n = min(PLAN_CHUNK, self.cfg.generate.iterations - first + 1)
+        if n < 1:
+            self.plan = None
+            return
+        weights = (lambda az: perp_neg_weights(az, self.perp_neg)) if self.perp_neg is not None else None
+        self.plan = IterationPlan(first, n, self._draw, self.gen, self.device, weights)
+
+    def _draw(self, it: int) -> IterationDraw:
+        return draw_iteration(it, self.batch, self.res, self.cameras, self.augment, self.method, self.schedule,
+                              self.gen)
 
     def retry(self, st: RunState, attempt: int) -> None:
         """Back to `st` with a new noise seed (and fixed noise) for retry number `attempt`."""
         self.restore(st)
         self.attempt, self.noise_seed = attempt, noise_seed(self.seed, attempt)
-        self.gen_noise = torch.Generator().manual_seed(self.noise_seed)
+        self.gen_noise = torch.Generator(device=self.device).manual_seed(self.noise_seed)
         if self.method.fixed_noise:
-            self.eps_star = make_eps_star(self.latent_shape, self.eps_star_offset, self.gen_noise).to(self.device)
+            self.eps_star = make_eps_star(self.latent_shape, self.eps_star_offset, self.gen_noise, self.device)
 
     def snapshot(self, iteration: int, elapsed_s: float) -> RunState:
         read_terms(self.history)
-        return RunState(iteration, self.trainer.state_dict(), self.gen.get_state(), self.gen_noise.get_state(),
+        gen = (self.plan.state_after(iteration) if self.plan is not None
+               and self.plan.first - 1 <= iteration < self.plan.first + len(self.plan.draws) else self.gen.get_state())
+        return RunState(iteration, self.trainer.state_dict(), gen, self.gen_noise.get_state(),
                         self.eps_star.detach().cpu() if self.eps_star is not None else None, self.attempt,
                         self.noise_seed, list(self.history), self.unet_calls, elapsed_s)
 
@@ -182,12 +252,13 @@ class Optimisation:
 
     def _iteration(self, it: int) -> dict:
         trainer, prior = self.trainer, self.prior
-        d = draw_iteration(it, self.batch, self.res, self.cameras, self.augment, self.method, self.schedule,
-                           self.gen)
-        cams, bg = d.cameras.to(self.device), d.background.to(self.device)
+        if self.plan is None or not self.plan.covers(it):
+            self._plan_from(it)
+        d, cams, bg, view_w = self.plan.at(it)
         noise = (self.eps_star if self.method.fixed_noise
-                 else torch.randn(self.latent_shape, generator=self.gen_noise).to(self.device))
-        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths)  # before device work
+                 else torch.randn(self.latent_shape, generator=self.gen_noise, device=self.device))
+        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
+                                             weights=view_w, cameras=cams)
 
         out: RenderOutput = render(trainer.g, cams, background=bg, backend=self.backend)
         img = depth_image(out.depth) if d.use_depth else out.rgb

@@ -72,7 +72,7 @@ def test_a_name_added_to_a_registry_is_valid_without_touching_the_config(monkeyp
         seen.update(name=pc.name, device=device, toy=toy)
         return sentinel
 
-    monkeypatch.setitem(registry.PRIORS, "my_prior", loader)
+    monkeypatch.setitem(registry.PRIORS, "my_prior", registry.PriorSpec("my_prior", loader))
     cfg = check_names(load_config("toy.yaml", ["prior.name=my_prior", "prior.device=cpu"]))
     assert "my_prior" in REGISTERED["prior.name"][1]()
     assert registry.load_prior(cfg.prior, toy=cfg.toy) is sentinel

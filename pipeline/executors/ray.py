@@ -12,9 +12,15 @@ Failures:
 - an exception raised by `fn`: a failed Outcome with that exception (retried only when
   `retry_exceptions=True`).
 - the run cannot start (ExecutorError, one line, nothing retried): `address` unreachable within
-  `connect_timeout_s`; no actor started within `worker_start_timeout_s` (e.g. no node type can hold
-  the resource request: the autoscaler would wait forever); an actor's `startup` check failed (it
-  runs in every actor before its first item, e.g. the prior's CUDA requirement, never on the driver).
+  `connect_timeout_s`; the autoscaler reports a worker's request infeasible (no node type in its
+  cluster config can hold it: said at once, naming the request); no actor started and no node
+  launched for `worker_start_timeout_s` (no autoscaler, or one that launches nothing); an actor's
+  `startup` check failed (it runs in every actor before its first item, e.g. the prior's CUDA
+  requirement, never on the driver).
+Autoscaling clusters (`ray up ray_cluster.yaml`, `min_workers: 0`): the pending worker actors are
+the demand the autoscaler launches GPU nodes for; while it launches (nodes requested or starting,
+see ray_autoscaler.py) the run waits however long that takes, and assets start on each worker as
+its node comes up. Without --num-workers the run requests min(assets, `max_workers`) workers there.
 Only `fn` (once, via the object store), the small items and the small results cross processes.
 """
 
@@ -23,7 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -34,7 +45,8 @@ import ray
 import ray.exceptions as rex
 
 from common import deadline
-from pipeline.executors import ExecutorError, Outcome, WorkerStartupError, format_error
+from pipeline.executors import ExecutorError, Outcome, RetryPolicy, WorkerStartupError, format_error
+from pipeline.executors.ray_autoscaler import ScalingView, read_scaling
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,73 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+_CONNECT_FIX = ("check the address (the head node's IP:6379, 'auto' on a cluster node), that the "
+                "cluster is up (ray status) and reachable from here; pipeline.connect_timeout_s sets "
+                "the wait")
+
+# The connect probe's child: import Ray (not counted in the timeout: it is slow on a loaded
+# machine), say so, connect, disconnect.
+_PROBE_CODE = """
+import sys
+import ray
+print("imported", flush=True)
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.shutdown()
+print("connected", flush=True)
+"""
+_PROBE_IMPORT_S = 300.0   # bound on the child's `import ray` (a broken environment must not hang)
+
+
+def _probe(addr: str, timeout_s: float) -> None:
+    """Connect to `addr` once in a child process; ExecutorError (one line) unless it connected within
+    `timeout_s` of having imported Ray. A child that does not answer is killed with its process
+    group, so nothing of the attempt outlives this call (see RayExecutor._connect)."""
+    with tempfile.TemporaryFile(mode="w+") as err:  # a file, not a pipe: Ray's logging cannot block it
+        proc = subprocess.Popen([sys.executable, "-c", _PROBE_CODE, addr], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+        lines: list[str] = []
+        killed = False
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                end = time.monotonic() + _PROBE_IMPORT_S
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0 or not sel.select(timeout=left):
+                        break
+                    line = proc.stdout.readline()
+                    if not line:  # the child exited
+                        break
+                    lines.append(line.strip())
+                    if lines[-1] == "imported":
+                        end = time.monotonic() + timeout_s
+                    elif lines[-1] == "connected":
+                        break
+        finally:
+            if "connected" in lines:  # it disconnects and exits by itself
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it started
+                killed = "connected" not in lines
+            proc.wait()
+            proc.stdout.close()
+        if "connected" in lines:
+            return
+        if killed and "imported" in lines:
+            raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within {timeout_s:.0f} s; "
+                                f"{_CONNECT_FIX}")
+        if killed:
+            raise ExecutorError(f"the Ray connect probe ({sys.executable}) did not import ray within "
+                                f"{_PROBE_IMPORT_S:.0f} s; check this machine's Python environment")
+        err.seek(0)
+        last = [ln.strip() for ln in err.read().splitlines() if ln.strip()]
+        why = last[-1][:500] if last else f"exit status {proc.returncode}"
+        raise ExecutorError(f"cannot connect to the Ray cluster at --address {addr!r} ({why}); {_CONNECT_FIX}")
 
 
 @ray.remote(max_restarts=0, max_concurrency=1)
@@ -98,18 +177,23 @@ class RayExecutor:
                  backoff_s: float = 5.0, timeout_s: float = 0.0, retry_exceptions: bool = False,
                  num_cpus: Optional[int] = None, ray_init_kwargs: Optional[dict] = None,
                  startup: Optional[Callable[[], Any]] = None, worker_start_timeout_s: float = 600.0,
-                 connect_timeout_s: float = 30.0):
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts!r}: must be >= 1")
+                 connect_timeout_s: float = 30.0, max_workers: int = 64):
+        self.retry = RetryPolicy(max_attempts, backoff_s, retry_exceptions)  # the shared retry rules
         if worker_start_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError(f"worker_start_timeout_s={worker_start_timeout_s!r}, connect_timeout_s="
                              f"{connect_timeout_s!r}: must be > 0")
+        if max_workers < 1:
+            raise ValueError(f"max_workers={max_workers!r}: must be >= 1")
+        self.max_workers = max_workers
         self.startup = startup
         self.worker_start_timeout_s = worker_start_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._startup_ref: Any = None
         self._pending_warned = False
         self._no_worker_since: Optional[float] = None
+        self._scaling_view = ScalingView()
+        self._scaling_read_at = -1e9
+        self._scaling_said = ""
         self.address = address
         self.num_workers = num_workers or 0
         self.gpus_per_worker = gpus_per_worker
@@ -125,6 +209,11 @@ class RayExecutor:
         self.restarts = 0    # actors replaced after a death or timeout (for tests / logs)
 
     # ------------------------------------------------------------------ cluster
+    def start(self) -> None:
+        """Connect to (or start) the Ray cluster; `map` starts the worker actors and their `startup`
+        check. ray.init sets its own SIGTERM handler: a caller with its own reinstalls it after this."""
+        self._ensure_ray()
+
     def _ensure_ray(self) -> None:
         if ray.is_initialized():
             return
@@ -139,13 +228,16 @@ class RayExecutor:
     def _connect(self, kw: dict) -> None:
         """ray.init(address=...) within `connect_timeout_s`, else ExecutorError.
 
-        Why a probe and a thread: against an address where nothing answers, ray.init retries the GCS
-        forever (a warning every 30 s). A refused TCP connection fails at once; anything else that
-        does not answer in time is given up on (the stuck connect thread is a daemon)."""
+        Why a probe process: against an address where nothing answers (a silent port, a firewall
+        that swallows the handshake), ray.init retries the GCS forever. An in-process attempt cannot
+        be abandoned safely: its C++ GCS client threads keep retrying with the GIL released, and
+        when the interpreter exits they run into the C++ static destructors (std::bad_alloc ->
+        std::terminate -> SIGABRT, exit -6 after the right error line). So the first attempt runs
+        in a child process (`_probe`) that is killed, with everything it started, when it does not
+        answer in time; only after it connected does this process call ray.init (in a thread:
+        ray.init off the main thread leaves the run's own SIGTERM handler in place). A refused TCP
+        connection fails at once, before any process starts."""
         addr = self.address or ""
-        fix = ("check the address (the head node's IP:6379, 'auto' on a cluster node), that the "
-               "cluster is up (ray status) and reachable from here; pipeline.connect_timeout_s sets "
-               "the wait")
         hostport = addr.split("://", 1)[-1]
         if addr != "auto" and ":" in hostport:
             host, port = hostport.rsplit(":", 1)
@@ -154,7 +246,8 @@ class RayExecutor:
                                          timeout=self.connect_timeout_s).close()
             except (OSError, ValueError) as e:
                 raise ExecutorError(f"cannot reach the Ray cluster at --address {addr!r} "
-                                    f"({type(e).__name__}: {e}); {fix}") from None
+                                    f"({type(e).__name__}: {e}); {_CONNECT_FIX}") from None
+        _probe(addr, self.connect_timeout_s)
         result: dict = {}
 
         def init() -> None:
@@ -171,37 +264,65 @@ class RayExecutor:
         ray_log.addFilter(quiet)
         t = threading.Thread(target=init, daemon=True, name="ray-connect")
         t.start()
+        # the probe just connected: this waits only if the cluster went away in between (then the
+        # thread is abandoned, the one case left where the exit can abort; see _probe)
         t.join(self.connect_timeout_s)
         if not t.is_alive():
             ray_log.removeFilter(quiet)
         if t.is_alive():
             raise ExecutorError(f"no Ray cluster answered at --address {addr!r} within "
-                                f"{self.connect_timeout_s:.0f} s; {fix}")
+                                f"{self.connect_timeout_s:.0f} s; {_CONNECT_FIX}")
         if "error" in result:
             e = result["error"]
             raise ExecutorError(f"cannot connect to the Ray cluster at --address {addr!r} "
-                                f"({format_error(e)}); {fix}") from None
+                                f"({format_error(e)}); {_CONNECT_FIX}") from None
 
     def _request(self) -> dict:
         """The resources one worker actor asks for (as Ray's scheduler sees them)."""
         req = {"CPU": float(self.cpus_per_worker), "GPU": float(self.gpus_per_worker)}
         return {k: v for k, v in req.items() if v}
 
-    def _start_timeout_error(self) -> ExecutorError:
+    def _scaling(self, now: Optional[float] = None, max_age_s: float = 2.0) -> ScalingView:
+        """The autoscaler's state (pipeline.executors.ray_autoscaler), read at most every `max_age_s`.
+        Never for a Ray this executor started itself (no autoscaler there)."""
+        if self._started_ray:
+            return ScalingView()
+        now = time.monotonic() if now is None else now
+        if now - self._scaling_read_at >= max_age_s:
+            self._scaling_view, self._scaling_read_at = read_scaling(), now
+        return self._scaling_view
+
+    def _cluster_res(self) -> dict:
         try:
-            res = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
         except Exception as e:  # noqa: BLE001 - the message is still useful without it
-            res = {"unknown": format_error(e)}
+            return {"unknown": format_error(e)}
+
+    def _start_timeout_error(self, view: Optional[ScalingView] = None) -> ExecutorError:
         pending = sum(1 for s in self._slots if s.starting)
+        view = view or ScalingView()
+        failed = f"; failed launches: {'; '.join(view.failed)}" if view.failed else ""
+        scaler = "the autoscaler launched nothing for it" if view.autoscaler else "no autoscaler answers"
         return ExecutorError(
             f"no Ray worker started within {self.worker_start_timeout_s:.0f} s "
-            f"(pipeline.worker_start_timeout_s): {pending} actor(s) requesting "
-            f"{json.dumps(self._request())} each are still pending; the cluster has {json.dumps(res)} "
-            f"now. No node can take the request (no GPU node type, quota or driver trouble, an "
-            f"autoscaler that cannot launch); fix the cluster (ray status) or lower "
+            f"(pipeline.worker_start_timeout_s) without progress: {pending} actor(s) requesting "
+            f"{json.dumps(self._request())} each are still pending, {scaler}{failed}; the cluster has "
+            f"{json.dumps(self._cluster_res())} now. No node can take the request (no GPU node type, quota "
+            f"or driver trouble, an autoscaler that cannot launch); fix the cluster (ray status) or lower "
             f"pipeline.gpus_per_worker / cpus_per_worker")
 
+    def _infeasible_error(self, view: ScalingView) -> ExecutorError:
+        return ExecutorError(
+            f"no node type of the Ray cluster can ever hold a worker: the autoscaler reports the "
+            f"request {json.dumps(self._request())} (pipeline.gpus_per_worker / cpus_per_worker) "
+            f"infeasible for every node type in its cluster config (nodes now: {view.nodes_text()}); "
+            f"add a node type with these resources (ray_cluster.yaml available_node_types) or lower "
+            f"the request")
+
     def _pool_size(self, n_items: int) -> int:
+        """Worker actors to request: --num-workers; else one per GPU (CPU) the cluster has now, and
+        on a cluster whose autoscaler launches nodes on demand min(items, max_workers) of them (the
+        pending actors are the demand that makes it add GPU nodes; each starts as its node comes up)."""
         n = self.num_workers
         if not n:
             res = ray.cluster_resources()
@@ -211,9 +332,18 @@ class RayExecutor:
             else:
                 n = int(res.get("CPU", 0) // max(self.cpus_per_worker, 1e-9))
                 what = f"CPUs (need {self.cpus_per_worker} per worker)"
-            if n < 1:
+            view = self._scaling()
+            if view.can_launch():
+                want = max(n, min(n_items, self.max_workers))
+                if want > n:
+                    log.info("autoscaling cluster: requesting %d worker(s) of %s (pipeline.max_workers=%d); "
+                             "%d can start now, the rest as the autoscaler adds nodes (nodes now: %s)",
+                             want, json.dumps(self._request()), self.max_workers, n, view.nodes_text())
+                n = want
+            elif n < 1:
                 res = {k: v for k, v in res.items() if k in ("CPU", "GPU")}
-                raise ExecutorError(f"the Ray cluster has no {what}: resources {json.dumps(res)}; "
+                raise ExecutorError(f"the Ray cluster has no {what}: resources {json.dumps(res)}, and no "
+                                    f"autoscaler that launches nodes answers ({view.error or 'none reports'}); "
                                     f"pass --num-workers N to start N workers and let the autoscaler "
                                     f"add nodes for them (pipeline.worker_start_timeout_s bounds the wait)")
         return max(1, min(n, n_items))
@@ -294,19 +424,32 @@ class RayExecutor:
                         self._replace(i)
                         remaining -= 1
                         yield Outcome(item=t.item, ok=False, attempts=t.attempts,
-                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit",
+                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit "
+                                            f"after {now - t.started:.0f} s (pipeline.timeout_s or "
+                                            f"timeout_s_per_it; not retried)",
                                       wall_s=now - t.started, worker=slot.name)
         finally:
             self.close()
 
     def _check_start_deadline(self, now: float) -> None:
-        """No actor up for `worker_start_timeout_s`: stop (ExecutorError). Some up, some pending: warn
+        """No actor up yet: stop (ExecutorError) at once when the autoscaler reports the request
+        infeasible (no node type can hold it); wait while it launches nodes; stop after
+        `worker_start_timeout_s` without a worker and without a launch. Some up, some pending: warn
         once and go on with those that started."""
         if all(s.starting for s in self._slots):  # (also while replacements of dead ones start)
             if self._no_worker_since is None:
                 self._no_worker_since = now
+            view = self._scaling(now)
+            if view.never_fits(self._request()) is not None:
+                raise self._infeasible_error(view)
+            if view.launching:  # progress: nodes requested or starting for the cluster's demand
+                said = view.launching_text()
+                if said != self._scaling_said:
+                    self._scaling_said = said
+                    log.info("waiting for the autoscaler: launching %s (no worker up yet)", said)
+                self._no_worker_since = now
             elif now - self._no_worker_since > self.worker_start_timeout_s:
-                raise self._start_timeout_error()
+                raise self._start_timeout_error(view)
             return
         self._no_worker_since = None
         late = [s for s in self._slots if s.starting and now - s.since > self.worker_start_timeout_s]
@@ -331,7 +474,7 @@ class RayExecutor:
                 log.error("worker failed to start: %s", format_error(cause))
                 self._replace(i)
                 return None
-            if self.retry_exceptions and task.attempts < self.max_attempts:
+            if self.retry.retries(task.attempts, cause):
                 self._requeue(task, format_error(cause), queue)
                 return None
             return Outcome(item=task.item, ok=False, error=format_error(cause), attempts=task.attempts,
@@ -342,7 +485,7 @@ class RayExecutor:
             self._replace(i)
             if task is None:
                 return None
-            if task.attempts < self.max_attempts:
+            if self.retry.retries(task.attempts, died=True):
                 self._requeue(task, reason, queue)
                 return None
             task.errors.append(reason)
@@ -358,7 +501,7 @@ class RayExecutor:
 
     def _requeue(self, task: _Task, reason: str, queue: deque) -> None:
         task.errors.append(reason)
-        delay = self.backoff_s * 2 ** (task.attempts - 1)
+        delay = self.retry.delay(task.attempts)
         task.not_before = time.monotonic() + delay
         log.warning("retrying asset #%d in %.1f s (attempt %d of %d failed: %s)", task.index, delay,
                     task.attempts, self.max_attempts, reason)
