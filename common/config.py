@@ -518,7 +518,7 @@ def _check_cross_field(cfg: Config, source: str) -> None:
     for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
         if not all(isinstance(x, str) for x in items):
             raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")
-    from common.manifest import METRIC_COLUMNS  # the one list of per-asset metric names
+    from common.metric_names import METRIC_COLUMNS  # the one list of per-asset metric names
 
     known = set(METRIC_COLUMNS)
     for m in cfg.metrics.metrics:

@@ -143,3 +143,44 @@ def test_env_step_installs_only_what_is_missing_newest_that_fits(tmp_path):
                         "--target", str(tmp_path / "site2"), "--need", "fakeply"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "UNMET fakeply: not installed" in r.stderr and r.stdout == ""
+
+
+# What the GPU machine lacks (nothing of these is carried): generation must not import them.
+NOT_CARRIED = ("pyarrow", "pandas", "ray", "duckdb", "open_clip", "cleanfid", "timm", "datasets", "webdataset",
+               "scipy", "matplotlib", "s3fs")
+
+
+def test_generate_needs_nothing_the_gpu_check_does_not_carry(tiny_sd_dir, tmp_path):
+    """`sctd3d generate` with the SD prior runs with every package above unimportable (the GPU
+    check's machine has only its torch + transformers and the carried wheels); `sctd3d report`
+    then says in one line what it lacks."""
+    # None in sys.modules: `import x` raises ImportError and importlib.util.find_spec('x') is None,
+    # as when x is not installed
+    block = (f"import sys\nsys.modules.update(dict.fromkeys({list(NOT_CARRIED)!r}))\n"
+             f"from pipeline.cli import main\nmain(sys.argv[1:])\n")
+    args = ["generate", "a red cube", "--out", str(tmp_path / "a"), "--quiet", "--config", "sd21.yaml",
+            "--set", f"prior.model={tiny_sd_dir}", "--set", "init.method=ball", "--set", "generate.iterations=2",
+            "--set", "generate.save_ply_at=[]", "--set", "prior.allow_cpu=true", "--set", "prior.image_size=16",
+            "--set", "generate.batch_views=1", "--set", "init.ball_num_gaussians=256"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", block, *args], capture_output=True, text=True, env=env,
+                       timeout=1200, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["status"] == "done"
+    r = subprocess.run([sys.executable, "-c", block, "report", str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().startswith("sctd3d report: error: `sctd3d report` needs "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_knn_without_scipy_equals_the_kd_tree():
+    """Ball / Point-E init's scale (3DGS distCUDA2) on a machine without scipy: the chunked brute
+    force gives the KD-tree's numbers (chunks smaller than N, k >= N - 1 included)."""
+    import torch
+
+    from stages.init import knn_mean_sq_dist, knn_mean_sq_dist_chunked
+
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 4, 700):
+        p = torch.randn(n, 3, generator=g)
+        assert torch.equal(knn_mean_sq_dist_chunked(p, rows=64), knn_mean_sq_dist(p)), n
