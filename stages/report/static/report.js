@@ -30,6 +30,7 @@
   function fmt(v) {
     if (v === null || v === undefined || (typeof v === "number" && !isFinite(v))) return "–";
     if (typeof v !== "number") return String(v);
+    if (Number.isInteger(v) && Math.abs(v) < 1e9) return String(v);
     const a = Math.abs(v);
     return a !== 0 && (a >= 1e4 || a < 1e-3) ? v.toPrecision(3) : v.toFixed(3);
   }
@@ -170,8 +171,9 @@
     const host = document.getElementById("asset-table-host");
     if (!host) return;
     if (!D) { host.textContent = "per-asset data (data/rows.js) did not load"; return; }
-    const cols = D.columns, idx = {};
-    cols.forEach((c, i) => { idx[c.key] = i; });
+    const idx = {};
+    D.columns.forEach((c, i) => { idx[c.key] = i; });
+    const cols = D.columns.filter((c) => !c.hidden); // shown columns (the last one holds the row's details)
     const rows = D.rows;
     const st = (S.state = { sortKey: null, asc: true, page: 0, filter: "", status: "", method: "",
                             order: rows.map((_, i) => i), view: null });
