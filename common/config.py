@@ -187,7 +187,7 @@ class AugmentConfig:
 
 @dataclass
 class GenerateConfig:
-    method: str = _f("sctd", doc="a name in kernels.distill.METHODS (pipeline.validate)")
+    method: str = _f("sctd", doc="a name in stages.methods.METHODS (pipeline.validate)")
     iterations: int = _f(5000, lo=1)
     batch_views: int = _f(4, lo=1, hi=64)
     seed: int = _f(0, lo=0)

@@ -13,22 +13,13 @@ from kernels.ddim import TimestepParams
 from kernels.distill import SCTDParams, Schedule, make_schedule
 from kernels.trainer import TrainerParams
 
-# The generation keys each part of the loop reads (stages.generation_id hashes exactly these into
-# asset ids). `section.*` = every key of the section. A key a method does not read is not hashed
-# for it: tests/test_asset_identity.py checks that changing the others leaves the asset identical.
+# The generation keys the loop reads for every method (stages.generation_id hashes exactly these,
+# with the method's own `stages.methods.MethodSpec.config_keys`, into asset ids). `section.*` = every
+# key of the section. tests/test_asset_identity.py checks that the unread keys leave the asset identical.
 LOOP_KEYS = ("generate.method", "generate.iterations", "generate.batch_views", "generate.save_ply_at",
              "generate.checkpoint_every", "generate.nan_retries", "generate.render_backend",
              "generate.cameras.*", "generate.optim.*", "generate.densify.*", "generate.losses.*",
              "generate.augment.*")
-_CONSISTENCY = ("generate.sctd.*",)
-METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "sctd": _CONSISTENCY,
-    "cds": _CONSISTENCY,
-    "gcs": _CONSISTENCY,
-    "sds": ("generate.baselines.sds_min_step", "generate.baselines.sds_max_step",
-            "generate.baselines.weight_lambda"),
-    "ism": ("generate.baselines.*",),
-}
 
 
 def trainer_params(cfg, seed: int) -> TrainerParams:

@@ -21,8 +21,10 @@ TINY = ["generate.iterations=3", "generate.save_ply_at=[]", "generate.checkpoint
 @pytest.fixture
 def registries(monkeypatch):
     """Whatever a plugin registers is gone after the test (the registries are module globals)."""
+    from stages import methods
     from stages.priors import registry
 
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
     monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
     monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
     monkeypatch.setattr(plugins, "_LOADED", {})
@@ -98,3 +100,27 @@ def test_a_plugin_priors_options_are_checked_and_enter_the_asset_id(tmp_path, re
                    "--set", "prior.name=camera_mv", "--set", "prior.options={tnt: 0.2}")
     assert code == 2
     assert "prior.options: ['tnt'] are not options of prior 'camera_mv'" in capsys.readouterr().err
+
+
+def test_a_method_from_a_plugin_file_runs_sctd3d_run(tmp_path, registries, capsys):
+    """A method with its own params, sampler and noise, registered from its file: sctd3d run uses
+    it (the loop never names it), and its declared keys make its asset ids."""
+    plugin = str(PLUGINS / "half_sds_method.py")
+    code, out = _run(tmp_path, "--set", f"pipeline.plugins=[{plugin}]", "--set", "generate.method=half_sds",
+                     "--set", "pipeline.render=false", "--set", "pipeline.score=false")
+    assert code == 0, capsys.readouterr().err
+    recs = manifest.read(out).to_pylist()
+    assert sorted(r["status"] for r in recs) == ["done", "done"]
+    aid = recs[0]["asset_id"]
+    assert json.loads(Path(out, "assets", aid[:2], aid, "meta.json").read_text())["method"] == "half_sds"
+    calls = _plugin_module("half_sds_method").CALLS
+    assert len(calls) == 6 and all(200 <= t < 600 for t in calls)   # 3 iterations x 2 assets, its band
+
+    from common.config import load_config
+    from pipeline.inputs import asset_generation_hash
+
+    cfg = load_config("toy.yaml", ["generate.method=half_sds"])
+    same = load_config("toy.yaml", ["generate.method=half_sds", "generate.baselines.weight_lambda=3"])
+    moved = load_config("toy.yaml", ["generate.method=half_sds", "generate.baselines.sds_min_step=300"])
+    assert asset_generation_hash(cfg) == asset_generation_hash(same)    # a key it does not read
+    assert asset_generation_hash(cfg) != asset_generation_hash(moved)   # a key it reads
