@@ -60,7 +60,7 @@ class MethodSpec:
     kernel: DistillMethod                                # grad (UNet-call pattern) + sampler
     config_keys: tuple[str, ...]                         # the generate.* keys it reads (asset ids)
     noise: Callable[[Any], NoiseState]                   # cfg -> its noise state
-    params: Callable[[Any], Any] = kernel_params.distill_params   # cfg -> its params object
+    params: Callable[[Any], Any]                         # cfg -> its params object (its own class)
     schedule: Callable[[Any], Schedule] = kernel_params.schedule  # cfg -> its timestep schedule
     row_sections: tuple[str, ...] = field(default=())    # its config sections a prompt row may set
 
@@ -106,9 +106,10 @@ def _fixed_unused(cfg) -> NoiseState:
 
 _CONSISTENCY = ("generate.sctd.*",)
 for _name in ("sctd", "cds", "gcs"):
-    register_method(MethodSpec(_name, get_kernel(_name), _CONSISTENCY, _fixed, row_sections=("generate.sctd",)))
+    register_method(MethodSpec(_name, get_kernel(_name), _CONSISTENCY, _fixed, kernel_params.consistency_params,
+                               row_sections=("generate.sctd",)))
 register_method(MethodSpec("sds", get_kernel("sds"), (
     "generate.baselines.sds_min_step", "generate.baselines.sds_max_step", "generate.baselines.weight_lambda"),
-    lambda cfg: FreshNoise(), row_sections=("generate.baselines",)))
+    lambda cfg: FreshNoise(), kernel_params.sds_params, row_sections=("generate.baselines",)))
 register_method(MethodSpec("ism", get_kernel("ism"), ("generate.baselines.*",), _fixed_unused,
-                           row_sections=("generate.baselines",)))
+                           kernel_params.ism_params, row_sections=("generate.baselines",)))
