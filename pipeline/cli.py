@@ -34,11 +34,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins
     from pipeline.validate import check_names
 
     cfg = load_config(args.config, list(args.overrides) + list(extra or []))
-    load_plugins(cfg.pipeline.plugins)  # before the names are checked: plugins register names
+    load_plugins()                       # $SCTD3D_PLUGINS and entry points, then the config's:
+    load_plugins(cfg.pipeline.plugins)   # before the names are checked (plugins register names)
     return check_names(cfg)
 
 
@@ -433,9 +434,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from stages.priors.stable_diffusion import PriorLoadError
     from stages.report import ReportError
 
+    from common.plugins import PluginError, UnknownComponent
+
     return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
             InitError, MetricWeightsError, PriorLoadError, ReportError, UsageError, CatalogueError,
-            ExecutorError, DeviceError, OSError)
+            ExecutorError, DeviceError, OSError, PluginError, UnknownComponent)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ code), its params built from the config (`params`), its schedule (`schedule`), i
 state (`noise`: a fixed eps_star drawn once per asset and at each NaN retry, checkpointed; or fresh
 noise every iteration), and the config keys it reads (`config_keys`: what its asset ids hash).
 A new method: one module that calls `register_method(MethodSpec(...))` (a plugin file:
-`pipeline.plugins`; tests/plugins/half_sds_method.py is one).
+common/plugins.py: `SCTD3D_PLUGINS` or `pipeline.plugins`; tests/plugins/half_sds_method.py is one).
 """
 
 from __future__ import annotations

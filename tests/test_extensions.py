@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from common import manifest
-from pipeline import executors, plugins
+from common import plugins
+from pipeline import executors
 from pipeline.cli import main
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -27,13 +29,14 @@ def registries(monkeypatch):
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
     monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
     monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
-    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(plugins, "_loaded", {})
+    for name in [n for n in sys.modules if n.startswith("sctd3d_plugin_")]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 def _plugin_module(stem: str):
-    import sys
-
-    return next(m for n, m in sys.modules.items() if n.startswith("sctd3d_plugin_") and n.endswith(stem + "_py"))
+    return next(m for n, m in sys.modules.items() if n.startswith("sctd3d_plugin_")
+                and Path(getattr(m, "__file__", "") or "").stem == stem)
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
@@ -88,7 +91,7 @@ def test_a_camera_conditioned_prior_from_a_plugin_file_runs_sctd3d_run(tmp_path,
 def test_a_plugin_priors_options_are_checked_and_enter_the_asset_id(tmp_path, registries, capsys):
     from common.config import load_config
     from pipeline.inputs import asset_generation_hash
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins
 
     load_plugins([str(PLUGINS / "camera_prior.py")])
     base = load_config("toy.yaml", ["prior.name=camera_mv"])
@@ -124,3 +127,12 @@ def test_a_method_from_a_plugin_file_runs_sctd3d_run(tmp_path, registries, capsy
     moved = load_config("toy.yaml", ["generate.method=half_sds", "generate.baselines.sds_min_step=300"])
     assert asset_generation_hash(cfg) == asset_generation_hash(same)    # a key it does not read
     assert asset_generation_hash(cfg) != asset_generation_hash(moved)   # a key it reads
+
+
+def test_a_plugin_that_does_not_import_is_one_line(tmp_path, registries, capsys):
+    bad = tmp_path / "broken_plugin.py"
+    bad.write_text("raise RuntimeError('half-written plugin')\n")
+    code, _ = _run(tmp_path, "--set", f"pipeline.plugins=[{bad}]")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "broken_plugin.py" in err and "RuntimeError: half-written plugin" in err
