@@ -187,7 +187,7 @@ class AugmentConfig:
 
 @dataclass
 class GenerateConfig:
-    method: str = _f("sctd", doc="a name in kernels.distill.METHODS (pipeline.validate)")
+    method: str = _f("sctd", doc="a name in stages.methods.METHODS (pipeline.validate)")
     iterations: int = _f(5000, lo=1)
     batch_views: int = _f(4, lo=1, hi=64)
     seed: int = _f(0, lo=0)
@@ -246,8 +246,9 @@ class MetricsConfig:
 @dataclass
 class PipelineConfig:
     executor: str = _f("local", doc="a name in pipeline.executors.EXECUTORS (pipeline.validate)")
-    plugins: list = _f([], doc="modules (names or .py paths) imported first by the driver and each "
-                       "worker: they register methods, priors, executors, formats (pipeline/plugins.py)")
+    plugins: list = _f([], doc="plugin modules (names or .py paths) imported by the driver and each "
+                       "worker besides $SCTD3D_PLUGINS: they register methods, priors, executors, "
+                       "formats (common/plugins.py)")
     num_workers: int = _f(0, lo=0, doc="0 = one per GPU (ray) / 1 (local)")
     gpus_per_worker: float = _f(1.0, lo=0.0)
     cpus_per_worker: float = _f(1.0, lo=0.0)

@@ -98,9 +98,9 @@ def process_asset(task: AssetTask) -> dict[str, Any]:
     """Run every per-asset stage for one task; return its (uncommitted) manifest record.
 
     Raises on failure (the executor records the reason)."""
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins
 
-    load_plugins(task.cfg.pipeline.plugins)  # a worker is its own process: the plugins' registrations
+    load_plugins(task.cfg.pipeline.plugins)  # a worker is its own process: the driver's plugins (run_batch)
     req = task.request
     cfg: Config = request_config(task.cfg, req)
     if task.storage_options:  # a Ray worker is another process: apply the driver's options

@@ -34,11 +34,12 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins
     from pipeline.validate import check_names
 
     cfg = load_config(args.config, list(args.overrides) + list(extra or []))
-    load_plugins(cfg.pipeline.plugins)  # before the names are checked: plugins register names
+    load_plugins()                       # $SCTD3D_PLUGINS and entry points, then the config's:
+    load_plugins(cfg.pipeline.plugins)   # before the names are checked (plugins register names)
     return check_names(cfg)
 
 
@@ -438,7 +439,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
              ("common.storage", "StorageError"), ("stages.checkpoint", "CheckpointError"),
              ("stages.init", "InitError"), ("stages.metrics.errors", "MetricWeightsError"),
              ("stages.priors.device", "DeviceError"), ("stages.priors.stable_diffusion", "PriorLoadError"),
-             ("stages.report", "ReportError")]
+             ("stages.report", "ReportError"), ("common.plugins", "PluginError"),
+             ("common.plugins", "UnknownComponent")]
     found = []
     for module, name in names:
         try:

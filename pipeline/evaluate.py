@@ -187,8 +187,9 @@ def plan_metrics(rec: dict, new_settings: dict, wanted: list, known: dict[str, d
 def _executor(cfg: Config, kind: str, address: Optional[str], num_workers: Optional[int],
               options: dict):
     """The executor as the registry builds it from the config (pipeline.executors)."""
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins
 
+    load_plugins()
     load_plugins(cfg.pipeline.plugins)
     if kind not in executor_names():
         raise EvaluateError(f"--executor {kind!r} is not one of {executor_names()}")

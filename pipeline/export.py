@@ -251,11 +251,9 @@ def _executor(kind: str, address: Optional[str], num_workers: Optional[int], inf
               options: dict):
     """The run's executor settings (run.json's `pipeline` section) as the registry builds them."""
     from common.config import PipelineConfig
-    from pipeline.plugins import load_plugins
-
     p = (info.get("config") or {}).get("pipeline") or {}
     pcfg = PipelineConfig(**{f.name: p[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in p})
-    load_plugins(pcfg.plugins)
+    plugins.load_plugins(pcfg.plugins)
     if kind not in executor_names():
         raise ExportError(f"--executor {kind!r} is not one of {executor_names()}")
     opts = executor_options(kind, pcfg, address=address, num_workers=num_workers, **options)

@@ -47,16 +47,27 @@ ROW_OVERRIDE_KEYS = ("generate.method", "generate.iterations", "prior.guidance_s
                      "prior.negative_prompt", "prior.view_dependent_prompt", "prior.front_angle_deg",
                      "prior.back_angle_deg", "prior.perp_neg", "prior.perp_neg_weight",
                      "prior.perp_neg_front_decay", "prior.perp_neg_side_decay")
-ROW_OVERRIDE_SECTIONS = ("generate.sctd", "generate.baselines", "generate.optim", "generate.losses",
-                         "generate.augment", "generate.cameras", "generate.densify")
+# the loop's sections; each registered method adds its own (stages.methods.MethodSpec.row_sections)
+ROW_OVERRIDE_SECTIONS = ("generate.optim", "generate.losses", "generate.augment", "generate.cameras",
+                         "generate.densify")
 ROW_OVERRIDE_DENIED = ("generate.densify.max_gaussians",)   # a resource size inside an allowed section
 ROW_OVERRIDE_CAPS = {"generate.iterations": 20_000}          # 4x the spec's 5000: a bounded GPU cost
-ROW_OVERRIDE_RULE = (
-    "a row may override only " + ", ".join(
+
+
+def row_override_sections() -> tuple[str, ...]:
+    """The sections a prompt row may override: the methods' own (sorted) and the loop's."""
+    from stages.methods import METHODS  # imports torch: only when a row carries overrides
+
+    methods = sorted({sec for spec in METHODS.values() for sec in spec.row_sections})
+    return tuple(methods) + tuple(s for s in ROW_OVERRIDE_SECTIONS if s not in methods)
+
+
+def row_override_rule() -> str:
+    return ("a row may override only " + ", ".join(
         [f"{k} (<= {ROW_OVERRIDE_CAPS[k]})" if k in ROW_OVERRIDE_CAPS else k for k in ROW_OVERRIDE_KEYS]
-        + [f"{sec}.*" for sec in ROW_OVERRIDE_SECTIONS])
-    + f" (not {', '.join(ROW_OVERRIDE_DENIED)}); paths, models, devices and sizes come from the "
-      f"run's config and flags")
+        + [f"{sec}.*" for sec in row_override_sections()])
+        + f" (not {', '.join(ROW_OVERRIDE_DENIED)}); paths, models, devices and sizes come from the "
+          f"run's config and flags")
 
 
 class InputError(ValueError):
@@ -254,14 +265,14 @@ def check_row_overrides(cfg: Config, overrides: dict) -> Optional[str]:
             return ("config override 'generate.seed' is not allowed in a prompt row: set the row's "
                     "'seed' field instead (one source of truth for the seed)")
         allowed = key in ROW_OVERRIDE_KEYS or any(key.startswith(sec + ".")
-                                                   for sec in ROW_OVERRIDE_SECTIONS)
+                                                   for sec in row_override_sections())
         if not allowed or key in ROW_OVERRIDE_DENIED:
-            return f"config override {key!r} is not allowed in a prompt row: {ROW_OVERRIDE_RULE}"
+            return f"config override {key!r} is not allowed in a prompt row: {row_override_rule()}"
         cap = ROW_OVERRIDE_CAPS.get(key)
         if cap is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and not value <= cap:
             return (f"config override {key}={value!r} is over the per-row cap of {cap}; raise it in "
-                    f"the run's config instead ({ROW_OVERRIDE_RULE})")
+                    f"the run's config instead ({row_override_rule()})")
     return None
 
 

@@ -152,9 +152,12 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: Optional[
     t_run = time.perf_counter()
     if isinstance(cfg, (str, os.PathLike)):
         cfg = load_config(cfg)
-    from pipeline.plugins import load_plugins
+    from common.plugins import load_plugins, plugin_specs
 
+    load_plugins()                      # $SCTD3D_PLUGINS and entry points, then the config's
     load_plugins(cfg.pipeline.plugins)
+    if plugin_specs() != list(cfg.pipeline.plugins):  # workers import every plugin the driver did
+        cfg = apply_overrides(cfg, {"pipeline.plugins": plugin_specs()}, "plugins")
     if executor is not None and executor != cfg.pipeline.executor:
         cfg = apply_overrides(cfg, {"pipeline.executor": executor}, "--executor")
     check_names(cfg)

@@ -1,7 +1,7 @@
 """Names a config refers to, checked against the registries that define them.
 
 Why here: the config layer checks types and bounds only, because it may not import `stages/`; the
-valid method, prior, init and executor names are the keys of their registries (`kernels.distill.METHODS`,
+valid method, prior, init and executor names are the keys of their registries (`stages.methods.METHODS`,
 `stages.priors.registry.PRIORS`, `stages.init.INIT_METHODS`, `pipeline.executors.EXECUTORS`), so a name added there is valid
 without touching the config. The orchestrator calls `check_names` wherever it loads a config
 for use (the CLI, `run_batch`, a prompt row's overrides).
@@ -17,9 +17,9 @@ from common.config import Config, ConfigError
 
 
 def _methods() -> list[str]:
-    from kernels.distill import METHODS
+    from stages.methods import method_names
 
-    return sorted(METHODS)
+    return method_names()
 
 
 def _priors() -> list[str]:

@@ -3,7 +3,8 @@ init read, and the content of what generation reads from disk.
 
 Why: hashing whole config sections made an SDS asset's id depend on `generate.sctd.*`, and adding
 any field to any section re-keyed every existing asset (an upgrade regenerated a whole run). Each
-method, prior and init declares the keys it reads (`stages.kernel_params.METHOD_KEYS` / `LOOP_KEYS`,
+method, prior and init declares the keys it reads (`stages.methods.MethodSpec.config_keys` with
+`stages.kernel_params.LOOP_KEYS`,
 `stages.priors.registry.PriorSpec.config_keys` with `stages.priors.guidance.guidance_keys`,
 `stages.init.INIT_KEYS`); `common.config.id_settings` turns them into version 1's settings shape,
 so a key nobody reads, or a new key at its neutral value, leaves ids where they were. A name
@@ -27,12 +28,14 @@ _WHOLE = {"method": ("generate.*",), "prior": ("prior.*",), "init": ("init.*",)}
 def generation_keys(cfg: "Config") -> set[str]:
     """The leaf keys of `cfg` that generation reads under its method, prior and init."""
     from stages.init import INIT_KEYS
-    from stages.kernel_params import LOOP_KEYS, METHOD_KEYS
+    from stages.kernel_params import LOOP_KEYS
+    from stages.methods import METHODS
     from stages.priors.guidance import guidance_keys
     from stages.priors.registry import PRIORS
 
     patterns = list(LOOP_KEYS) + list(guidance_keys(cfg.prior))
-    patterns += METHOD_KEYS.get(cfg.generate.method, _WHOLE["method"])
+    method = METHODS.get(cfg.generate.method)
+    patterns += method.config_keys if method is not None else _WHOLE["method"]
     prior = PRIORS.get(cfg.prior.name)
     patterns += prior.keys(cfg.prior) if prior is not None else _WHOLE["prior"]
     patterns += INIT_KEYS.get(cfg.init.method, _WHOLE["init"])

@@ -4,7 +4,7 @@
 An iteration (docs/METHOD.md "Training settings"): host-side draws (cameras, background, depth /
 flip flags, timesteps; drawn ahead for `PLAN_CHUNK` iterations and sent to the device in one copy,
 `IterationPlan`) -> render -> optional depth-as-input and horizontal flip -> encode ->
-distillation gradient (method from `kernels.distill.METHODS`; never a branch on its name) -> extra
+distillation gradient (method from `stages.methods.METHODS`; never a branch on its name) -> extra
 losses (`stages.losses`) -> backward -> `GaussianTrainer.step` (clip, Adam, LR schedules,
 densify / prune) -> one fused finiteness check. Nothing is read back from the device before that
 check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations). Nothing
@@ -21,12 +21,12 @@ from torch import Tensor
 
 from kernels.cameras import Cameras, CameraSamplerParams, sample_training_cameras
 from kernels.ddim import TimestepSample
-from kernels.distill import DistillMethod, Schedule, get_method, latent_grad_loss, make_eps_star
+from kernels.distill import DistillMethod, Schedule, latent_grad_loss
 from kernels.gaussians import Gaussians
 from kernels.render import RenderOutput, render
 from kernels.trainer import GaussianTrainer
 from stages.checkpoint import RunState
-from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
+from stages.kernel_params import camera_params, trainer_params
 from stages.losses import add_weighted, extra_losses, loss_weights
 from stages.priors.guidance import make_guided_eps_from_config, perp_neg_params, perp_neg_weights, warm_embeddings
 
@@ -157,21 +157,23 @@ class Optimisation:
     def __init__(self, cfg, prompt: str, seed: int, prior) -> None:
         g = cfg.generate
         self.cfg, self.prompt, self.seed, self.prior = cfg, prompt, seed, prior
-        self.method = get_method(g.method)
+        from stages.methods import get_method
+
+        self.method = get_method(g.method)      # its grad, sampler, params, schedule and noise state
         self.device = torch.device(prior.device)
         # alpha_bar as host floats (the float32 values): reading a_t never waits for the device
         self.alphas = tuple(prior.alphas_cumprod.detach().to("cpu", torch.float32).tolist())
         self.res = int(prior.image_size)
         self.batch = g.batch_views
         self.latent_shape = (self.batch, *prior.latent_shape)
-        self.distill = distill_params(cfg)
-        self.schedule = schedule(cfg)
+        self.distill = self.method.params(cfg)
+        self.schedule = self.method.schedule(cfg)
+        self.noise_state = self.method.noise(cfg)
         self.cameras = camera_params(cfg)
         self.trainer_params = trainer_params(cfg, seed)
         self.augment = g.augment
         self.loss_weights = loss_weights(g.losses)
         self.backend = g.render_backend
-        self.eps_star_offset = g.sctd.eps_star_offset
         self.perp_neg = perp_neg_params(cfg.prior)
         self.trainer: GaussianTrainer | None = None
         self.plan: IterationPlan | None = None
@@ -191,8 +193,7 @@ class Optimisation:
         gen = torch.Generator().manual_seed(self.seed + 1)
         ns = noise_seed(self.seed, 0)
         gn = torch.Generator(device=self.device).manual_seed(ns)
-        es = (make_eps_star(self.latent_shape, self.eps_star_offset, gn, self.device)
-              if self.method.fixed_noise else None)
+        es = self.noise_state.draw(self.latent_shape, gn, self.device)
         return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), es, 0, ns, [], 0, 0.0)
 
     def restore(self, st: RunState) -> None:
@@ -233,8 +234,7 @@ class Optimisation:
         self.restore(st)
         self.attempt, self.noise_seed = attempt, noise_seed(self.seed, attempt)
         self.gen_noise = torch.Generator(device=self.device).manual_seed(self.noise_seed)
-        if self.method.fixed_noise:
-            self.eps_star = make_eps_star(self.latent_shape, self.eps_star_offset, self.gen_noise, self.device)
+        self.eps_star = self.noise_state.draw(self.latent_shape, self.gen_noise, self.device)
 
     def snapshot(self, iteration: int, elapsed_s: float) -> RunState:
         read_terms(self.history)
@@ -261,8 +261,7 @@ class Optimisation:
         if self.plan is None or not self.plan.covers(it):
             self._plan_from(it)
         d, cams, bg, view_w = self.plan.at(it)
-        noise = (self.eps_star if self.method.fixed_noise
-                 else torch.randn(self.latent_shape, generator=self.gen_noise, device=self.device))
+        noise = self.noise_state.noise(self.eps_star, self.latent_shape, self.gen_noise, self.device)
         guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
                                              weights=view_w, cameras=cams)
 

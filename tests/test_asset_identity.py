@@ -169,7 +169,7 @@ def test_every_generation_key_is_read_by_something_or_not_hashed():
         read |= generation_keys(_with(key, name))
     read |= generation_keys(_with("prior.perp_neg", True))
     orphans = [k for k in GEN_KEYS if k not in read]
-    assert not orphans, f"declare where these are read (METHOD_KEYS, PriorSpec.config_keys, INIT_KEYS) or NOT_HASHED: {orphans}"
+    assert not orphans, f"declare where these are read (MethodSpec.config_keys, PriorSpec.config_keys, INIT_KEYS) or NOT_HASHED: {orphans}"
 
 
 @pytest.mark.parametrize("key,name", COMPONENTS)

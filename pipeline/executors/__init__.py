@@ -7,7 +7,7 @@ strings and numbers) and returns a small dict; large data travels as URIs, never
 Why a registry: `pipeline.executor` (and `--executor`) names an entry of `EXECUTORS`; the entry
 builds its constructor's options from the config (`options_from(pipeline_cfg)`), so `run`,
 `export` and `evaluate` never know which executor they drive. A new executor is one module that
-calls `register_executor(ExecutorSpec(...))` (a plugin module: `pipeline.plugins`).
+calls `register_executor(ExecutorSpec(...))` (a plugin module: common/plugins.py).
 Every executor is started with `start()` (connect to a cluster, run the `startup` check where its
 workers are) before `map`, and retries by one `RetryPolicy`.
 """

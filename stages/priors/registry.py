@@ -8,7 +8,7 @@ own options (`prior.options`). `load_prior` looks the name up; `tokens.py`, `dev
 imports its implementation lazily, so listing the names loads no model code, and no implementation
 imports this module (no circle). A new prior: write its module against
 `stages.priors.protocol.Prior` and call `register_prior(PriorSpec(...))` (a plugin file:
-`pipeline.plugins`; tests/plugins/camera_prior.py is one, conditioned on the cameras).
+common/plugins.py: `SCTD3D_PLUGINS` or `pipeline.plugins`; tests/plugins/camera_prior.py is one, conditioned on the cameras).
 """
 
 from __future__ import annotations
