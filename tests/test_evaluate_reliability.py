@@ -103,6 +103,14 @@ def test_links_out_of_the_run_are_refused_and_never_followed(run, tmp_path):
     assert len(list((_adir(run, c) / "frames").glob("*.png"))) == 4
     assert "rescored: 1" in stdout and "failed: 2" in stdout
 
+    # the run's own metrics/ folder linked out of the run: refused before anything is written
+    shutil.move(str(run / "metrics"), tmp_path / "metrics-elsewhere")
+    (run / "metrics").symlink_to(tmp_path / "metrics-elsewhere")
+    linked = _files(tmp_path / "metrics-elsewhere")
+    code, _, err = run_cli(*_cli_args(run, ["render.num_views=5"]))
+    assert code == 2 and err.count("\n") == 1 and "metrics is a link out of the run" in err
+    assert _files(tmp_path / "metrics-elsewhere") == linked and _records(run) == after
+
 
 # ------------------------------------------------------------------ 4. stop, missing file, bad metric
 def test_missing_ply_and_a_metric_that_cannot_load_leave_assets_as_they_were(run):

@@ -166,3 +166,24 @@ def test_narrower_reexport_removes_unselected_asset_folders(tmp_path):
     assert not [p for p in ds.rglob("*") if p.name.startswith(".tmp-")]  # nothing half-removed
     assert "2 asset folder(s) of an earlier export no longer selected" in out
     assert json.loads((ds / "export.json").read_text())["where"] == f"asset_id = '{asset_id(1)}'"
+
+
+def test_the_parser_check_alone_refuses_what_the_tokenizer_check_would():
+    """Defence in depth: duckdb's parser sees exactly the wrapped filter, whatever the tokenizer
+    check let through (each query below is what a filter escaping its parentheses would make)."""
+    import duckdb
+
+    from stages.export.select import _WRAP, _check_shape
+
+    con = duckdb.connect(":memory:")
+    con.execute("CREATE TABLE manifest AS SELECT 'a' AS asset_id, 0.3 AS clip_l")
+    assert _check_shape(con, _WRAP.format("clip_l > 0.2")) == ""
+    for query in [_WRAP.format("1=1") + "; SELECT 42",
+                  _WRAP.format("1=1") + " UNION SELECT 'x'",
+                  _WRAP.format("1=1") + " ORDER BY 1 LIMIT 1",
+                  _WRAP.format("1=1") + " GROUP BY asset_id",
+                  "WITH t AS (SELECT 1) " + _WRAP.format("1=1"),
+                  _WRAP.format("(SELECT count(*) FROM read_csv('x.csv')) > 0"),
+                  _WRAP.format("asset_id IN (SELECT * FROM glob('*'))")]:
+        assert _check_shape(con, query), query
+    con.close()
