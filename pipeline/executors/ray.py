@@ -89,25 +89,27 @@ def _probe(addr: str, timeout_s: float) -> None:
     group, so nothing of the attempt outlives this call (see RayExecutor._connect)."""
     with tempfile.TemporaryFile(mode="w+") as err:  # a file, not a pipe: Ray's logging cannot block it
         proc = subprocess.Popen([sys.executable, "-c", _PROBE_CODE, addr], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=err, bufsize=0, start_new_session=True)
         lines: list[str] = []
         killed = False
         try:
             with selectors.DefaultSelector() as sel:
                 sel.register(proc.stdout, selectors.EVENT_READ)
                 end = time.monotonic() + _PROBE_IMPORT_S
-                while True:
+                buf = b""
+                while "connected" not in lines:
                     left = end - time.monotonic()
                     if left <= 0 or not sel.select(timeout=left):
                         break
-                    line = proc.stdout.readline()
-                    if not line:  # the child exited
+                    data = os.read(proc.stdout.fileno(), 4096)  # unbuffered: no line waits in a buffer
+                    if not data:  # the child exited
                         break
-                    lines.append(line.strip())
-                    if lines[-1] == "imported":
-                        end = time.monotonic() + timeout_s
-                    elif lines[-1] == "connected":
-                        break
+                    buf += data
+                    *done, buf = buf.split(b"\n")
+                    for line in done:
+                        lines.append(line.decode(errors="replace").strip())
+                        if lines[-1] == "imported":
+                            end = time.monotonic() + timeout_s
         finally:
             if "connected" in lines:  # it disconnects and exits by itself
                 try:
