@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--method", default="sds")
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompts", default="|".join(PROMPTS), help="'|'-separated prompts")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config("toy.yaml", [f"generate.method={a.method}", f"generate.iterations={a.iters}"])
@@ -39,7 +40,7 @@ def main() -> None:
     prior = load_prior(cfg.prior, cfg.prior.device, toy=cfg.toy)
     print(f"| prompt | {' | '.join(f'after it {e}' for e in events)} | end ({a.iters}) | s |")
     print("|---|" + "--:|" * (len(events) + 2))
-    for prompt in PROMPTS:
+    for prompt in a.prompts.split("|"):
         t0 = time.perf_counter()
         opt = Optimisation(cfg, prompt, a.seed, prior)
         opt.restore(opt.fresh_state())

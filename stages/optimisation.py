@@ -100,7 +100,13 @@ class IterationPlan:
         packed = torch.stack(rows)                      # (n, B, 32 [+ weights])
         if device.type == "cuda":
             packed = packed.pin_memory()
-        self.packed = packed.to(device, non_blocking=True)
+        p = packed.to(device, non_blocking=True)
+        n_, b = p.shape[:2]                             # split on the device into contiguous tensors
+        self.viewmats = p[..., :16].reshape(n_, b, 4, 4).contiguous()
+        self.Ks = p[..., 16:25].reshape(n_, b, 3, 3).contiguous()
+        self.backgrounds = p[..., 25:28].contiguous()
+        self.per_view = p[..., 28:32].transpose(1, 2).contiguous()   # (n, 4, B): az, el, radius, fovy
+        self.view_weights = p[..., 32:].contiguous() if p.shape[2] > 32 else None
 
     def covers(self, it: int) -> bool:
         return self.first <= it < self.first + len(self.draws)
@@ -111,11 +117,10 @@ class IterationPlan:
 
     def at(self, it: int) -> tuple[IterationDraw, Cameras, Tensor, Tensor | None]:
         """(host draw, device cameras, device backgrounds (B, 3), device view weights or None)."""
-        d, p = self.draws[it - self.first], self.packed[it - self.first]
-        c = d.cameras
-        cams = Cameras(p[:, :16].reshape(-1, 4, 4), p[:, 16:25].reshape(-1, 3, 3), c.width, c.height,
-                       p[:, 28], p[:, 29], p[:, 30], p[:, 31])
-        return d, cams, p[:, 25:28], (p[:, 32:] if p.shape[1] > 32 else None)
+        i = it - self.first
+        d, v = self.draws[i], self.per_view[i]
+        cams = Cameras(self.viewmats[i], self.Ks[i], d.cameras.width, d.cameras.height, v[0], v[1], v[2], v[3])
+        return d, cams, self.backgrounds[i], (self.view_weights[i] if self.view_weights is not None else None)
 
 
 def read_terms(history: list[dict]) -> None:
