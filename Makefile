@@ -10,8 +10,6 @@ $(BIN)/sctd3d: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -e ".[dev]"
-	# image-reward 1.5 pins timm==0.6.13 (open-clip needs timm>=1.0.17): install without its deps.
-	$(BIN)/pip install -q --no-deps image-reward==1.5
 	# PlayCanvas splat-transform (npm) for `sctd3d export --formats spz`
 	bash scripts/install_splat_tools.sh
 	touch $(BIN)/sctd3d
@@ -30,3 +28,12 @@ test: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Build gsplat 1.5.3's CUDA extension here, no GPU needed, with the CUDA toolchain the GPU nodes install
+# (PyPI pins in scripts/cuda_toolchain.py, into build/gsplat/toolchain, not the venv); for sm_90
+# (H100/H200) by default. Long: ~1-2 h on 2 busy cores (benchmarks/RESULTS.md). Report: build/gsplat/gsplat-build.json
+GSPLAT_ARCH ?= 9.0
+GSPLAT_JOBS ?= 2
+.PHONY: gsplat-build
+gsplat-build: setup
+	$(BIN)/python scripts/build_gsplat.py --dir build/gsplat --arch $(GSPLAT_ARCH) --jobs $(GSPLAT_JOBS)

@@ -99,6 +99,7 @@ def main() -> int:
                          torch.full((2 * a.views,), 700, device=dev))}
     reference = None
     for mode in a.modes.split(","):
+        torch._dynamo.reset()                  # each mode compiles from scratch
         rec, outs = time_mode(a, mode, inputs, reference)
         if mode == "none":
             reference = outs

@@ -2,7 +2,8 @@
 
 Runs the toy world's default generation (toy.yaml: 600 iterations, 4 views, densification every
 100 iterations from 100 to 450, 2,000-Gaussian ball) for a few prompts and prints the Gaussian
-count after each densification event and at the end. Run it on two checkouts to compare a change
+count after each densification event and at the end, and how the statistic compares with the
+threshold just before the first densification. Run it on two checkouts to compare a change
 of the densification rule. Usage: python benchmarks/bench_densify.py [--method sds] [--iters 600]
 """
 
@@ -44,11 +45,17 @@ def main() -> None:
         opt.restore(opt.fresh_state())
         counts = []
         for it in range(1, a.iters + 1):
+            if it == events[0]:                   # the statistic the first densification will see
+                t = opt.trainer
+                st = torch.nan_to_num(t.grad_accum / t.denom, nan=0.0)[t.denom > 0]
+                q = torch.quantile(st, torch.tensor([0.05, 0.5])) / d.grad_threshold
+                stat = (f"statistic / threshold at it {it - 1}: 5th pct {q[0]:.2f}, median {q[1]:.2f}, "
+                        f"{float((st >= d.grad_threshold).float().mean()):.0%} above")
             opt.step(it)
             if it in events:
                 counts.append(opt.gaussians.num())
         print(f"| {prompt} | {' | '.join(f'{n:,}' for n in counts)} | {opt.gaussians.num():,} "
-              f"| {time.perf_counter() - t0:.0f} |", flush=True)
+              f"| {time.perf_counter() - t0:.0f} |  <!-- {stat} -->", flush=True)
 
 
 if __name__ == "__main__":

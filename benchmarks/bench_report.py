@@ -1,7 +1,8 @@
 """The report at scale: build time, page and folder size, peak RSS, and Chromium load time.
 
-Each size runs in a child process (its peak RSS is the report's alone): two synthetic nights of N
-assets (compact manifests, 20 % of prompts failed, no renders), `build_report RUN --baseline BASE`.
+Each size: one child process writes two synthetic nights of N
+assets (compact manifests, 20 % of prompts failed, no renders), another runs `build_report RUN
+--baseline BASE` alone (its peak RSS is the report's).
 Then headless Chromium opens the page from file:// and times navigation -> the per-asset table
 drawn (report.js sets SCTD3D.tableReady), and one sort by a metric column.
 
@@ -29,30 +30,35 @@ def _folder_mb(d: str) -> float:
     return sum(os.path.getsize(os.path.join(a, f)) for a, _, fs in os.walk(d) for f in fs) / 1e6
 
 
-def child(n: int, work: str) -> dict:
+def fixtures(n: int, work: str) -> None:
     from report_fixtures import make_run  # noqa: E402
 
+    fail = set(range(0, n, 5))  # 20 % of the prompts fail
+    make_run(os.path.join(work, "base"), n_prompts=n, noise_seed=1, images=False, compact=True, fail=fail)
+    make_run(os.path.join(work, "run"), n_prompts=n, noise_seed=2, day=1, images=False, compact=True,
+             fail=fail, shift={"clip_l": -1.0})
+
+
+def child(n: int, work: str) -> dict:
+    """The report alone in this process (fixtures were made by another), so its peak RSS is the report's."""
     from common.config import ReportConfig
     from stages.report import build_report
 
-    fail = set(range(0, n, 5))  # 20 % of the prompts fail
-    t0 = time.perf_counter()
-    base = make_run(os.path.join(work, "base"), n_prompts=n, noise_seed=1, images=False, compact=True, fail=fail)
-    run = make_run(os.path.join(work, "run"), n_prompts=n, noise_seed=2, day=1, images=False, compact=True,
-                   fail=fail, shift={"clip_l": -1.0})
+    base, run = os.path.join(work, "base"), os.path.join(work, "run")
     t1 = time.perf_counter()
     out = os.path.join(work, "out", "report.html")
     code = build_report(run, out, baseline=base, cfg=ReportConfig())
     t2 = time.perf_counter()
     odir = os.path.dirname(out)
-    return {"assets": n, "exit": code, "fixtures_s": t1 - t0, "build_s": t2 - t1,
+    return {"assets": n, "exit": code, "build_s": t2 - t1,
             "page_mb": os.path.getsize(out) / 1e6, "rows_js_mb": os.path.getsize(os.path.join(odir, "data", "rows.js")) / 1e6,
             "folder_mb": _folder_mb(odir), "page": out,
-            # peak RSS of this process (fixtures included; the report's own share is the rest)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def measure(n: int, work: str) -> dict:
+    subprocess.run([sys.executable, __file__, "--fixtures", str(n), "--work", work], check=True,
+                   env=dict(os.environ, PYTHONPATH=ROOT))
     p = subprocess.run([sys.executable, __file__, "--child", str(n), "--work", work], capture_output=True,
                        text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     if p.returncode != 0:
@@ -96,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--browser", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--fixtures", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--work", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.fixtures:
+        fixtures(a.fixtures, a.work)
+        return 0
     if a.child:
         print(json.dumps(child(a.child, a.work)))
         return 0

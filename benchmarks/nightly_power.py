@@ -392,7 +392,8 @@ def analyse(work: str, seeds: list[int], faults: list[Variant], subset_sizes: li
     return res
 
 
-def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: float = 0.95) -> dict:
+def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: float = 0.95,
+              mixed_pairs: int = 200) -> dict:
     """KID (+- SE) and FID of each finished clean run, and the false alarms of the KID decision over
     every ordered pair of clean runs, per threshold. Features are cached in WORK/<run>/kid_features.npz."""
     import numpy as np
@@ -403,6 +404,7 @@ def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: 
     os.environ.setdefault("SCTD3D_CACHE", os.path.join(work, "cache"))
     model = None
     per_run: dict = {}
+    blocks: dict = {}  # seed -> prompt -> that asset's frame features
     ref_feats = None
     for s in seeds:
         run_dir = os.path.join(work, f"clean_s{s}")
@@ -430,11 +432,16 @@ def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: 
             import tempfile
             with tempfile.TemporaryDirectory() as tmp:
                 ref = F.toy_reference(cfg, list(done["prompt"].astype(str)), tmp)
-                ref_feats, _ = F.reference_statistics(ref, cfg.metrics, os.path.join(work, "fid_reference"),
-                                                      model or F.load_inception(cfg.metrics.fid_inception, "cpu"))
+                # the runs that computed FID cached the same reference's features: reuse them
+                caches = [os.path.join(work, f"clean_s{x}", "metrics", "fid_reference") for x in seeds]
+                cache_dir = next((c for c in caches if os.path.isdir(c)), os.path.join(work, "fid_reference"))
+                ref_feats, hit = F.reference_statistics(ref, cfg.metrics, cache_dir,
+                                                        model or F.load_inception(cfg.metrics.fid_inception, "cpu"))
+                log.info("reference features: %d images (%s)", len(ref), "cached" if hit else "computed")
         k = F.kid_with_se(feats, groups, ref_feats)
         k["fid"] = F.frechet_distance_features(feats, ref_feats)
         per_run[s] = k
+        blocks[s] = {str(p): feats[groups == g] for g, p in enumerate(done["prompt"].astype(str))}
     pairs = list(itertools.permutations(sorted(per_run), 2))
     out: dict = {"runs": per_run, "pairs": len(pairs), "confidence": confidence, "alarms": {},
                  "fid_moves": [per_run[a]["fid"] - per_run[b]["fid"] for a, b in pairs]}
@@ -452,7 +459,46 @@ def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: 
                                confidence=confidence, rule=RULES[0], n_note="")
             n += bool(d.regressed)
         out["alarms"][t] = n
+    # More clean nights from the same assets: a night whose prompts each took the asset of one of the
+    # clean seeds is a clean night too (seeds are per asset). Pairs of such nights that differ in every
+    # prompt's seed are clean other-seed comparisons: up to `mixed_pairs` of them, drawn at random.
+    out["mixed"] = mixed_nights(blocks, ref_feats, thresholds, confidence, n_pairs=mixed_pairs) if len(blocks) >= 2 else {}
     return out
+
+
+def mixed_nights(blocks: dict, ref_feats, thresholds: list[float], confidence: float, n_pairs: int) -> dict:
+    import numpy as np
+    from stages.metrics import fid as F
+    from stages.report.compare import decide_with_se
+
+    seeds = sorted(blocks)
+    prompts = sorted(set.intersection(*(set(b) for b in blocks.values())))
+    rng = np.random.default_rng(0)
+    cache: dict = {}
+
+    def night(choice: tuple) -> dict:
+        if choice not in cache:
+            feats = np.concatenate([blocks[s][p] for s, p in zip(choice, prompts)])
+            groups = np.concatenate([np.full(len(blocks[s][p]), i) for i, (s, p) in enumerate(zip(choice, prompts))])
+            cache[choice] = F.kid_with_se(feats, groups, ref_feats, n_boot=200)
+        return cache[choice]
+
+    alarms = {t: 0 for t in thresholds}
+    z_scores = []
+    for _ in range(n_pairs):
+        a = tuple(int(x) for x in rng.choice(seeds, size=len(prompts)))
+        b = tuple(int(rng.choice([s for s in seeds if s != x])) for x in a)  # every prompt's seed differs
+        ra, rb = night(a), night(b)
+        z_scores.append((ra["kid"] - rb["kid"]) / float(np.hypot(ra["kid_se"], rb["kid_se"])))
+        for t in thresholds:
+            d = decide_with_se("kid", ra["kid"], ra["kid_se"], rb["kid"], rb["kid_se"], threshold=t,
+                               confidence=confidence, rule=RULES[0], n_note="")
+            alarms[t] += bool(d.regressed)
+    diffs = [cache[k]["kid"] for k in cache]
+    return {"pairs": n_pairs, "nights": len(cache), "prompts": len(prompts), "seeds": seeds, "alarms": alarms,
+            "z_sd": float(np.std(z_scores, ddof=1)), "z_abs_max": float(np.max(np.abs(z_scores))),
+            "kid_sd_over_nights": float(np.std(diffs, ddof=1)),
+            "median_se": float(np.median([cache[k]["kid_se"] for k in cache]))}
 
 
 def print_set_level(res: dict) -> None:
@@ -463,8 +509,14 @@ def print_set_level(res: dict) -> None:
         print(f"| clean_s{s} | {r['kid_n_images']} | {r['kid_n_assets']} | {r['kid']:.5f} | {r['kid_se']:.5f} | "
               f"{r['fid']:.2f} |")
     print(f"\n- ordered pairs of clean runs (other seeds): {res['pairs']}")
-    print(f"- KID difference / SE per pair: " + ", ".join(f"{d['diff']:+.5f}/{d['se']:.5f}" for d in res["diffs"]))
+    print("- KID difference / SE per pair: " + ", ".join(f"{d['diff']:+.5f}/{d['se']:.5f}" for d in res["diffs"]))
     print(f"- false alarms per KID threshold ({int(100 * res['confidence'])}% CI beyond it): {res['alarms']}")
+    m = res.get("mixed") or {}
+    if m:
+        print(f"- mixed clean nights ({m['prompts']} prompts, each prompt's asset from one of seeds {m['seeds']}; "
+              f"{m['pairs']} random pairs differing in every prompt's seed, {m['nights']} distinct nights): "
+              f"false alarms per threshold {m['alarms']}; (diff / SE) SD {m['z_sd']:.2f}, max |.| "
+              f"{m['z_abs_max']:.2f}; KID SD over nights {m['kid_sd_over_nights']:.5f}, median SE {m['median_se']:.5f}")
     if res["fid_moves"]:
         print(f"- FID moves between clean runs: max |diff| {max(abs(x) for x in res['fid_moves']):.2f} "
               f"(a point gate at 2.0 alarms on {sum(x > 2.0 for x in res['fid_moves'])}/{res['pairs']})")

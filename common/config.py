@@ -254,7 +254,13 @@ class PipelineConfig:
     cpus_per_worker: float = _f(1.0, lo=0.0)
     max_attempts: int = _f(3, lo=1)
     backoff_s: float = _f(5.0, lo=0.0)
-    timeout_s: float = _f(3600.0, lo=0.0, doc="per-asset timeout; 0 = none")
+    timeout_s: float = _f(3600.0, lo=0.0, doc="per-asset timeout; 0 = none (used when timeout_s_per_it is 0)")
+    timeout_s_per_it: float = _f(0.0, lo=0.0, doc="the cluster GPU's seconds per generation iteration (README, "
+                                 "'Choosing GPU nodes'); > 0: the per-asset timeout is timeout_margin x "
+                                 "generate.iterations x this + timeout_overhead_s instead of timeout_s")
+    timeout_margin: float = _f(2.0, lo=1.0, doc="factor on the expected generation time (timeout_s_per_it)")
+    timeout_overhead_s: float = _f(600.0, lo=0.0, doc="added to a derived timeout: model load, evaluation "
+                                   "render, metrics (timeout_s_per_it)")
     render: bool = _f(True, doc="run the evaluation render stage per asset")
     score: bool = _f(True, doc="run per-asset metrics")
     report: bool = _f(True, doc="write the report at the end of a run")
@@ -262,8 +268,13 @@ class PipelineConfig:
                                   "checkpoints this often while it runs (0 = only at the end)")
     lock_stale_s: float = _f(900.0, lo=1.0, doc="a run lock without heartbeat this long is stale")
     worker_start_timeout_s: float = _f(600.0, lo=1.0, doc="ray: stop the run when no worker actor has "
-                                       "started this long (no feasible GPU node, autoscaler stuck)")
+                                       "started and no node was being launched this long (no feasible GPU "
+                                       "node, autoscaler stuck); waiting while the autoscaler launches "
+                                       "nodes does not count")
     connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
+    max_workers: int = _f(64, lo=1, doc="ray, num_workers 0 on an autoscaling cluster: request "
+                          "min(assets, max_workers) workers; the autoscaler adds GPU nodes for them up to "
+                          "its own max_workers (ray_cluster.yaml: nodes x GPUs per node)")
 
 
 KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
@@ -508,7 +519,7 @@ def _check_cross_field(cfg: Config, source: str) -> None:
     for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
         if not all(isinstance(x, str) for x in items):
             raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")
-    from common.manifest import METRIC_COLUMNS  # the one list of per-asset metric names
+    from common.metric_names import METRIC_COLUMNS  # the one list of per-asset metric names
 
     known = set(METRIC_COLUMNS)
     for m in cfg.metrics.metrics:

@@ -100,7 +100,7 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 # The per-asset metric columns: the one list of per-asset metric names (config validation,
 # stages.metrics, the record, the report, the export index and `manifest show` read it here).
-METRIC_COLUMNS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+from common.metric_names import METRIC_COLUMNS  # noqa: E402  (defined without pyarrow: the config reads it)
 URI_COLUMNS = ("asset_uri", "frames_uri", "video_uri", "sheet_uri")
 READ_THREADS = 16  # part files read at once (I/O bound on object stores; parsing releases the GIL)
 DATASET_MIN_FILES = 64  # from this many files on, one pyarrow dataset scan (C++ threads) reads them

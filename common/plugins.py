@@ -8,7 +8,8 @@ once per process, before any registry lookup:
 1. the environment variable `SCTD3D_PLUGINS`: comma-separated module names importable from
    `sys.path` (`mypkg.sctd3d_formats`) or paths to `.py` files (`/work/my_format.py`);
 2. entry points of installed packages in the group `sctd3d.plugins`
-   (pyproject: `[project.entry-points."sctd3d.plugins"] myname = "mypkg.sctd3d_plugin"`).
+   (pyproject: `[project.entry-points."sctd3d.plugins"] myname = "mypkg.sctd3d_plugin"`);
+3. a run config's `pipeline.plugins` list (pipeline/plugins.py passes it here, with the first two).
 
 Workers (Ray, other processes) get the driver's list explicitly: `plugin_specs()` on the driver,
 `load_plugins(specs)` in the worker (the environment of a remote worker is not the driver's).
@@ -18,7 +19,6 @@ A module that fails to import is one `PluginError` line naming it, never a trace
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -62,45 +62,55 @@ def plugin_specs() -> list[str]:
     return out
 
 
-def _import(spec: str) -> str:
+def module_name(path: str) -> str:
+    """The module name of a plugin file: the same in every process (pickled classes of a plugin
+    name their module; a worker that imported the file finds it)."""
+    return "sctd3d_plugin_" + "".join(c if c.isalnum() else "_" for c in os.path.realpath(path))
+
+
+def _import(spec: str, source: str) -> str:
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
-        path = os.path.abspath(os.path.expanduser(spec))
+        path = os.path.realpath(os.path.expanduser(spec))
         if not os.path.isfile(path):
-            raise PluginError(f"{ENV}: plugin file {spec!r} does not exist; name a .py file or an "
-                              f"importable module")
-        name = "sctd3d_plugin_" + hashlib.sha256(path.encode()).hexdigest()[:12]
-        if name in sys.modules:
-            return name
+            raise PluginError(f"{source}: plugin file {spec!r} does not exist; name a .py file or "
+                              f"an importable module")
+        name = module_name(path)
         mod_spec = importlib.util.spec_from_file_location(name, path)
         if mod_spec is None or mod_spec.loader is None:
-            raise PluginError(f"{ENV}: cannot load plugin file {spec!r} as a Python module")
+            raise PluginError(f"{source}: cannot load plugin file {spec!r} as a Python module")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
         try:
             mod_spec.loader.exec_module(module)
         except Exception as e:
             sys.modules.pop(name, None)
-            raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from e
+            raise PluginError(f"{source}: plugin {spec!r} failed to import: {type(e).__name__}: "
+                              f"{e}") from e
         return name
-    module_name = spec.split(":", 1)[0]  # entry point values may name an attribute
+    name = spec.split(":", 1)[0]  # entry point values may name an attribute
     try:
-        importlib.import_module(module_name)
+        importlib.import_module(name)
     except Exception as e:
-        raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}; check "
-                          f"{ENV} or the package's {ENTRY_POINT_GROUP!r} entry point") from e
-    return module_name
+        raise PluginError(f"{source}: plugin {spec!r} failed to import: {type(e).__name__}: {e}; "
+                          f"give an importable module name or a .py file path") from e
+    return name
 
 
-def load_plugins(specs: Optional[Iterable[str]] = None) -> list[str]:
+def load_plugins(specs: Optional[Iterable[str]] = None, source: str = ENV) -> list[str]:
     """Import the plugin modules (default: entry points + $SCTD3D_PLUGINS) not imported yet;
-    returns the specs imported by this call. Idempotent and thread-safe."""
-    todo = list(specs) if specs is not None else [*entry_point_specs(), *env_specs()]
+    returns the specs imported by this call. Idempotent and thread-safe. `source` names where
+    the list came from in the one-line PluginError (e.g. "pipeline.plugins" of a config)."""
+    if specs is None:
+        todo = [(s, f"entry point group {ENTRY_POINT_GROUP!r}") for s in entry_point_specs()]
+        todo += [(s, ENV) for s in env_specs()]
+    else:
+        todo = [(s, source) for s in specs]
     done = []
     with _lock:
-        for s in todo:
+        for s, src in todo:
             if s in _loaded:
                 continue
-            _loaded[s] = _import(s)
+            _loaded[s] = _import(s, src)
             done.append(s)
     return done
 

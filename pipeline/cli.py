@@ -172,6 +172,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return summary.exit_code()
 
 
+def _missing_dependency(command: str, e: ImportError) -> int:
+    raise UsageError(f"`sctd3d {command}` needs {e.name or 'a package'} ({e}), which this install lacks; "
+                     f"install the project with its dependencies (pip install -e .)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from stages.report import run_cli
 
@@ -305,11 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("report", help="static HTML quality report + regression decision (exit 1 on regression)")
-    from stages.report import add_arguments as add_report_arguments
-
-    add_report_arguments(p)
-    _add_storage_option_arg(p)
-    p.set_defaults(fn=cmd_report)
+    try:
+        from stages.report import add_arguments as add_report_arguments
+    except ImportError as e:  # a generation-only install (the GPU check carries no pandas/pyarrow)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=lambda _a, e=e: _missing_dependency("report", e))
+    else:
+        add_report_arguments(p)
+        _add_storage_option_arg(p)
+        p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("manifest", help="manifest tools")
     p.add_argument("action", choices=("compact", "show"))
@@ -419,26 +428,26 @@ def guarded(prog: str, fn, verbose: bool = False) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing message (imported only once something failed)."""
-    from kernels.ply import PlyFormatError
-    from pipeline.executors import ExecutorError
-    from pipeline.inputs import InputError
-    from common.lock import LockHeld
-    from stages.toyworld.catalogue import CatalogueError
-    from common.manifest import ManifestError
-    from common.storage import StorageError
-    from stages.checkpoint import CheckpointError
-    from stages.init import InitError
-    from stages.metrics.errors import MetricWeightsError
-    from stages.priors.device import DeviceError
-    from stages.priors.stable_diffusion import PriorLoadError
-    from stages.report import ReportError
+    """Exception types that carry a user-facing message (imported only once something failed).
+    A module that cannot be imported (a generation-only install has no pyarrow or pandas) cannot
+    have raised its error, so it is left out instead of masking the real error."""
+    import importlib
 
-    from common.plugins import PluginError, UnknownComponent
-
-    return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
-            InitError, MetricWeightsError, PriorLoadError, ReportError, UsageError, CatalogueError,
-            ExecutorError, DeviceError, OSError, PluginError, UnknownComponent)
+    names = [("kernels.ply", "PlyFormatError"), ("pipeline.executors", "ExecutorError"),
+             ("pipeline.inputs", "InputError"), ("common.lock", "LockHeld"),
+             ("stages.toyworld.catalogue", "CatalogueError"), ("common.manifest", "ManifestError"),
+             ("common.storage", "StorageError"), ("stages.checkpoint", "CheckpointError"),
+             ("stages.init", "InitError"), ("stages.metrics.errors", "MetricWeightsError"),
+             ("stages.priors.device", "DeviceError"), ("stages.priors.stable_diffusion", "PriorLoadError"),
+             ("stages.report", "ReportError"), ("common.plugins", "PluginError"),
+             ("common.plugins", "UnknownComponent")]
+    found = []
+    for module, name in names:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            log.debug("%s not importable here; its %s cannot have been raised", module, name)
+    return (*found, UsageError, OSError)
 
 
 if __name__ == "__main__":

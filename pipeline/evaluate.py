@@ -38,7 +38,7 @@ from common.storage import Storage, StorageError, asset_dir, open_storage
 from pipeline import records
 from pipeline.executors import executor_names, executor_options, make_executor
 from stages.evaluate import (EvaluateError, RescoreTask, check_same_generation, evaluate_asset,
-                             rescore_asset, run_config, run_root)
+                             link_out_of_root, rescore_asset, run_config, run_root)
 from stages.metrics import PER_ASSET
 from stages.metrics.settings import changed
 
@@ -207,6 +207,11 @@ def evaluate_run(root: str, cfg: Config, executor: str = "local", address: Optio
     out = open_storage(root)
     run_info = _read_json(out, "run.json") or {}
     check_same_generation(cfg, run_info, manifest.read(out).to_pylist())
+    if out.local:  # the run-level files evaluate writes must stay in the run too
+        why = link_out_of_root(out.root_path, out.root_path, ("manifest", "manifest/parts", "metrics"))
+        if why:
+            raise EvaluateError(f"{why}; evaluate never writes outside the run: replace the link "
+                                f"with a folder")
     try:
         lock = RunLock(out, stale_after_s=cfg.pipeline.lock_stale_s).acquire()
     except OSError as e:

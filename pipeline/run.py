@@ -297,8 +297,10 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
 
     # the prior's device check runs where the workers are as each starts (this process for `local`;
     # never on a cluster's driver: its head node has no GPU by design)
-    given = {"address": address, "num_workers": num_workers, "startup": _device_check(cfg), **executor_options}
+    given = {"address": address, "num_workers": num_workers, "startup": _device_check(cfg),
+             "timeout_s": asset_timeout_s(cfg), **executor_options}
     opts = build_executor_options(executor, cfg.pipeline, **given)
+    run_info["asset_timeout_s"] = opts.get("timeout_s")
     ex = make_executor(executor, **opts)
     items = [AssetTask(request=r, cfg=cfg, out=st.root, storage_options=storage_options)
              for r in todo]
@@ -393,6 +395,17 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
 
 
 _FULL_STORE = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def asset_timeout_s(cfg: Config) -> float:
+    """The per-asset timeout (0 = none): pipeline.timeout_s, or, when pipeline.timeout_s_per_it > 0
+    (the cluster GPU's seconds per iteration), timeout_margin x generate.iterations x timeout_s_per_it
+    + timeout_overhead_s. An asset past it fails with `timeout: exceeded N s per-asset limit ...` in the manifest
+    (error, wall_s) and is not retried."""
+    p = cfg.pipeline
+    if p.timeout_s_per_it > 0:
+        return p.timeout_margin * cfg.generate.iterations * p.timeout_s_per_it + p.timeout_overhead_s
+    return p.timeout_s
 
 
 def _store_full(error: Optional[str]) -> str:

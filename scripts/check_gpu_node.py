@@ -8,9 +8,11 @@ Exit 1 (one line on stderr, the node's setup fails and `ray up` / the autoscaler
   - the driver is older than the one torch's CUDA build needs (CUDA 13.x: >= 580, 12.x: >= 525);
   - `torch.cuda.is_available()` is False anyway.
 gsplat: a tiny rasterization on the GPU triggers the JIT build (cached under
-~/.cache/torch_extensions for every later process on the node). A failed build prints a WARNING
-and exits 0 (renders fall back to the torch renderer; each asset records the renderer it used),
-unless --require-gsplat.
+~/.cache/torch_extensions for every later process on the node). Before it, the unversioned
+`libcudart.so` is added to $CUDA_HOME's lib folder when missing (the PyPI toolchain ships only
+`libcudart.so.13`; torch's builder links `-lcudart`; scripts/cuda_toolchain.py). A failed build
+prints a WARNING and exits 0 (renders fall back to the torch renderer, tens of times slower; each
+asset records the renderer it used), unless --require-gsplat (ray_cluster.yaml): then it fails the node.
 
     python scripts/check_gpu_node.py [--require-gsplat] [--skip-gsplat]
 """
@@ -18,9 +20,11 @@ unless --require-gsplat.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 # Minimum Linux driver per CUDA major version (NVIDIA's CUDA compatibility table; minor-version
 # compatibility within a major version).
@@ -75,6 +79,20 @@ def check_driver_and_torch() -> str:
     return f"driver {found} >= {need} for torch {torch.__version__} (CUDA {cuda}), GPU {torch.cuda.get_device_name(0)}"
 
 
+def prepare_toolchain() -> str:
+    """Make $CUDA_HOME's runtime linkable by name (`-lcudart`) when CUDA_HOME is set; returns what
+    was done. Raises cuda_toolchain.ToolchainError when that folder has no libcudart.so.N."""
+    home = os.environ.get("CUDA_HOME")
+    if not home:
+        return "CUDA_HOME not set"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import cuda_toolchain
+    finally:
+        sys.path.pop(0)
+    return f"links {cuda_toolchain.ensure_unversioned_cudart(Path(home))}"
+
+
 def build_gsplat(device: str = "cuda") -> float:
     """Import gsplat and rasterize two Gaussians on `device` (the first call JIT-builds the CUDA
     extension); returns the seconds it took. Raises whatever gsplat raises."""
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_gsplat:
         return 0
     try:
+        prepare_toolchain()
         s = build_gsplat()
     except Exception as e:  # noqa: BLE001 - any build/import failure means "no gsplat on this node"
         msg = f"gsplat CUDA extension unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

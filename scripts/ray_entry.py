@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="config override, repeatable (e.g. generate.iterations=2000)")
     ap.add_argument("--address", default="auto", help="Ray address (default: the running cluster)")
     ap.add_argument("--num-workers", type=int, default=None,
-                    help="GPU actors (default: pipeline.num_workers, 0 = one per GPU now present)")
+                    help="GPU actors (default: pipeline.num_workers; 0 = one per GPU now present, on an "
+                         "autoscaling cluster min(assets, pipeline.max_workers), started as nodes come up)")
     ap.add_argument("--storage-option", dest="storage_options", action="append", default=[],
                     metavar="KEY=VALUE", help="fsspec option for an object-store --out (repeatable)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")

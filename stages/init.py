@@ -18,13 +18,19 @@ import torch
 from torch import Tensor
 
 from kernels.gaussians import Gaussians
+from stages.point_e_weights import POINT_E_COMMIT, CheckpointError, discard, fetch_checkpoint, point_e_cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from common.config import InitConfig
 
 log = logging.getLogger(__name__)
 
-POINT_E_INSTALL = 'pip install "point-e @ git+https://github.com/openai/point-e.git"'
+# Point-E at a pinned commit, without its dependencies: the ones its used modules import are the
+# project's own, and its `clip @ git+https://github.com/openai/CLIP.git` would overwrite the `clip`
+# module of `openai-clip` (pyproject), which ImageReward imports; Point-E calls the same API
+# (`clip.load(name, device, download_root=...)`, `clip.tokenize`) of that one `clip`.
+POINT_E_INSTALL = ('pip install --no-deps "point-e @ git+https://github.com/openai/point-e.git'
+                   f'@{POINT_E_COMMIT}"')
 
 
 class InitError(RuntimeError):
@@ -65,12 +71,29 @@ def knn_mean_sq_dist_reference(points: Tensor, k: int = 3) -> Tensor:
     return d.topk(min(k, points.shape[0] - 1), largest=False).values.mean(dim=1).float()
 
 
+def knn_mean_sq_dist_chunked(points: Tensor, k: int = 3, rows: int = 512) -> Tensor:
+    """The same exact numbers without scipy: brute force in float64, `rows` points at a time (on
+    the GPU when there is one: 81,920 points take well under a second there)."""
+    dev = torch.device("cuda") if torch.cuda.is_available() else points.device
+    p = points.detach().to(dev, torch.float64)
+    kk = min(k, p.shape[0] - 1)
+    out = []
+    for i in range(0, p.shape[0], rows):
+        d = torch.cdist(p[i:i + rows], p) ** 2
+        d[torch.arange(d.shape[0], device=dev), torch.arange(i, i + d.shape[0], device=dev)] = float("inf")
+        out.append(d.topk(kk, largest=False).values.mean(dim=1))
+    return torch.cat(out).float().cpu()
+
+
 def knn_mean_sq_dist(points: Tensor, k: int = 3) -> Tensor:
     """Mean squared distance to the k nearest other points (3DGS `distCUDA2`), via a KD-tree."""
     n = points.shape[0]
     if n < 2:
         return torch.full((n,), 1e-4)
-    from scipy.spatial import cKDTree
+    try:
+        from scipy.spatial import cKDTree
+    except ImportError:  # a generation-only install (the GPU check carries no scipy)
+        return knn_mean_sq_dist_chunked(points, k)
 
     p = points.detach().cpu().double().numpy()
     kk = min(k, n - 1)
@@ -156,21 +179,29 @@ def point_e_points(cfg: "InitConfig", prompt: str, generator: torch.Generator,
     from point_e.diffusion.configs import DIFFUSION_CONFIGS, diffusion_from_config
     from point_e.diffusion.sampler import PointCloudSampler
     from point_e.models.configs import MODEL_CONFIGS, model_from_config
-    from point_e.models.download import MODEL_PATHS, fetch_file_cached
+    from point_e.models.download import MODEL_PATHS
 
-    cache = point_e_cache_dir()
+    cache = point_e_cache_dir()  # this node's project cache, never the worker's cwd
 
-    def load_checkpoint(name: str, dev: torch.device) -> dict:
-        # our cache dir (Point-E's default is the current directory) and a weights-only load
-        path = fetch_file_cached(MODEL_PATHS[name], progress=False, cache_dir=str(cache))
-        return torch.load(path, map_location=dev, weights_only=True)
+    def load_checkpoint(name: str, model: torch.nn.Module, dev: torch.device) -> None:
+        # a verified download (HTTP status, length, size + SHA-256 before use), a weights-only load
+        path = fetch_checkpoint(name, MODEL_PATHS[name], cache)
+        try:
+            model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
+        except Exception as e:
+            discard(path)  # an unloadable file must not break every later asset on this node
+            raise CheckpointError(f"Point-E checkpoint {name} at {path} could not be loaded "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it was "
+                                  f"removed and downloads again on the next use") from e
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base_name = "base40M-textvec"
-    base = model_from_config(MODEL_CONFIGS[base_name], dev).eval()
-    base.load_state_dict(load_checkpoint(base_name, dev))
-    up = model_from_config(MODEL_CONFIGS["upsample"], dev).eval()
-    up.load_state_dict(load_checkpoint("upsample", dev))
+    # cache_dir: where each model's CLIP ViT-L/14 downloads (clip.load's download_root; both models
+    # build one); Point-E's default is <cwd>/point_e_model_cache
+    base = model_from_config({**MODEL_CONFIGS[base_name], "cache_dir": str(cache)}, dev).eval()
+    load_checkpoint(base_name, base, dev)
+    up = model_from_config({**MODEL_CONFIGS["upsample"], "cache_dir": str(cache)}, dev).eval()
+    load_checkpoint("upsample", up, dev)
     sampler = PointCloudSampler(
         device=dev, models=[base, up],
         diffusions=[diffusion_from_config(DIFFUSION_CONFIGS[base_name]), diffusion_from_config(DIFFUSION_CONFIGS["upsample"])],
@@ -184,13 +215,6 @@ def point_e_points(cfg: "InitConfig", prompt: str, generator: torch.Generator,
             pass
     coords = torch.as_tensor(np.asarray(sampler.output_to_point_clouds(samples)[0].coords), dtype=torch.float32)
     return point_e_to_world(coords) * cfg.shape_scale
-
-
-def point_e_cache_dir() -> "os.PathLike[str]":
-    """Where Point-E weights are cached: $SCTD3D_CACHE/point_e (default ~/.cache/sctd3d/point_e)."""
-    from pathlib import Path
-
-    return Path(os.environ.get("SCTD3D_CACHE") or Path.home() / ".cache" / "sctd3d") / "point_e"
 
 
 def point_e_to_world(xyz: Tensor) -> Tensor:

@@ -199,11 +199,17 @@ class Optimisation:
     def restore(self, st: RunState) -> None:
         g = Gaussians.from_state_dict(st.trainer["gaussians"]).to(self.device)
         self.trainer = GaussianTrainer(g, self.trainer_params)
-        self.trainer.load_state_dict(st.trainer)
         self.gen = torch.Generator()
         self.gen.set_state(st.gen)
         self.gen_noise = torch.Generator(device=self.device)   # on the device: no noise copied per iteration
-        self.gen_noise.set_state(st.gen_noise)
+        try:
+            self.trainer.load_state_dict(st.trainer)
+            self.gen_noise.set_state(st.gen_noise)
+        except RuntimeError as e:  # a device generator's state only fits a generator of its device type
+            raise ValueError(f"iteration-{st.iteration} state: its random generator states are not those of "
+                             f"{self.device.type} generators ({e}); it was written on another device type or "
+                             f"by a version that drew noise on the host. Move the asset's checkpoints/ folder "
+                             f"aside to generate it again") from e
         self.eps_star = st.eps_star.to(self.device) if st.eps_star is not None else None
         self.history = list(st.history)
         self.unet_calls = st.unet_calls

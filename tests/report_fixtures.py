@@ -81,8 +81,6 @@ def make_splat_run(root: str, *, n_prompts: int = 3, day: int = 0, scene_seed: i
     """A run whose done assets are real: asset.ply (a small Gaussian blob per prompt), meta.json
     with term summaries, and frames/sheet/turntable rendered by the render stage itself on the
     run.json config's evaluation orbit (what the report's 3D viewer must reproduce)."""
-    import torch
-
     from common.config import Config, to_dict
     from export_fixtures import blob_scene
     from kernels.ply import save_ply
@@ -104,8 +102,6 @@ def make_splat_run(root: str, *, n_prompts: int = 3, day: int = 0, scene_seed: i
             json.dump({"prompt": str(r["prompt"]), "iterations": 100, "num_gaussians": g.num(),
                        "terms": {"sds_norm": {"first10pct": 3.0, "median": 1.5, "last10pct": 0.7, "mean": 1.6,
                                               "min": 0.5, "max": 4.0}}}, fh)
-        del g
-        torch.set_num_threads(torch.get_num_threads())
     with open(os.path.join(root, "run.json")) as fh:
         info = json.load(fh)
     info["config"] = to_dict(cfg)

@@ -80,3 +80,28 @@ def test_good_node_builds_gsplat_and_a_failed_build_only_warns(mod, monkeypatch,
     assert mod.main([]) == 0 and built == ["cuda"]
     assert "gsplat CUDA extension built/loaded" in capsys.readouterr().out
     assert mod.required_driver("12.8") == 525 and mod.required_driver("13.0") == 580
+
+
+def test_gsplat_build_gets_a_linkable_runtime_and_a_failed_build_fails_the_node(tmp_path, mod, monkeypatch,
+                                                                                  capsys):
+    """issue 20 item 1: before gsplat's build the unversioned libcudart.so is added to $CUDA_HOME's lib
+    folder (the PyPI toolchain lacks it; the build's `-lcudart` needs it); with --require-gsplat (as
+    ray_cluster.yaml runs it) a node whose gsplat does not build fails its setup."""
+    monkeypatch.setattr(mod, "driver_version", lambda: "580.65.06")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Fake GPU")
+    home = tmp_path / "cu13"
+    (home / "lib").mkdir(parents=True)
+    (home / "lib" / "libcudart.so.13").write_bytes(b"")
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    seen = []
+    monkeypatch.setattr(mod, "build_gsplat", lambda device="cuda": seen.append(
+        os.readlink(home / "lib" / "libcudart.so")) or 0.5)
+    assert mod.main(["--require-gsplat"]) == 0 and seen == ["libcudart.so.13"]
+    # a toolchain without its runtime: the node fails, naming the folder
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "empty"))
+    (tmp_path / "empty" / "lib").mkdir(parents=True)
+    capsys.readouterr()
+    assert mod.main(["--require-gsplat"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("check_gpu_node: error: gsplat CUDA extension unavailable") and "libcudart.so.N" in err

@@ -103,6 +103,14 @@ def test_links_out_of_the_run_are_refused_and_never_followed(run, tmp_path):
     assert len(list((_adir(run, c) / "frames").glob("*.png"))) == 4
     assert "rescored: 1" in stdout and "failed: 2" in stdout
 
+    # the run's own metrics/ folder linked out of the run: refused before anything is written
+    shutil.move(str(run / "metrics"), tmp_path / "metrics-elsewhere")
+    (run / "metrics").symlink_to(tmp_path / "metrics-elsewhere")
+    linked = _files(tmp_path / "metrics-elsewhere")
+    code, _, err = run_cli(*_cli_args(run, ["render.num_views=5"]))
+    assert code == 2 and err.count("\n") == 1 and "metrics is a link out of the run" in err
+    assert _files(tmp_path / "metrics-elsewhere") == linked and _records(run) == after
+
 
 # ------------------------------------------------------------------ 4. stop, missing file, bad metric
 def test_missing_ply_and_a_metric_that_cannot_load_leave_assets_as_they_were(run):
@@ -238,20 +246,20 @@ def test_rescoring_a_subset_keeps_unchanged_metrics_and_marks_changed_ones_stale
 
 # ------------------------------------------------------------------ 14. FID follows the evaluation
 def test_evaluate_clears_a_fid_it_no_longer_holds(run):
-    from stages.report.data import _run_fid
+    from stages.report.data import load_run
 
     info = json.loads((run / "run.json").read_text())
     info["fid"] = {"fid": 12.5, "reference": "prior"}
     (run / "run.json").write_text(json.dumps(info))
     (run / "metrics").mkdir(exist_ok=True)
     (run / "metrics" / "fid.json").write_text(json.dumps({"fid": 12.5}))
-    assert _run_fid(str(run)) == 12.5
+    assert load_run(str(run)).fid == 12.5  # what the report reads
     code, _, err = run_cli(*_cli_args(run, NEW_ORBIT))  # metrics.fid=false in RUN
     assert code == 0, err
     info = json.loads((run / "run.json").read_text())
     assert info["fid"]["fid"] is None and info["fid"]["reason"] == "metrics.fid is false"
     assert info["evaluate"]["status"] == "finished" and info["evaluate"]["rescored"] == 3
-    assert _run_fid(str(run)) is None
+    assert load_run(str(run)).fid is None
 
 
 # ------------------------------------------------------------------ issue 25: on Ray workers

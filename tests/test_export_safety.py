@@ -85,7 +85,7 @@ def test_where_accepts_one_condition_only_and_never_touches_files(run, tmp_path,
     (tmp_path / ".tmp").mkdir()
     (tmp_path / ".tmp" / "secret.csv").write_text("a\n1\n")
     code, stdout, err = run_cli("export", str(run), "--out", str(tmp_path / "ds"), "--where", where,
-                                "--formats", "ply")
+                                "--formats", "ply", "--views", "2", "--resolution", "16")
     assert code == 2 and err.count("\n") == 1 and err.startswith("sctd3d export: error: --where")
     assert "Traceback" not in err and stdout == ""
     assert sorted(p.name for p in (tmp_path / ".tmp").iterdir()) == ["secret.csv"]
@@ -115,7 +115,8 @@ def test_ctrl_c_stops_a_heavy_where_in_one_line(run, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("PYTEST_CURRENT_TEST", None)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "export", str(run), "--out",
-                             str(tmp_path / "ds"), "--where", HEAVY, "--formats", "ply"],
+                             str(tmp_path / "ds"), "--where", HEAVY, "--formats", "ply",
+                             "--views", "2", "--resolution", "16"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
@@ -165,3 +166,24 @@ def test_narrower_reexport_removes_unselected_asset_folders(tmp_path):
     assert not [p for p in ds.rglob("*") if p.name.startswith(".tmp-")]  # nothing half-removed
     assert "2 asset folder(s) of an earlier export no longer selected" in out
     assert json.loads((ds / "export.json").read_text())["where"] == f"asset_id = '{asset_id(1)}'"
+
+
+def test_the_parser_check_alone_refuses_what_the_tokenizer_check_would():
+    """Defence in depth: duckdb's parser sees exactly the wrapped filter, whatever the tokenizer
+    check let through (each query below is what a filter escaping its parentheses would make)."""
+    import duckdb
+
+    from stages.export.select import _WRAP, _check_shape
+
+    con = duckdb.connect(":memory:")
+    con.execute("CREATE TABLE manifest AS SELECT 'a' AS asset_id, 0.3 AS clip_l")
+    assert _check_shape(con, _WRAP.format("clip_l > 0.2")) == ""
+    for query in [_WRAP.format("1=1") + "; SELECT 42",
+                  _WRAP.format("1=1") + " UNION SELECT 'x'",
+                  _WRAP.format("1=1") + " ORDER BY 1 LIMIT 1",
+                  _WRAP.format("1=1") + " GROUP BY asset_id",
+                  "WITH t AS (SELECT 1) " + _WRAP.format("1=1"),
+                  _WRAP.format("(SELECT count(*) FROM read_csv('x.csv')) > 0"),
+                  _WRAP.format("asset_id IN (SELECT * FROM glob('*'))")]:
+        assert _check_shape(con, query), query
+    con.close()

@@ -74,3 +74,32 @@ def test_spz_round_trip_psnr(tmp_path, sh_degree):
     assert float(err[:, 0].max()) < 0.02
     assert float(err[:, 1:4].max()) <= 1 / 32 + 5e-3  # band 1: 5 bits over [-1, 1]
     assert float(err[:, 4:].max()) <= 1 / 16 + 5e-3  # bands 2-3: 4 bits
+
+
+def test_niantic_reference_reader_gets_the_ply_positions(tmp_path):
+    """Niantic's own SPZ reader (its C++ library as WebAssembly, npm @adobe/spz, shipped with
+    splat-transform) with its default unpack options returns the .ply's positions (RUB), not
+    (x, -y, -z)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    module_js = (repo / "tools" / "splat-transform" / "node_modules" / "@adobe" / "spz" / "dist"
+                 / "spz.js")
+    if not module_js.is_file() or shutil.which("node") is None:
+        pytest.skip("@adobe/spz (installed with splat-transform) or node missing")
+    scene = blob_scene(3, n=200)
+    run = make_run(tmp_path / "run", n_done=1, failed=False, scenes={0: scene})
+    export_dataset(str(run), str(tmp_path / "ds"), views=1, resolution=16, formats="ply,spz")
+    aid = asset_id(0)
+    out = tmp_path / "ref.json"
+    subprocess.run(["node", str(Path(__file__).with_name("spz_reference.mjs")), str(module_js),
+                    str(tmp_path / "ds" / "assets" / aid[:2] / aid / "asset.spz"), str(out)],
+                   check=True, capture_output=True, timeout=120)
+    ref = json.loads(out.read_text())
+    got = np.asarray(ref["positions"], dtype=np.float64).reshape(-1, 3)
+    want = scene.means.double().numpy()
+    assert ref["numPoints"] == 200 and got.shape == want.shape
+    step = 2.0 ** -12
+    assert np.abs(got[:, None, :] - want[None]).max(-1).min(1).max() <= step

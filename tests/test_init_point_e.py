@@ -1,18 +1,27 @@
 """init.method=point_e end to end through `stages.init.point_e_points`, against a test double of the
-Point-E package (it is not on PyPI and its weights cannot be downloaded here).
+Point-E package (it is not on PyPI and its weights cannot be downloaded here), with its checkpoints
+served over real HTTP from this process (issue 20, item 4: Point-E on a cluster).
 
-FakePointE mimics the exact API surface our glue calls (checked against openai/point-e's
-`examples/text2pointcloud.py` and `models/download.py`): `MODEL_CONFIGS` / `model_from_config`,
-`DIFFUSION_CONFIGS` / `diffusion_from_config`, `MODEL_PATHS` / `fetch_file_cached(url, progress,
-cache_dir)`, `PointCloudSampler(device, models, diffusions, num_points, aux_channels, guidance_scale,
-model_kwargs_key_filter)` with `sample_batch_progressive` and `output_to_point_clouds`. The fake
-sampler draws its points from torch's *global* RNG, as Point-E does, so the test checks our seeding
-and RNG isolation too. What it cannot check: Point-E's real samples (needs its weights)."""
+FakePointE mimics the exact API surface our glue calls (checked against openai/point-e at the pinned
+commit, stages/point_e_weights.POINT_E_COMMIT: `examples/text2pointcloud.py`, `models/configs.py`,
+`models/download.py`, `models/transformer.py`): `MODEL_CONFIGS` / `model_from_config(config, device)`
+(extra config keys reach the model's constructor: `cache_dir` is the download root of the CLIP both
+models build), `DIFFUSION_CONFIGS` / `diffusion_from_config`, `MODEL_PATHS`, `PointCloudSampler(device,
+models, diffusions, num_points, aux_channels, guidance_scale, model_kwargs_key_filter)` with
+`sample_batch_progressive` and `output_to_point_clouds`. Point-E's own `fetch_file_cached` must not
+be called (it caches error pages in the working directory). The fake sampler draws its points from
+torch's *global* RNG, as Point-E does, so the test checks our seeding and RNG isolation too. What it
+cannot check: Point-E's real samples and CLIP download (needs their weights)."""
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
 import sys
+import threading
 import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +30,50 @@ import torch
 
 from common.config import InitConfig
 from stages import init as init_mod
-from stages.init import init_gaussians, point_e_points
+from stages import point_e_weights
+from stages.init import POINT_E_INSTALL, init_gaussians, point_e_points
+from stages.point_e_weights import CheckpointError
 
-FAKE_URLS = {"base40M-textvec": "https://example.invalid/point-e/base_40m_textvec.pt",
-             "upsample": "https://example.invalid/point-e/upsample_40m.pt"}
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {"base40M-textvec": "/main/point-e/base_40m_textvec.pt", "upsample": "/main/point-e/upsample_40m.pt"}
+
+
+def _ckpt(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+class CheckpointServer:
+    """Serves Point-E's checkpoint paths over HTTP on 127.0.0.1: `routes[path] = (status, body,
+    claimed Content-Length or None)`; counts requests per path."""
+
+    def __init__(self) -> None:
+        good = _ckpt({"w": torch.ones(2)})
+        self.routes = {path: (200, good, None) for path in FILES.values()}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                status, body, length = server.routes.get(self.path, (404, b"<html>not found</html>", None))
+                self.send_response(status)
+                self.send_header("Content-Length", str(length if length is not None else len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.urls = {name: f"http://127.0.0.1:{self.httpd.server_port}{p}" for name, p in FILES.items()}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class PickledMarker:
@@ -37,10 +86,10 @@ class FakePointE:
     def __init__(self) -> None:
         self.sampler_kwargs: dict = {}
         self.model_kwargs: list = []
-        self.fetched: list[tuple[str, str]] = []
+        self.configs: list[dict] = []
         self.loaded: list[str] = []
 
-    def install(self, monkeypatch, pickled_checkpoint: bool = False) -> None:
+    def install(self, monkeypatch, urls: dict) -> None:
         fake = self
 
         class FakeModel(torch.nn.Module):
@@ -53,15 +102,8 @@ class FakePointE:
                 fake.loaded.append(self.name)
                 return super().load_state_dict(sd, strict)
 
-        def fetch_file_cached(url: str, progress: bool = True, cache_dir: str | None = None, chunk_size: int = 4096):
-            fake.fetched.append((url, cache_dir))
-            path = Path(cache_dir) / url.split("/")[-1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if pickled_checkpoint:  # a checkpoint carrying an arbitrary object: weights_only must refuse it
-                torch.save({"w": torch.ones(2), "evil": PickledMarker()}, path)
-            else:
-                torch.save({"w": torch.ones(2)}, path)
-            return str(path)
+        def fetch_file_cached(*args, **kwargs):
+            raise AssertionError("Point-E's own downloader was used (no status check, cwd cache)")
 
         class FakePointCloud:
             def __init__(self, coords: np.ndarray) -> None:
@@ -83,22 +125,37 @@ class FakePointE:
         mods = {name: types.ModuleType(name) for name in (
             "point_e", "point_e.diffusion", "point_e.diffusion.configs", "point_e.diffusion.sampler",
             "point_e.models", "point_e.models.configs", "point_e.models.download")}
-        mods["point_e.models.configs"].MODEL_CONFIGS = {"base40M-textvec": "base-cfg", "upsample": "up-cfg"}
-        mods["point_e.models.configs"].model_from_config = lambda cfg, dev: FakeModel(cfg)
+        mods["point_e.models.configs"].MODEL_CONFIGS = {"base40M-textvec": {"name": "base-cfg"},
+                                                        "upsample": {"name": "up-cfg"}}
+
+        def model_from_config(config: dict, device):
+            fake.configs.append(dict(config))
+            return FakeModel(config["name"])
+
+        mods["point_e.models.configs"].model_from_config = model_from_config
         mods["point_e.diffusion.configs"].DIFFUSION_CONFIGS = {"base40M-textvec": "base-diff", "upsample": "up-diff"}
         mods["point_e.diffusion.configs"].diffusion_from_config = lambda cfg: ("diffusion", cfg)
         mods["point_e.diffusion.sampler"].PointCloudSampler = FakePointCloudSampler
-        mods["point_e.models.download"].MODEL_PATHS = FAKE_URLS
+        mods["point_e.models.download"].MODEL_PATHS = dict(urls)
         mods["point_e.models.download"].fetch_file_cached = fetch_file_cached
         for name, mod in mods.items():
             monkeypatch.setitem(sys.modules, name, mod)
 
 
 @pytest.fixture()
-def fake_point_e(monkeypatch, tmp_path):
+def server():
+    srv = CheckpointServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture()
+def fake_point_e(monkeypatch, tmp_path, server):
     monkeypatch.setenv("SCTD3D_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # as a Ray worker's working directory
     fake = FakePointE()
-    fake.install(monkeypatch)
+    fake.install(monkeypatch, server.urls)
     return fake
 
 
@@ -115,8 +172,11 @@ def test_point_e_init_calls_point_e_as_the_spec_says(fake_point_e, tmp_path):
     assert [m.name for m in kw["models"]] == ["base-cfg", "up-cfg"]
     assert kw["diffusions"] == [("diffusion", "base-diff"), ("diffusion", "up-diff")]
     assert fake_point_e.model_kwargs == [{"texts": ["a hamburger"]}]
-    cache = str(tmp_path / "cache" / "point_e")
-    assert fake_point_e.fetched == [(FAKE_URLS["base40M-textvec"], cache), (FAKE_URLS["upsample"], cache)]
+    cache = tmp_path / "cache" / "point_e"
+    # both models build a CLIP ViT-L/14: its download root is the project cache, not the cwd
+    assert [c.get("cache_dir") for c in fake_point_e.configs] == [str(cache), str(cache)]
+    assert sorted(p.name for p in cache.glob("*.pt")) == ["base_40m_textvec.pt", "upsample_40m.pt"]
+    assert not list((tmp_path / "cwd").iterdir())  # nothing in the working directory
     assert fake_point_e.loaded == ["base-cfg", "up-cfg"]
     assert torch.equal(kw["models"][0].w.detach(), torch.ones(2))  # the fetched weights were loaded
     assert g.num() == 4096 * 20
@@ -136,11 +196,96 @@ def test_point_e_points_are_seeded_converted_and_leave_the_global_rng_alone(fake
     assert float(a.abs().max()) <= 1.0 and float(a.abs().max()) > 0.9
 
 
-def test_point_e_checkpoint_is_loaded_weights_only(monkeypatch, tmp_path):
-    """A checkpoint carrying a pickled object is refused (torch.load(weights_only=True)), not run."""
-    monkeypatch.setenv("SCTD3D_CACHE", str(tmp_path / "cache"))
-    fake = FakePointE()
-    fake.install(monkeypatch, pickled_checkpoint=True)
-    with pytest.raises(Exception, match="[Ww]eights only load failed|weights_only"):
+def test_point_e_checkpoint_is_loaded_weights_only(fake_point_e, server):
+    """A checkpoint carrying a pickled object is refused (torch.load(weights_only=True)), not run, and
+    removed from the cache (the next use downloads it again)."""
+    server.routes[FILES["base40M-textvec"]] = (200, _ckpt({"w": torch.ones(2), "evil": PickledMarker()}), None)
+    with pytest.raises(CheckpointError, match="[Ww]eights only load failed|weights_only"):
         point_e_points(InitConfig(method="point_e"), "a hamburger", torch.Generator().manual_seed(0), device="cpu")
-    assert fake.loaded == []
+    assert fake_point_e.loaded == []
+    left = point_e_weights.point_e_cache_dir().glob("base_40m_textvec.pt*")
+    assert [p.name for p in left if not p.name.endswith(".lock")] == []
+
+
+# ---- issue 20 item 4: downloads checked before use, cached once per node -------------------------
+def _points():
+    return point_e_points(InitConfig(method="point_e"), "a hamburger", torch.Generator().manual_seed(0),
+                          device="cpu")
+
+
+def test_checkpoints_download_once_and_are_checked_before_every_use(fake_point_e, server):
+    _points()
+    _points()
+    assert server.hits == {p: 1 for p in FILES.values()}  # once per node (per cache folder)
+    cache = point_e_weights.point_e_cache_dir()
+    rec = (cache / "upsample_40m.pt.sha256.json").read_text()
+    assert '"sha256"' in rec and str(len(server.routes[FILES["upsample"]][1])) in rec
+    # a cached file that changed (same size, one byte flipped): caught by its SHA-256, fetched again
+    path = cache / "upsample_40m.pt"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(1, 1))  # a new mtime: no per-process shortcut
+    _points()
+    assert server.hits[FILES["upsample"]] == 2 and path.read_bytes() == server.routes[FILES["upsample"]][1]
+
+
+@pytest.mark.parametrize("route, says", [
+    ((500, b"<html>Internal Server Error</html>", None), "answered HTTP 500"),
+    ((404, b"<Error><Code>BlobNotFound</Code></Error>", None), "answered HTTP 404"),
+    ((200, b"x" * 1000, 5000), "downloading"),  # the connection ends before Content-Length bytes
+])
+def test_an_error_page_or_a_short_download_is_never_cached(fake_point_e, server, route, says):
+    good = server.routes[FILES["base40M-textvec"]]
+    server.routes[FILES["base40M-textvec"]] = route
+    with pytest.raises(CheckpointError, match=says) as e:
+        _points()
+    assert "\n" not in str(e.value) and "nothing was cached" in str(e.value)
+    cache = point_e_weights.point_e_cache_dir()
+    assert not [p for p in cache.iterdir() if p.name.startswith(("base_40m", ".base_40m")) and
+                not p.name.endswith(".lock")]
+    server.routes[FILES["base40M-textvec"]] = good  # the next asset on the node downloads it
+    assert _points().shape == (4096, 3)
+
+
+def test_a_pinned_checksum_is_enforced(fake_point_e, server, monkeypatch):
+    body = server.routes[FILES["upsample"]][1]
+    monkeypatch.setitem(point_e_weights.CHECKPOINT_PINS, "upsample", (len(body), "0" * 64))
+    with pytest.raises(CheckpointError, match="CHECKPOINT_PINS"):
+        _points()
+    assert not (point_e_weights.point_e_cache_dir() / "upsample_40m.pt").exists()
+    import hashlib
+
+    monkeypatch.setitem(point_e_weights.CHECKPOINT_PINS, "upsample", (len(body), hashlib.sha256(body).hexdigest()))
+    assert _points().shape == (4096, 3)
+
+
+# ---- the two `clip` modules: one `clip` (openai-clip) serves ImageReward and Point-E -------------
+def test_point_e_is_pinned_and_installed_without_its_clip():
+    commit = point_e_weights.POINT_E_COMMIT
+    assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)
+    assert POINT_E_INSTALL == f'pip install --no-deps "point-e @ git+https://github.com/openai/point-e.git@{commit}"'
+    assert '"openai-clip==' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_image_reward_and_point_e_clip_import_in_one_process():
+    """ImageReward (its package imports `clip`) and the `clip` API Point-E's pretrained_clip.py calls
+    (`clip.load(name, device=..., download_root=...)`, `clip.tokenize`, ViT-L/14 by name) in this one
+    process: one `clip` module, the openai-clip distribution's, not overwritten by a second one.
+    (Point-E itself cannot be installed here: not on PyPI, no access to GitHub.)"""
+    import importlib.metadata as md
+    import inspect
+
+    pytest.importorskip("ImageReward")
+    import clip
+    import ImageReward  # noqa: F401
+
+    from stages.metrics import image_reward  # noqa: F401 - the project's ImageReward metric
+
+    owners = [d.metadata["Name"] for d in md.distributions() if any(str(f) == "clip/clip.py" for f in (d.files or []))]
+    assert owners == ["openai-clip"], owners  # nothing else installed a `clip` over it
+    assert Path(clip.__file__).parent == Path(md.distribution("openai-clip").locate_file("clip"))
+    assert sys.modules["ImageReward.models.CLIPScore"].clip is clip
+    assert "download_root" in inspect.signature(clip.load).parameters
+    assert "ViT-L/14" in clip.available_models()
+    assert tuple(clip.tokenize(["a red cube"]).shape) == (1, 77)

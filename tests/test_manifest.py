@@ -276,6 +276,9 @@ def test_foreign_parts_are_never_counted_and_compaction_quarantines_them(tmp_pat
     assert sorted(table.column("asset_id").to_pylist()) == [f"a{i:03d}" for i in range(n_parts)]
     assert manifest.counts(table) == {"done": n_parts, "failed": 0, "rejected": 0}
     assert f"{n_parts} assets (done {n_parts}," in manifest.show(st)
+    from stages.report import read_manifest  # the report (and export) read through manifest.read
+
+    assert sorted(read_manifest(st.root)[1]["asset_id"]) == [f"a{i:03d}" for i in range(n_parts)]
     for name, (_, why) in FOREIGN.items():  # one line per file, naming it and why
         lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
         assert len(lines) == 1 and why in lines[0] and "not counted" in lines[0], (name, lines)

@@ -61,3 +61,16 @@ def test_plans_of_any_chunk_length_give_the_same_run(monkeypatch):
     opt.restore(snap)                                  # plans 6-8 from the state after iteration 5
     b = params_after(opt, range(6, 11))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_state_from_another_generator_device_is_refused_in_one_line():
+    # the noise generator lives on the device now; a CUDA generator's state (16 bytes: seed and
+    # offset) cannot enter a CPU one (5056 bytes), nor an old host state a CUDA one
+    import dataclasses
+
+    import pytest
+
+    opt = Optimisation(tiny_cfg("generate.method=sds"), "a red square", 2, FakePrior())
+    st = dataclasses.replace(opt.fresh_state(), gen_noise=torch.zeros(16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="not those of cpu generators.*checkpoints/ folder aside"):
+        opt.restore(st)

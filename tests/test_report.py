@@ -303,7 +303,7 @@ def test_read_manifest_keeps_done_over_later_failed(tmp_path):
 
     parts = tmp_path / "manifest" / "parts"
     parts.mkdir(parents=True)
-    base = {"asset_id": "a1", "prompt": "a red cube", "seed": 0, "method": "sds"}
+    base = {"asset_id": "a1", "prompt": "a red cube", "seed": 0, "method": "sds", "schema_version": 2}
     pq.write_table(pa.Table.from_pylist([{**base, "status": "done", "toy_psnr": 20.0,
                                           "finished_at": "2026-11-25T10:00:00+00:00"}]), parts / "a.parquet")
     pq.write_table(pa.Table.from_pylist([{**base, "status": "failed", "toy_psnr": None,

@@ -213,11 +213,22 @@ def _open(drv, url: str) -> None:
     _wait(drv, "return window.SCTD3D && window.SCTD3D.tableReady", "the per-asset table")
 
 
-def _settle(drv, gid: int, angle: float) -> None:
-    """Stop group `gid` at `angle` and let it draw a few frames (Spark sorts splats in a worker)."""
+def _settle(drv, gid: int, angle: float, selectors: list[str], timeout: float = 90.0) -> list[np.ndarray]:
+    """Stop group `gid` at `angle`; the canvases' pictures once they are drawn and stable (Spark
+    sorts splats in a worker, so the first frames at a new angle may lag; events, not sleeps)."""
+    import time as _time
+
     drv.execute_script("window.SCTD3D.setAngle(arguments[0], arguments[1])", gid, angle)
-    n = drv.execute_script("return window.SCTD3D.groups[arguments[0]].frames", gid)
-    _wait(drv, f"return window.SCTD3D.groups[{gid}].frames > {n} + 8", "the viewers to draw")
+    t0, prev = _time.monotonic(), None
+    while True:
+        n = drv.execute_script("return window.SCTD3D.groups[arguments[0]].frames", gid)
+        _wait(drv, f"return window.SCTD3D.groups[{gid}].frames > {n} + 4", "the viewers to draw")
+        pics = [_canvas_rgb(drv, sel) for sel in selectors]
+        if prev is not None and all(p.std() > 10 for p in pics) and all(np.array_equal(a, b) for a, b in zip(pics, prev)):
+            return pics
+        if _time.monotonic() - t0 > timeout:
+            raise AssertionError(f"viewers not drawn/stable after {timeout} s: stds {[float(p.std()) for p in pics]}")
+        prev = pics
 
 
 def _requests(drv) -> list[str]:
@@ -263,8 +274,7 @@ def test_viewer_draws_frame_0_like_the_render_stage(browser, splat_site, http_ro
     _wait(browser, "return document.querySelector('#asset-table tr.detail canvas.viewer[data-ready]') !== null",
           "the viewer to load the asset")
     gid = browser.execute_script("return window.SCTD3D.groups.length - 1")
-    _settle(browser, gid, 0.0)
-    shot = _canvas_rgb(browser, "#asset-table tr.detail canvas.viewer")
+    (shot,) = _settle(browser, gid, 0.0, ["#asset-table tr.detail canvas.viewer"])
     f0, f2 = _frame(Path(root), row["asset_uri"], 0), _frame(Path(root), row["asset_uri"], 2)
     assert shot.shape == f0.shape and shot.std() > 10, "the viewer drew nothing"
     p0, p2 = _psnr(shot, f0), _psnr(shot, f2)
@@ -298,8 +308,7 @@ def test_side_by_side_viewers_load_and_no_request_leaves_the_folder(browser, spl
     gid = browser.execute_script("return window.SCTD3D.groups.length - 1")
     pics = []
     for a in (0.0, 1.5):
-        _settle(browser, gid, a)
-        pics.append([_canvas_rgb(browser, f"#v3d-0 canvas.viewer[data-role={r}]") for r in ("run", "base")])
+        pics.append(_settle(browser, gid, a, [f"#v3d-0 canvas.viewer[data-role={r}]" for r in ("run", "base")]))
     for k in range(2):
         assert pics[0][k].std() > 10 and np.abs(pics[0][k].astype(int) - pics[1][k]).mean() > 2
     assert np.abs(pics[0][0].astype(int) - pics[0][1]).mean() > 2, "tonight and baseline are different assets"

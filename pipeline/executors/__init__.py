@@ -157,7 +157,7 @@ def _retry_options(p: "PipelineConfig") -> dict:
 def _ray_options(p: "PipelineConfig") -> dict:
     return dict(_retry_options(p), num_workers=p.num_workers or None, gpus_per_worker=p.gpus_per_worker,
                 cpus_per_worker=p.cpus_per_worker, worker_start_timeout_s=p.worker_start_timeout_s,
-                connect_timeout_s=p.connect_timeout_s)
+                connect_timeout_s=p.connect_timeout_s, max_workers=p.max_workers)
 
 
 def _local_options(p: "PipelineConfig") -> dict:

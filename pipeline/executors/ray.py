@@ -12,9 +12,15 @@ Failures:
 - an exception raised by `fn`: a failed Outcome with that exception (retried only when
   `retry_exceptions=True`).
 - the run cannot start (ExecutorError, one line, nothing retried): `address` unreachable within
-  `connect_timeout_s`; no actor started within `worker_start_timeout_s` (e.g. no node type can hold
-  the resource request: the autoscaler would wait forever); an actor's `startup` check failed (it
-  runs in every actor before its first item, e.g. the prior's CUDA requirement, never on the driver).
+  `connect_timeout_s`; the autoscaler reports a worker's request infeasible (no node type in its
+  cluster config can hold it: said at once, naming the request); no actor started and no node
+  launched for `worker_start_timeout_s` (no autoscaler, or one that launches nothing); an actor's
+  `startup` check failed (it runs in every actor before its first item, e.g. the prior's CUDA
+  requirement, never on the driver).
+Autoscaling clusters (`ray up ray_cluster.yaml`, `min_workers: 0`): the pending worker actors are
+the demand the autoscaler launches GPU nodes for; while it launches (nodes requested or starting,
+see ray_autoscaler.py) the run waits however long that takes, and assets start on each worker as
+its node comes up. Without --num-workers the run requests min(assets, `max_workers`) workers there.
 Only `fn` (once, via the object store), the small items and the small results cross processes.
 """
 
@@ -40,6 +46,7 @@ import ray.exceptions as rex
 
 from common import deadline
 from pipeline.executors import ExecutorError, Outcome, RetryPolicy, WorkerStartupError, format_error
+from pipeline.executors.ray_autoscaler import ScalingView, read_scaling
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +177,23 @@ class RayExecutor:
                  backoff_s: float = 5.0, timeout_s: float = 0.0, retry_exceptions: bool = False,
                  num_cpus: Optional[int] = None, ray_init_kwargs: Optional[dict] = None,
                  startup: Optional[Callable[[], Any]] = None, worker_start_timeout_s: float = 600.0,
-                 connect_timeout_s: float = 30.0):
+                 connect_timeout_s: float = 30.0, max_workers: int = 64):
         self.retry = RetryPolicy(max_attempts, backoff_s, retry_exceptions)  # the shared retry rules
         if worker_start_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError(f"worker_start_timeout_s={worker_start_timeout_s!r}, connect_timeout_s="
                              f"{connect_timeout_s!r}: must be > 0")
+        if max_workers < 1:
+            raise ValueError(f"max_workers={max_workers!r}: must be >= 1")
+        self.max_workers = max_workers
         self.startup = startup
         self.worker_start_timeout_s = worker_start_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._startup_ref: Any = None
         self._pending_warned = False
         self._no_worker_since: Optional[float] = None
+        self._scaling_view = ScalingView()
+        self._scaling_read_at = -1e9
+        self._scaling_said = ""
         self.address = address
         self.num_workers = num_workers or 0
         self.gpus_per_worker = gpus_per_worker
@@ -269,21 +282,47 @@ class RayExecutor:
         req = {"CPU": float(self.cpus_per_worker), "GPU": float(self.gpus_per_worker)}
         return {k: v for k, v in req.items() if v}
 
-    def _start_timeout_error(self) -> ExecutorError:
+    def _scaling(self, now: Optional[float] = None, max_age_s: float = 2.0) -> ScalingView:
+        """The autoscaler's state (pipeline.executors.ray_autoscaler), read at most every `max_age_s`.
+        Never for a Ray this executor started itself (no autoscaler there)."""
+        if self._started_ray:
+            return ScalingView()
+        now = time.monotonic() if now is None else now
+        if now - self._scaling_read_at >= max_age_s:
+            self._scaling_view, self._scaling_read_at = read_scaling(), now
+        return self._scaling_view
+
+    def _cluster_res(self) -> dict:
         try:
-            res = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
         except Exception as e:  # noqa: BLE001 - the message is still useful without it
-            res = {"unknown": format_error(e)}
+            return {"unknown": format_error(e)}
+
+    def _start_timeout_error(self, view: Optional[ScalingView] = None) -> ExecutorError:
         pending = sum(1 for s in self._slots if s.starting)
+        view = view or ScalingView()
+        failed = f"; failed launches: {'; '.join(view.failed)}" if view.failed else ""
+        scaler = "the autoscaler launched nothing for it" if view.autoscaler else "no autoscaler answers"
         return ExecutorError(
             f"no Ray worker started within {self.worker_start_timeout_s:.0f} s "
-            f"(pipeline.worker_start_timeout_s): {pending} actor(s) requesting "
-            f"{json.dumps(self._request())} each are still pending; the cluster has {json.dumps(res)} "
-            f"now. No node can take the request (no GPU node type, quota or driver trouble, an "
-            f"autoscaler that cannot launch); fix the cluster (ray status) or lower "
+            f"(pipeline.worker_start_timeout_s) without progress: {pending} actor(s) requesting "
+            f"{json.dumps(self._request())} each are still pending, {scaler}{failed}; the cluster has "
+            f"{json.dumps(self._cluster_res())} now. No node can take the request (no GPU node type, quota "
+            f"or driver trouble, an autoscaler that cannot launch); fix the cluster (ray status) or lower "
             f"pipeline.gpus_per_worker / cpus_per_worker")
 
+    def _infeasible_error(self, view: ScalingView) -> ExecutorError:
+        return ExecutorError(
+            f"no node type of the Ray cluster can ever hold a worker: the autoscaler reports the "
+            f"request {json.dumps(self._request())} (pipeline.gpus_per_worker / cpus_per_worker) "
+            f"infeasible for every node type in its cluster config (nodes now: {view.nodes_text()}); "
+            f"add a node type with these resources (ray_cluster.yaml available_node_types) or lower "
+            f"the request")
+
     def _pool_size(self, n_items: int) -> int:
+        """Worker actors to request: --num-workers; else one per GPU (CPU) the cluster has now, and
+        on a cluster whose autoscaler launches nodes on demand min(items, max_workers) of them (the
+        pending actors are the demand that makes it add GPU nodes; each starts as its node comes up)."""
         n = self.num_workers
         if not n:
             res = ray.cluster_resources()
@@ -293,9 +332,18 @@ class RayExecutor:
             else:
                 n = int(res.get("CPU", 0) // max(self.cpus_per_worker, 1e-9))
                 what = f"CPUs (need {self.cpus_per_worker} per worker)"
-            if n < 1:
+            view = self._scaling()
+            if view.can_launch():
+                want = max(n, min(n_items, self.max_workers))
+                if want > n:
+                    log.info("autoscaling cluster: requesting %d worker(s) of %s (pipeline.max_workers=%d); "
+                             "%d can start now, the rest as the autoscaler adds nodes (nodes now: %s)",
+                             want, json.dumps(self._request()), self.max_workers, n, view.nodes_text())
+                n = want
+            elif n < 1:
                 res = {k: v for k, v in res.items() if k in ("CPU", "GPU")}
-                raise ExecutorError(f"the Ray cluster has no {what}: resources {json.dumps(res)}; "
+                raise ExecutorError(f"the Ray cluster has no {what}: resources {json.dumps(res)}, and no "
+                                    f"autoscaler that launches nodes answers ({view.error or 'none reports'}); "
                                     f"pass --num-workers N to start N workers and let the autoscaler "
                                     f"add nodes for them (pipeline.worker_start_timeout_s bounds the wait)")
         return max(1, min(n, n_items))
@@ -376,19 +424,32 @@ class RayExecutor:
                         self._replace(i)
                         remaining -= 1
                         yield Outcome(item=t.item, ok=False, attempts=t.attempts,
-                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit",
+                                      error=f"timeout: exceeded {self.timeout_s:.0f} s per-asset limit "
+                                            f"after {now - t.started:.0f} s (pipeline.timeout_s or "
+                                            f"timeout_s_per_it; not retried)",
                                       wall_s=now - t.started, worker=slot.name)
         finally:
             self.close()
 
     def _check_start_deadline(self, now: float) -> None:
-        """No actor up for `worker_start_timeout_s`: stop (ExecutorError). Some up, some pending: warn
+        """No actor up yet: stop (ExecutorError) at once when the autoscaler reports the request
+        infeasible (no node type can hold it); wait while it launches nodes; stop after
+        `worker_start_timeout_s` without a worker and without a launch. Some up, some pending: warn
         once and go on with those that started."""
         if all(s.starting for s in self._slots):  # (also while replacements of dead ones start)
             if self._no_worker_since is None:
                 self._no_worker_since = now
+            view = self._scaling(now)
+            if view.never_fits(self._request()) is not None:
+                raise self._infeasible_error(view)
+            if view.launching:  # progress: nodes requested or starting for the cluster's demand
+                said = view.launching_text()
+                if said != self._scaling_said:
+                    self._scaling_said = said
+                    log.info("waiting for the autoscaler: launching %s (no worker up yet)", said)
+                self._no_worker_since = now
             elif now - self._no_worker_since > self.worker_start_timeout_s:
-                raise self._start_timeout_error()
+                raise self._start_timeout_error(view)
             return
         self._no_worker_since = None
         late = [s for s in self._slots if s.starting and now - s.since > self.worker_start_timeout_s]

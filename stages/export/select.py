@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import tempfile
 import threading
 from typing import Any
@@ -102,25 +103,43 @@ def _run_interruptible(con: Any, query: str) -> list:
     """`query`'s rows, run on a helper thread so Ctrl-C (KeyboardInterrupt in this thread)
     interrupts duckdb instead of waiting for the query to end."""
     box: dict[str, Any] = {}
-    done = threading.Event()
+    done, cancelled = threading.Event(), threading.Event()
 
     def work() -> None:
         try:
-            box["rows"] = con.execute(query).fetchall()
+            if not cancelled.is_set():
+                box["rows"] = con.execute(query).fetchall()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = e
         finally:
             done.set()
 
-    # an Event, not Thread.join: a join interrupted by Ctrl-C can mark the thread finished (Python
-    # < 3.13), and the connection would be closed under the running query
-    threading.Thread(target=work, name="sctd3d-where", daemon=True).start()
+    worker = threading.Thread(target=work, name="sctd3d-where", daemon=True)
+    # SIGINT is held while the thread starts (a Ctrl-C inside Thread.start would leave a query
+    # running with nobody to interrupt it); it is delivered, if it came, once the wait begins
+    masked = hasattr(signal, "pthread_sigmask") and \
+        threading.current_thread() is threading.main_thread()
+    if masked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
+        try:
+            worker.start()
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # an Event, not Thread.join: a join interrupted by Ctrl-C can mark the thread finished
+        # (Python < 3.13), and the connection would be closed under the running query
         while not done.wait(0.2):
             pass
     except KeyboardInterrupt:
-        con.interrupt()
-        done.wait()
+        cancelled.set()
+        while True:  # until the query ends (an interrupt sent before it starts is lost: repeat)
+            try:
+                while not done.wait(0.05):
+                    con.interrupt()
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: still wait, never close a busy connection
+                continue
         raise
     if "error" in box:
         raise box["error"]

@@ -343,8 +343,9 @@ def _prompt_section(run: RunData, pairs: pd.DataFrame | None, max_rows: int) -> 
     done = run.done()
     if done.empty or not ms:
         return "<h2>Metrics per prompt</h2><p class='muted'>No finished assets with metrics.</p>"
-    g = done.groupby([done["prompt"].astype(str), done["method"].astype(str)])
-    tab = g[ms].agg(lambda s: pd.to_numeric(s, errors="coerce").mean())
+    key = [done["prompt"].astype(str), done["method"].astype(str)]
+    g = done[ms].apply(pd.to_numeric, errors="coerce").groupby(key)  # vectorised: 10k prompts in ms
+    tab = g.mean()
     tab["n"] = g.size()
     if pairs is not None and len(pairs):
         ok = (pairs["status_run"].astype(str) == "done") & (pairs["status_base"].astype(str) == "done")

@@ -30,6 +30,7 @@
   function fmt(v) {
     if (v === null || v === undefined || (typeof v === "number" && !isFinite(v))) return "–";
     if (typeof v !== "number") return String(v);
+    if (Number.isInteger(v) && Math.abs(v) < 1e9) return String(v);
     const a = Math.abs(v);
     return a !== 0 && (a >= 1e4 || a < 1e-3) ? v.toPrecision(3) : v.toFixed(3);
   }
@@ -52,6 +53,8 @@
     if (!cam) throw new Error("no camera in the page config");
     const group = { viewers: [], angle: 0, playing: true, speed: 0.5, id: S.groups.length, ready: 0, frames: 0 };
     S.groups.push(group);
+    if (container.__sctd3dGroup) container.__sctd3dGroup.stopped = true; // reopened: the old viewers go
+    container.__sctd3dGroup = group;
     container.textContent = "";
     const bar = el("div", { class: "vbar" });
     const btn = el("button", { type: "button", class: "vplay" }, "pause");
@@ -106,6 +109,12 @@
       }
       let last = performance.now();
       function frame(now) {
+        if (group.stopped || !container.isConnected) { // closed, reopened or paged away: free the WebGL contexts (~16 per page)
+          for (const vw of group.viewers) { vw.renderer.dispose(); vw.renderer.forceContextLoss(); }
+          group.viewers.length = 0;
+          group.stopped = true;
+          return;
+        }
         const dt = (now - last) / 1000;
         last = now;
         if (group.playing) group.angle += dt * group.speed;
@@ -162,8 +171,9 @@
     const host = document.getElementById("asset-table-host");
     if (!host) return;
     if (!D) { host.textContent = "per-asset data (data/rows.js) did not load"; return; }
-    const cols = D.columns, idx = {};
-    cols.forEach((c, i) => { idx[c.key] = i; });
+    const idx = {};
+    D.columns.forEach((c, i) => { idx[c.key] = i; });
+    const cols = D.columns.filter((c) => !c.hidden); // shown columns (the last one holds the row's details)
     const rows = D.rows;
     const st = (S.state = { sortKey: null, asc: true, page: 0, filter: "", status: "", method: "",
                             order: rows.map((_, i) => i), view: null });
