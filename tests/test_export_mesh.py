@@ -1,6 +1,6 @@
 """`sctd3d export --formats glb`: the textured mesh, checked by the programs that read it.
 
-- trimesh reads the GLB back; its faces and bytes are the index's columns;
+- trimesh reads the GLB (and the OBJ with its .mtl/.png: `--formats obj`) back; its faces and bytes are the index's columns;
 - the mesh is in the splats' world (y-up, +x right, +z front): the texture colours of the red
   cluster at +y, the blue one at -y and the green one at +x +z come back where the splats are (a
   flipped axis or a flipped texture V moves a colour);
@@ -58,7 +58,7 @@ def dataset(tmp_path_factory):
     base = tmp_path_factory.mktemp("mesh")
     run = make_run(base / "run", n_done=1, failed=False, scenes={0: solid_marker_scene()})
     out = base / "out"
-    export_dataset(str(run), str(out), views=2, resolution=48, formats="ply,glb", mesh=MESH)
+    export_dataset(str(run), str(out), views=2, resolution=48, formats="ply,glb,obj", mesh=MESH)
     row = pq.read_table(out / "index.parquet").drop(["preview"]).to_pylist()[0]
     return out, row
 
@@ -78,11 +78,13 @@ def test_glb_reads_back_with_index_columns(dataset):
     assert m.visual.material.baseColorTexture.size == (MESH["texture"], MESH["texture"])
 
 
-def test_glb_in_the_splats_world_with_the_right_texture(dataset):
+@pytest.mark.parametrize("column", ["glb_path", "obj_path"])
+def test_mesh_in_the_splats_world_with_the_right_texture(dataset, column):
     import trimesh
 
     out, row = dataset
-    m = trimesh.load(out / row["glb_path"], force="mesh")
+    m = trimesh.load(out / row[column], force="mesh")  # the OBJ through its .mtl and .png
+    assert len(m.faces) == row["mesh_faces"]
     colours = m.visual.to_color().vertex_colors[:, :3].astype(float) / 255.0  # texture sampled
     v = np.asarray(m.vertices)
     for name, c in CENTRES.items():

@@ -23,4 +23,4 @@ __all__ = ["ExportFormat", "FORMATS", "FormatUnavailable", "SplatAsset", "Unknow
            "member_keys", "parse_formats", "register", "stat_columns"]
 
 # the built-in formats (each module registers itself)
-from stages.export.formats import ply, spz, splat, sog, html, glb  # noqa: E402,F401
+from stages.export.formats import ply, spz, splat, sog, html, glb, obj  # noqa: E402,F401

@@ -44,19 +44,28 @@ def extras(asset: SplatAsset, cfg, fid: dict) -> dict:
             "mesh_options": asdict(cfg), "fidelity_vs_splats": fid}
 
 
-def trimesh_of(m):
+def trimesh_of(m, name: str = "asset"):
     import trimesh
     from PIL import Image
 
     if m.texture is not None:
         mat = trimesh.visual.material.PBRMaterial(
             baseColorTexture=Image.fromarray(m.texture), metallicFactor=0.0, roughnessFactor=1.0,
-            doubleSided=False)
+            doubleSided=False, name=name)
         vis = trimesh.visual.TextureVisuals(uv=m.uv, material=mat)
     else:
         vis = trimesh.visual.ColorVisuals(vertex_colors=np.concatenate(
             [m.vertex_colors, np.full((len(m.vertex_colors), 1), 255, np.uint8)], 1))
     return trimesh.Trimesh(m.vertices, m.faces, visual=vis, process=False)
+
+
+def mesh_stats(asset: SplatAsset) -> dict:
+    """The index's mesh columns (shared by the mesh formats)."""
+    m, cfg, fid = asset_mesh(asset)
+    return {"mesh_faces": int(len(m.faces)), "mesh_vertices": int(len(m.vertices)),
+            "mesh_watertight": bool(m.stats.get("watertight")),
+            "mesh_texture_px": int(cfg.texture), "mesh_psnr": fid.get("psnr"),
+            "mesh_mask_iou": fid.get("mask_iou")}
 
 
 def glb_bytes(asset: SplatAsset) -> tuple[bytes, dict]:
@@ -73,11 +82,7 @@ def glb_bytes(asset: SplatAsset) -> tuple[bytes, dict]:
             s["extras"] = ex
 
     data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=post)
-    stats = {"mesh_faces": int(len(m.faces)), "mesh_vertices": int(len(m.vertices)),
-             "mesh_watertight": bool(m.stats.get("watertight")),
-             "mesh_texture_px": int(cfg.texture), "glb_bytes": len(data),
-             "mesh_psnr": fid.get("psnr"), "mesh_mask_iou": fid.get("mask_iou")}
-    return data, stats
+    return data, {**mesh_stats(asset), "glb_bytes": len(data)}
 
 
 def encode(asset: SplatAsset) -> tuple[dict[str, bytes], dict]:
