@@ -221,6 +221,20 @@ class RenderConfig:
 
 
 @dataclass
+class MeshConfig:
+    """The mesh export (`--formats glb,obj`; stages/export/mesh.py): DreamGaussian's extract_mesh.
+    Not a section of Config: it changes exported files, never an asset or its scores."""
+
+    resolution: int = _f(128, lo=8, hi=1024, doc="density grid points per axis (R^3)")
+    threshold: float = _f(1.0, lo=0.0, doc="marching-cubes level of the summed Gaussian density")
+    faces: int = _f(100_000, lo=100, doc="face budget of the decimation")
+    texture: int = _f(1024, lo=0, hi=8192, doc="texture size (px); 0 = vertex colours only")
+    bake_views: int = _f(24, lo=1, doc="orbit views (x3 elevations) the texture is baked from")
+    bake_resolution: int = _f(256, lo=16, hi=2048, doc="size of the bake and fidelity renders")
+    fidelity_views: int = _f(8, lo=0, doc="orbit views of the mesh-vs-splat PSNR / mask IoU")
+
+
+@dataclass
 class MetricsConfig:
     metrics: list = _f(["clip_l", "image_reward"], doc="per-asset metrics to compute")
     metric_views: int = _f(0, lo=0, doc="0 = all evaluation frames")
@@ -780,3 +794,8 @@ def eval_hash(cfg: Config) -> str:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def mesh_config(options: dict | None = None, source: str = "--mesh") -> MeshConfig:
+    """A MeshConfig from {key: value} (strings are coerced and range-checked like config files)."""
+    return _build(MeshConfig, dict(options or {}), source, "mesh.")

@@ -215,6 +215,21 @@ def _byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 500MB)") from None
 
 
+def _mesh_options(items: list[str]) -> dict:
+    """`--mesh key=value` pairs, values YAML-typed (checked by common.config.mesh_config)."""
+    import yaml
+
+    from pipeline.export import ExportError
+
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise ExportError(f"--mesh {item!r}: expected KEY=VALUE, e.g. resolution=128")
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
@@ -227,7 +242,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
             shard_bytes=args.shard_bytes,
             seed=args.seed, executor=args.executor, address=args.address,
-            num_workers=args.num_workers, backend=args.backend)
+            num_workers=args.num_workers, backend=args.backend,
+            mesh=_mesh_options(args.mesh))
     except (ExportError, FilterError, SplatToolError) as e:
         print(f"sctd3d export: error: {e}", file=sys.stderr)
         return 2
@@ -339,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
     p.add_argument("--formats", default=None,
                    help="splat formats, comma-separated (default ply,spz): ply, spz, splat, sog, "
-                        "html, or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
+                        "html, glb (textured mesh), or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
     p.add_argument("--shard-size", type=int, default=0,
                    help="at most N assets per WebDataset shard (default 0: no count limit)")
     p.add_argument("--shard-bytes", type=_byte_size, default="1GB",
@@ -352,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
     p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,
                    help="renderer (default: the run's render.backend)")
+    p.add_argument("--mesh", action="append", default=[], metavar="KEY=VALUE",
+                   help="mesh option of the glb/obj formats (common.config.MeshConfig), e.g. "
+                        "resolution=128 faces=100000 texture=1024 threshold=1.0 (README 'Meshes')")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")

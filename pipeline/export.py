@@ -34,9 +34,11 @@ from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
 from common import plugins
+from common.config import ConfigError, mesh_config
 from stages.export import card, index, prune, shards
 from stages.export import formats as fmt_registry
 from stages.export.formats.ply import FILE as PLY_FILE
+from stages.export.asset import MESH_FORMATS
 from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
@@ -154,7 +156,7 @@ def export_asset(task: dict) -> dict:
         return {"ok": True, "reused": True, **done["meta"], "marker_sha256": done["sha"]}
     _clean_stale_temp(st, rel)
     try:
-        files, meta = build_asset(asset_id, ply, spec)
+        files, meta = build_asset(asset_id, ply, spec, task.get("prompt") or "")
     except AssetSkip as e:
         return {"ok": False, "asset_id": asset_id, "reason": str(e)}
     meta["files"] = sorted(files)
@@ -192,7 +194,7 @@ def _open_run(run_uri: str) -> tuple[Storage, dict]:
 
 
 def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views: int, seed: int,
-          backend: Optional[str]) -> ExportSpec:
+          backend: Optional[str], mesh: Optional[dict] = None) -> ExportSpec:
     cfg = info.get("config") or {}
     r = cfg.get("render") or {}
     gen = cfg.get("generate") or {}
@@ -203,7 +205,7 @@ def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views:
                       radius=float(r.get("radius", d.radius)), fovy=float(r.get("fovy", d.fovy)),
                       sampler=dict(gen.get("cameras") or {}),
                       iteration=int(gen.get("iterations", 0) or 0),
-                      backend=backend or r.get("backend", "auto"))
+                      backend=backend or r.get("backend", "auto"), mesh=dict(mesh or {}))
 
 
 GPU_DEFAULT_VIEWS = (120, 512)  # views, resolution when the renders run on a GPU (gsplat)
@@ -280,7 +282,8 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
                    shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
                    num_workers: Optional[int] = None, backend: Optional[str] = None,
-                   executor_options: Optional[dict] = None) -> ExportSummary:
+                   executor_options: Optional[dict] = None,
+                   mesh: Optional[dict] = None) -> ExportSummary:
     """Export the assets of `run_uri` selected by `where` into a dataset at `out` (resumable)."""
     t0 = time.perf_counter()
     try:
@@ -312,7 +315,12 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
         fmt_registry.check(fmts)  # a missing tool is one line, before any write
     except fmt_registry.FormatUnavailable as e:
         raise ExportError(str(e)) from None
-    spec = _spec(info, views, resolution, fmts, random_views, seed, backend)
+    try:  # --mesh KEY=VALUE: checked before any write (common.config.MeshConfig)
+        mesh_cfg = dataclasses.asdict(mesh_config(mesh or {}))
+        mesh = mesh_cfg if set(fmts) & MESH_FORMATS else {}
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    spec = _spec(info, views, resolution, fmts, random_views, seed, backend, mesh)
     try:
         st = open_storage(out)
         lock = RunLock(st).acquire()
@@ -344,7 +352,7 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             skipped.append({"asset_id": aid, "prompt": r["prompt"], "reason": str(e)})
             continue
         tasks.append({"asset_id": aid, "rel": safe_relpath("assets", aid[:2], aid),
-                      "ply_uri": _ply_uri(run, r), "out": st.root,
+                      "ply_uri": _ply_uri(run, r), "out": st.root, "prompt": r["prompt"],
                       "spec": dataclasses.asdict(spec), "plugins": plugins.plugin_specs()})
     results: dict[str, dict] = {}
     if tasks:
@@ -399,7 +407,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
 
     idx_rows = [_index_row(rows[a], results[a], spec, shard_of[a]) for a in results]
     idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)),
-                            {r["asset_id"]: st.read_bytes(r["preview_path"]) for r in idx_rows})
+                            {r["asset_id"]: st.read_bytes(r["preview_path"]) for r in idx_rows},
+                            fmt_registry.stat_columns(spec.formats))
     _write_if_changed(st, index.INDEX_FILE, index.parquet_bytes(idx))
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
@@ -431,7 +440,9 @@ def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
             "transforms_path": f"{rel}/{TRANSFORMS_FILE}",
             "preview_path": f"{rel}/{PREVIEW_FILE}" if PREVIEW_FILE in files
             else f"{rel}/images/000.png", "shard": shard,
-            "ply_sha256": res.get("ply_sha256")}
+            "ply_sha256": res.get("ply_sha256"),
+            **{c: (res.get("format_stats") or {}).get(c)
+               for c in fmt_registry.stat_columns(spec.formats)}}
 
 
 def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: dict,

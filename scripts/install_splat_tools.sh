@@ -32,4 +32,5 @@ else
     install splat-transform "$BIN"
 fi
 install web-viewers node_modules/@sparkjsdev/spark/dist/spark.module.js
+install gltf-validator node_modules/gltf-validator/package.json  # --formats glb: the Khronos validator
 exit 0

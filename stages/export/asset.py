@@ -25,6 +25,7 @@ LAYOUT_VERSION = 2
 BLENDER_FILES = {"train": "transforms_train.json", "test": "transforms_test.json"}
 IMAGES_DIR = "images"
 DEPTH_DIR = "depth"
+MESH_FORMATS = {"glb", "obj"}  # the formats that read ExportSpec.mesh (stages/export/mesh.py)
 
 
 class AssetSkip(ValueError):
@@ -46,6 +47,7 @@ class ExportSpec:
     sampler: dict = field(default_factory=dict)  # generate.cameras of the run
     iteration: int = 0  # training iteration whose camera ranges the random views use
     backend: str = "auto"
+    mesh: dict = field(default_factory=dict)  # common.config.MeshConfig keys (glb / obj formats)
 
     def key(self, ply_sha256: str) -> dict[str, Any]:
         """The parameters an existing asset folder must match to be reused."""
@@ -54,6 +56,8 @@ class ExportSpec:
         if not self.random_views:
             d.pop("seed"), d.pop("sampler"), d.pop("iteration")
         d.pop("backend")  # both backends render the same picture
+        if not set(self.formats) & MESH_FORMATS:
+            d.pop("mesh")  # read by the mesh formats only (older exports keep their key)
         d["ply_sha256"] = ply_sha256
         d["layout"] = LAYOUT_VERSION
         return d
@@ -69,7 +73,8 @@ def frame_names(spec: ExportSpec) -> tuple[list[str], list[str]]:
     return stems, ["orbit"] * spec.views + ["random"] * spec.random_views
 
 
-def build_asset(asset_id: str, ply: bytes, spec: ExportSpec) -> tuple[dict[str, bytes], dict]:
+def build_asset(asset_id: str, ply: bytes, spec: ExportSpec,
+                prompt: str = "") -> tuple[dict[str, bytes], dict]:
     """({relative path: bytes}, meta) of one asset; raises AssetSkip for an unreadable .ply."""
     try:
         g = load_ply(io.BytesIO(ply))
@@ -107,12 +112,20 @@ def build_asset(asset_id: str, ply: bytes, spec: ExportSpec) -> tuple[dict[str, 
     c2w0 = views.c2w_opengl(cams.viewmats[:1])[0]
     asset = formats.SplatAsset(asset_id=asset_id, ply=ply, gaussians=g, camera={
         "c2w": c2w0.tolist(), "fovy": float(cams.fovy[0]), "w": int(cams.width),
-        "h": int(cams.height)})
-    splat_files = formats.encode(tuple(spec.formats), asset)
+        "h": int(cams.height)}, prompt=prompt or "", options={
+        "orbit": {"elevation_deg": spec.elevation_deg, "radius": spec.radius, "fovy": spec.fovy},
+        "mesh": dict(spec.mesh)})
+    stats: dict = {}
+    from stages.export.mesh import EmptyMesh
+
+    try:
+        splat_files = formats.encode(tuple(spec.formats), asset, stats)
+    except EmptyMesh as e:
+        raise AssetSkip(str(e)) from None
     files.update(splat_files)
     meta = {"num_gaussians": g.num(), "sh_degree": g.sh_degree, "num_views": spec.views,
             "num_random_views": spec.random_views, "depth_scale": views.DEPTH_UNIT,
             "depth_pixels_too_far": too_far,
             "ply_sha256": sha256(ply), "bytes": {k: len(v) for k, v in splat_files.items()},
-            "file_bytes": sum(len(v) for v in files.values())}
+            "file_bytes": sum(len(v) for v in files.values()), "format_stats": stats}
     return files, meta

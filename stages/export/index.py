@@ -47,23 +47,28 @@ PREVIEW_PX = 256
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-def schema(format_columns: Sequence[str] = ()) -> pa.Schema:
+def schema(format_columns: Sequence[str] = (),
+           stat_columns: dict[str, str] | None = None) -> pa.Schema:
     """SCHEMA plus the path columns of the exported formats (e.g. ply_path, spz_path: each
-    format of stages.export.formats names its own), after asset_dir."""
+    format of stages.export.formats names its own), after asset_dir, and the formats' numbers
+    (`stat_columns` {column: arrow type name}, e.g. the mesh's faces) at the end."""
     at = SCHEMA.get_field_index("asset_dir") + 1
     s = SCHEMA
     for k, col in enumerate(format_columns):
         s = s.insert(at + k, pa.field(col, pa.string()))
+    for col, typ in (stat_columns or {}).items():
+        s = s.append(pa.field(col, pa.bool_() if typ == "bool" else getattr(pa, typ)()))
     return s.insert(1, pa.field("preview", IMAGE_TYPE))
 
 
 def index_table(rows: Iterable[dict[str, Any]], format_columns: Sequence[str] = (),
-                previews: dict[str, bytes] | None = None) -> pa.Table:
+                previews: dict[str, bytes] | None = None,
+                stat_columns: dict[str, str] | None = None) -> pa.Table:
     """Rows (dicts with the schema's keys; missing keys are null) sorted by asset_id;
     `previews` = {asset_id: PNG bytes} for the image column."""
     from datasets import Features, Image
 
-    sch = schema(format_columns)
+    sch = schema(format_columns, stat_columns)
     rows = sorted(rows, key=lambda r: r["asset_id"])
     previews = previews or {}
     data = []

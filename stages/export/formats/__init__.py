@@ -16,11 +16,11 @@ from __future__ import annotations
 from stages.export.formats.base import (FORMATS, WORLD_AXES, ExportFormat, FormatUnavailable,
                                         SplatAsset, UnknownComponent, check, default_formats,
                                         encode, get, index_columns, member_keys, parse_formats,
-                                        register)
+                                        register, stat_columns)
 
 __all__ = ["ExportFormat", "FORMATS", "FormatUnavailable", "SplatAsset", "UnknownComponent",
            "WORLD_AXES", "check", "default_formats", "encode", "get", "index_columns",
-           "member_keys", "parse_formats", "register"]
+           "member_keys", "parse_formats", "register", "stat_columns"]
 
 # the built-in formats (each module registers itself)
-from stages.export.formats import ply, spz, splat, sog, html  # noqa: E402,F401
+from stages.export.formats import ply, spz, splat, sog, html, glb, obj  # noqa: E402,F401

@@ -23,6 +23,11 @@ class SplatAsset:
     ply: bytes
     gaussians: Any  # kernels.gaussians.Gaussians
     camera: Mapping[str, Any] = field(default_factory=dict)  # frame 0: c2w (OpenGL), fovy, w, h
+    prompt: str = ""
+    # the export's orbit {elevation_deg, radius, fovy} and per-format options (e.g. "mesh")
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # work shared by the formats of one asset (e.g. the mesh of glb and obj); not compared
+    cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +35,8 @@ class ExportFormat:
     """One splat format of the export.
 
     name: the `--formats` name; files: {file in the asset folder: WebDataset member key};
-    encode(SplatAsset) -> {file: bytes} (exactly `files`); card_line: the card's markdown for
+    encode(SplatAsset) -> {file: bytes} (exactly `files`), or ({file: bytes}, {stat column:
+    value}) for a format with `stat_columns`; card_line: the card's markdown for
     its files; index_columns: {index column: file} (default `<name>_path` -> the first file);
     check(): raises FormatUnavailable when a tool it needs is missing (called before any write);
     axes: the axis convention of the stored data; default: part of the default `--formats`.
@@ -44,6 +50,9 @@ class ExportFormat:
     check: Optional[Callable[[], None]] = None
     axes: str = ""
     default: bool = False
+    # {index column: arrow type name ("int64", "float64", "bool")} of per-asset numbers the
+    # encoder reports: its encode then returns (files, {column: value})
+    stat_columns: Optional[Mapping[str, str]] = None
 
     def columns(self) -> dict[str, str]:
         if self.index_columns is not None:
@@ -108,12 +117,25 @@ def index_columns(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def encode(names: tuple[str, ...], asset: SplatAsset) -> dict[str, bytes]:
-    """Every chosen format's files of one asset."""
+def stat_columns(names: tuple[str, ...]) -> dict[str, str]:
+    """{index column: arrow type name} of the chosen formats' per-asset numbers."""
+    out: dict[str, str] = {}
+    for n in names:
+        out.update(get(n).stat_columns or {})
+    return out
+
+
+def encode(names: tuple[str, ...], asset: SplatAsset,
+           stats: Optional[dict] = None) -> dict[str, bytes]:
+    """Every chosen format's files of one asset; formats' numbers go into `stats`."""
     files: dict[str, bytes] = {}
     for n in names:
         fmt = get(n)
         got = fmt.encode(asset)
+        if isinstance(got, tuple):
+            got, numbers = got
+            if stats is not None:
+                stats.update(numbers)
         if set(got) != set(fmt.files):
             raise RuntimeError(f"export format {n!r} wrote {sorted(got)}, declared "
                                f"{sorted(fmt.files)}")
