@@ -25,6 +25,7 @@ records are per-asset and idempotent).
 
 from __future__ import annotations
 
+from common.errors import UserError
 import contextlib
 import fcntl
 import json
@@ -47,7 +48,7 @@ GUARD_WAIT_S = 60.0      # a guard holder does a few small file operations; this
 LOST_LOCK = "lost the run lock"  # the stop reason's prefix when a heartbeat finds the lock taken over
 
 
-class LockHeld(RuntimeError):
+class LockHeld(UserError, RuntimeError):
     """Another live run owns the output root."""
 
 

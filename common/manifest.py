@@ -23,6 +23,7 @@ Schema: add columns, never repurpose them; bump SCHEMA_VERSION when a column's m
 
 from __future__ import annotations
 
+from common.errors import UserError
 import hashlib
 import io
 import logging
@@ -106,7 +107,7 @@ READ_THREADS = 16  # part files read at once (I/O bound on object stores; parsin
 DATASET_MIN_FILES = 64  # from this many files on, one pyarrow dataset scan (C++ threads) reads them
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A record that does not fit the schema, or an unreadable manifest."""
 
 

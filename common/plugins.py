@@ -19,6 +19,7 @@ A module that fails to import is one `PluginError` line naming it, never a trace
 
 from __future__ import annotations
 
+from common.errors import UserError
 import importlib
 import importlib.util
 import os
@@ -34,11 +35,11 @@ _loaded: dict[str, str] = {}  # spec -> imported module name
 _lock = threading.RLock()
 
 
-class PluginError(ValueError):
+class PluginError(UserError, ValueError):
     """A plugin module that cannot be imported, or a registration that clashes (one line)."""
 
 
-class UnknownComponent(ValueError):
+class UnknownComponent(UserError, ValueError):
     """A name no registry entry has (one line naming it and the choices)."""
 
 

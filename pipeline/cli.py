@@ -12,6 +12,7 @@ stderr); 130 / 143 stopped by SIGINT / SIGTERM (re-run the same command to resum
 
 from __future__ import annotations
 
+from common.errors import UserError
 import argparse
 import logging
 import sys
@@ -22,7 +23,7 @@ from common.config import ConfigError, dump_yaml, load_config
 log = logging.getLogger("sctd3d")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A bad command-line value; the message says which and what to give instead."""
 
 
@@ -447,26 +448,12 @@ def guarded(prog: str, fn, verbose: bool = False) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing message (imported only once something failed).
-    A module that cannot be imported (a generation-only install has no pyarrow or pandas) cannot
-    have raised its error, so it is left out instead of masking the real error."""
-    import importlib
+    """Exception types that carry a user-facing message: every `common.errors.UserError` (each
+    module's and each plugin's error subclasses it: no list to keep here), `kernels.ply`'s
+    PlyFormatError (kernels/ cannot import common/) and OSError (a path the user named)."""
+    from kernels.ply import PlyFormatError
 
-    names = [("kernels.ply", "PlyFormatError"), ("pipeline.executors", "ExecutorError"),
-             ("pipeline.inputs", "InputError"), ("common.lock", "LockHeld"),
-             ("stages.toyworld.catalogue", "CatalogueError"), ("common.manifest", "ManifestError"),
-             ("common.storage", "StorageError"), ("stages.checkpoint", "CheckpointError"),
-             ("stages.init", "InitError"), ("stages.metrics.errors", "MetricWeightsError"),
-             ("stages.priors.device", "DeviceError"), ("stages.priors.stable_diffusion", "PriorLoadError"),
-             ("stages.report", "ReportError"), ("common.plugins", "PluginError"),
-             ("common.plugins", "UnknownComponent")]
-    found = []
-    for module, name in names:
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            log.debug("%s not importable here; its %s cannot have been raised", module, name)
-    return (*found, UsageError, OSError)
+    return (UserError, PlyFormatError, OSError)
 
 
 if __name__ == "__main__":

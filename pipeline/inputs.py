@@ -20,6 +20,7 @@ optional `seed`/`tags`).
 
 from __future__ import annotations
 
+from common.errors import UserError
 import dataclasses
 import hashlib
 import io
@@ -70,7 +71,7 @@ def row_override_rule() -> str:
           f"run's config and flags")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The prompt file as a whole cannot be read (missing, unknown format, no prompt column)."""
 
 

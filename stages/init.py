@@ -8,6 +8,7 @@ identity, scales from the mean distance to the 3 nearest neighbours (3DGS), unle
 
 from __future__ import annotations
 
+from common.errors import UserError
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ POINT_E_INSTALL = ('pip install --no-deps "point-e @ git+https://github.com/open
                    f'@{POINT_E_COMMIT}"')
 
 
-class InitError(RuntimeError):
+class InitError(UserError, RuntimeError):
     """An init method that cannot run here; the message names the fix and the fallback."""
 
 

@@ -14,6 +14,7 @@ workers are) before `map`, and retries by one `RetryPolicy`.
 
 from __future__ import annotations
 
+from common.errors import UserError
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
@@ -40,7 +41,7 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(UserError, RuntimeError):
     """The executor cannot run any item: the cluster is unreachable, no worker can start, or every
     worker fails its start-up check. The message is one line naming what was asked for."""
 

@@ -12,6 +12,7 @@ cluster's head node has no GPU by design and must still be able to drive a GPU r
 
 from __future__ import annotations
 
+from common.errors import UserError
 import logging
 import shutil
 import socket
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """The configured prior cannot get the device it needs here (one line: build, driver, key)."""
 
 

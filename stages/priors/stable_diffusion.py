@@ -10,6 +10,7 @@ without the hub client's retry loops.
 
 from __future__ import annotations
 
+from common.errors import UserError
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ _ALLOW = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config
           "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
 
 
-class PriorLoadError(RuntimeError):
+class PriorLoadError(UserError, RuntimeError):
     """The prior's weights cannot be found or read; the message says how to fix it."""
 
 

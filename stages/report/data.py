@@ -5,6 +5,7 @@ A report input is a run directory, its `manifest/` directory, or a `.parquet` fi
 
 from __future__ import annotations
 
+from common.errors import UserError
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ KEY = ("prompt", "seed", "method")
 STATUSES = ("done", "failed", "rejected")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Bad report input (missing manifest, unreadable file, bad option); the message says which."""
 
 

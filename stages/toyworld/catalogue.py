@@ -7,6 +7,7 @@ primitives sampled uniformly on their surfaces; the generator is seeded from the
 
 from __future__ import annotations
 
+from common.errors import UserError
 import hashlib
 import json
 import math
@@ -40,7 +41,7 @@ def prompt_key(name_or_prompt: str) -> str:
     return _VIEW_SUFFIX.sub("", str(name_or_prompt).strip().lower()).strip()
 
 
-class CatalogueError(ValueError):
+class CatalogueError(UserError, ValueError):
     """A malformed catalogue file or an unknown object; the message names the value and a fix."""
 
 
