@@ -10,19 +10,20 @@ $(BIN)/sctd3d: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -e ".[dev]"
-	# image-reward 1.5 pins timm==0.6.13 (open-clip needs timm>=1.0.17): install without its deps.
-	$(BIN)/pip install -q --no-deps image-reward==1.5
 	# PlayCanvas splat-transform (npm) for `sctd3d export --formats spz`
 	bash scripts/install_splat_tools.sh
 	touch $(BIN)/sctd3d
 
 setup: $(BIN)/sctd3d
+	# the report's offline 3D viewer (Spark + three.js from npm, pinned in tools/report-viewer/package-lock.json)
+	bash tools/report-viewer/setup.sh
 
 demo: setup
 	$(BIN)/sctd3d demo --out runs/demo
 
 test: setup
 	bash scripts/install_test_deps.sh
+	bash scripts/install_splat_tools.sh  # npm pins of the export tests (idempotent)
 	$(BIN)/python -m pytest -q tests
 
 clean:

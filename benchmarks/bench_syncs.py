@@ -1,11 +1,14 @@
-"""Host reads of tensor values per generate iteration (each is a device sync on a GPU).
+"""Host <-> device transfers per generate iteration (each can make the host wait on a GPU).
 
-Counts every Tensor -> host conversion (`item`, `tolist`, `float`, `int`, `bool`, `cpu`, `numpy`)
-during a short toy-world generate per method, split by iteration at the loop's per-iteration
-`deadline.check`. Prints the median per iteration of: all conversions; those of the host-side
-draws (cameras, flags, timesteps: CPU generators, never a device sync); the torch renderer's
-(tile binning on the host; CUDA runs use gsplat); and the rest, the loop's own reads of device
-values. Iterations that log or checkpoint are left out. Usage: python benchmarks/bench_syncs.py
+Counts, during a short toy-world generate per method (toy SD prior, the production SD code path,
+loaded before counting like a worker's resident prior; CPU, torch renderer, densification off),
+every device-to-host read (`item`, `tolist`, `float`, `int`, `bool`, `cpu`, `numpy`) and every
+host-to-device copy, found on the CPU by following host data through torch calls
+(tests/sync_count.py says how). Split by iteration at the loop's per-iteration `deadline.check`;
+prints the median per iteration of: D2H reads of the loop (the rest are the host-side draws,
+CPU generators, never a device sync, and the torch renderer's tile binning: CUDA runs use gsplat),
+and H2D copies of the loop and of the renderer. Iterations that log or write are left out.
+Usage: python benchmarks/bench_syncs.py
 """
 
 from __future__ import annotations
@@ -13,77 +16,51 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from common import deadline
-from common.config import ConfigError, load_config
-from stages import generate as G
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-CONVERSIONS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
-HOST_DRAWS = {"draw_iteration", "sample_training_cameras", "look_at", "_randint"}
+from common import deadline  # noqa: E402
+from common.config import load_config  # noqa: E402
+from stages import generate as G  # noqa: E402
+from stages.priors.registry import load_prior  # noqa: E402
+from sync_count import count_syncs  # noqa: E402
+
 ITERS = 8
 
 
-def kind_of_caller() -> str:
-    f = sys._getframe(2)
-    kind = "loop"
-    while f is not None:
-        if f.f_code.co_name in HOST_DRAWS:
-            return "host draws"
-        if Path(f.f_code.co_filename).name == "render.py":
-            kind = "renderer"
-        f = f.f_back
-    return kind
-
-
 def count(method: str) -> dict[str, float]:
-    overrides = ["generate.iterations=%d" % ITERS, "generate.checkpoint_every=0", "generate.save_ply_at=[]",
-                 "generate.densify.start=100000", f"generate.method={method}"]
-    try:
-        cfg = load_config("toy.yaml", overrides + ["generate.log_every=100000"])
-    except ConfigError:                       # code from before generate.log_every
-        cfg = load_config("toy.yaml", overrides)
-    per_it: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    state = {"it": 0}
-    saved = {n: getattr(torch.Tensor, n) for n in CONVERSIONS}
-    saved_check = deadline.check
-
-    def wrap(fn):
-        def conv(self, *a, **k):
-            per_it[state["it"]][kind_of_caller()] += 1
-            return fn(self, *a, **k)
-        return conv
-
-    def check(what):
-        if what.startswith("generate iteration "):
-            state["it"] = int(what.rsplit(" ", 1)[1])
-        saved_check(what)
-
-    try:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, wrap(fn))
-        deadline.check = check
-        G.generate(cfg, "a red cube", 0, tempfile.mkdtemp(), progress=False)
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, fn)
-        deadline.check = saved_check
-    its = range(2, ITERS)                     # not the first (embeds) nor the last (logs, writes)
-    out = {k: statistics.median(per_it[i][k] for i in its) for k in ("host draws", "renderer", "loop")}
-    out["all"] = statistics.median(sum(per_it[i].values()) for i in its)
-    return out
+    cfg = load_config("toy.yaml", ["generate.iterations=%d" % ITERS, "generate.checkpoint_every=0",
+                                   "generate.save_ply_at=[]", "generate.densify.start=100000",
+                                   f"generate.method={method}", "generate.log_every=100000"])
+    prior = load_prior(cfg.prior, cfg.prior.device, toy=cfg.toy)
+    with count_syncs(deadline) as c:
+        G.generate(cfg, "a red cube", 0, tempfile.mkdtemp(), progress=False, prior=prior)
+    its = range(2, ITERS)                     # not the first nor the last (logs, writes)
+    med = lambda f: statistics.median(f(i) for i in its)  # noqa: E731
+    return {"d2h loop": med(lambda i: c.count(i, "device")),
+            "d2h host draws": med(lambda i: c.count(i, "host")),
+            "d2h renderer": med(lambda i: c.count(i, "renderer")),
+            "h2d loop": med(lambda i: c.count(i, "device", "h2d")),
+            "h2d renderer": med(lambda i: c.count(i, "renderer", "h2d")),
+            "h2d where": dict(c.where(2, "device", "h2d"))}
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    print("| method | all conversions | host draws | torch renderer | loop reads of device values |")
-    print("|---|--:|--:|--:|--:|")
+    print("| method | D2H reads, loop | H2D copies, loop | H2D, torch renderer | D2H host draws (CPU) | D2H torch renderer |")
+    print("|---|--:|--:|--:|--:|--:|")
+    wheres = {}
     for m in ("sds", "ism", "cds", "gcs", "sctd"):
         r = count(m)
-        print(f"| {m} | {r['all']:g} | {r['host draws']:g} | {r['renderer']:g} | {r['loop']:g} |")
+        wheres[m] = r["h2d where"]
+        print(f"| {m} | {r['d2h loop']:g} | {r['h2d loop']:g} | {r['h2d renderer']:g} | {r['d2h host draws']:g} "
+              f"| {r['d2h renderer']:g} |")
+    for m, w in wheres.items():
+        print(f"{m} H2D at iteration 2: {w}")
 
 
 if __name__ == "__main__":

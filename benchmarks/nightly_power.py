@@ -14,6 +14,11 @@ code fault from stages/faults.py (SCTD3D_FAULT). Then:
 - thread count: every run pins one thread (OMP_NUM_THREADS=1); the clean seed-0 run again with 2;
 - prompt count: the same decisions on random prompt subsets (fewer prompts per night).
 
+- set-level metrics (--kid): KID +- its bootstrap-over-assets SE and FID of every clean run against
+  the toy reference (Inception features cached per run), then every ordered pair of clean runs
+  decided as the report does (stages.report.compare.decide_with_se): false alarms per threshold,
+  and the FID moves a point-estimate gate would have alarmed on.
+
 Usage (from the repository root; resumable: finished runs under --work are reused):
     .venv/bin/python benchmarks/nightly_power.py --work runs/nightly_power [--prompts 6] [--seeds 4]
         [--only clean_s0,iters_half,...] [--analyse-only] [--px64] [--json out.json]
@@ -387,6 +392,136 @@ def analyse(work: str, seeds: list[int], faults: list[Variant], subset_sizes: li
     return res
 
 
+def set_level(work: str, seeds: list[int], thresholds: list[float], confidence: float = 0.95,
+              mixed_pairs: int = 200) -> dict:
+    """KID (+- SE) and FID of each finished clean run, and the false alarms of the KID decision over
+    every ordered pair of clean runs, per threshold. Features are cached in WORK/<run>/kid_features.npz."""
+    import numpy as np
+    from stages.metrics import fid as F
+    from stages.report.compare import decide_with_se
+
+    cfg = load_config(CONFIG)
+    os.environ.setdefault("SCTD3D_CACHE", os.path.join(work, "cache"))
+    model = None
+    per_run: dict = {}
+    blocks: dict = {}  # seed -> prompt -> that asset's frame features
+    ref_feats = None
+    for s in seeds:
+        run_dir = os.path.join(work, f"clean_s{s}")
+        if not _finished(run_dir):
+            continue
+        cache = os.path.join(run_dir, "kid_features.npz")
+        root, df = rpt.read_manifest(run_dir)
+        done = df[df["status"].astype(str) == "done"].sort_values("prompt")
+        if os.path.exists(cache):
+            z = np.load(cache)
+            feats, groups = z["feats"], z["groups"]
+        else:
+            model = model or F.load_inception(cfg.metrics.fid_inception, "cpu")
+            files, groups = [], []
+            for k, fr in enumerate(done["frames_uri"]):
+                imgs = F.list_images(os.path.join(root, str(fr)), "")
+                files += imgs
+                groups += [k] * len(imgs)
+            t0 = time.perf_counter()
+            feats = F.file_features(files, model, "cpu", cfg.metrics.batch_size)
+            groups = np.asarray(groups)
+            np.savez(cache, feats=feats.astype(np.float32), groups=groups)
+            log.info("features of %s: %d images, %.0f s", run_dir, len(files), time.perf_counter() - t0)
+        if ref_feats is None:
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmp:
+                ref = F.toy_reference(cfg, list(done["prompt"].astype(str)), tmp)
+                # the runs that computed FID cached the same reference's features: reuse them
+                caches = [os.path.join(work, f"clean_s{x}", "metrics", "fid_reference") for x in seeds]
+                cache_dir = next((c for c in caches if os.path.isdir(c)), os.path.join(work, "fid_reference"))
+                ref_feats, hit = F.reference_statistics(ref, cfg.metrics, cache_dir,
+                                                        model or F.load_inception(cfg.metrics.fid_inception, "cpu"))
+                log.info("reference features: %d images (%s)", len(ref), "cached" if hit else "computed")
+        k = F.kid_with_se(feats, groups, ref_feats)
+        k["fid"] = F.frechet_distance_features(feats, ref_feats)
+        per_run[s] = k
+        blocks[s] = {str(p): feats[groups == g] for g, p in enumerate(done["prompt"].astype(str))}
+    pairs = list(itertools.permutations(sorted(per_run), 2))
+    out: dict = {"runs": per_run, "pairs": len(pairs), "confidence": confidence, "alarms": {},
+                 "fid_moves": [per_run[a]["fid"] - per_run[b]["fid"] for a, b in pairs]}
+    diffs = []
+    for a, b in pairs:
+        ra, rb = per_run[a], per_run[b]
+        diffs.append({"run": a, "base": b, "diff": ra["kid"] - rb["kid"],
+                      "se": float(np.hypot(ra["kid_se"], rb["kid_se"]))})
+    out["diffs"] = diffs
+    for t in thresholds:
+        n = 0
+        for a, b in pairs:
+            ra, rb = per_run[a], per_run[b]
+            d = decide_with_se("kid", ra["kid"], ra["kid_se"], rb["kid"], rb["kid_se"], threshold=t,
+                               confidence=confidence, rule=RULES[0], n_note="")
+            n += bool(d.regressed)
+        out["alarms"][t] = n
+    # More clean nights from the same assets: a night whose prompts each took the asset of one of the
+    # clean seeds is a clean night too (seeds are per asset). Pairs of such nights that differ in every
+    # prompt's seed are clean other-seed comparisons: up to `mixed_pairs` of them, drawn at random.
+    out["mixed"] = mixed_nights(blocks, ref_feats, thresholds, confidence, n_pairs=mixed_pairs) if len(blocks) >= 2 else {}
+    return out
+
+
+def mixed_nights(blocks: dict, ref_feats, thresholds: list[float], confidence: float, n_pairs: int) -> dict:
+    import numpy as np
+    from stages.metrics import fid as F
+    from stages.report.compare import decide_with_se
+
+    seeds = sorted(blocks)
+    prompts = sorted(set.intersection(*(set(b) for b in blocks.values())))
+    rng = np.random.default_rng(0)
+    cache: dict = {}
+
+    def night(choice: tuple) -> dict:
+        if choice not in cache:
+            feats = np.concatenate([blocks[s][p] for s, p in zip(choice, prompts)])
+            groups = np.concatenate([np.full(len(blocks[s][p]), i) for i, (s, p) in enumerate(zip(choice, prompts))])
+            cache[choice] = F.kid_with_se(feats, groups, ref_feats, n_boot=200)
+        return cache[choice]
+
+    alarms = {t: 0 for t in thresholds}
+    z_scores = []
+    for _ in range(n_pairs):
+        a = tuple(int(x) for x in rng.choice(seeds, size=len(prompts)))
+        b = tuple(int(rng.choice([s for s in seeds if s != x])) for x in a)  # every prompt's seed differs
+        ra, rb = night(a), night(b)
+        z_scores.append((ra["kid"] - rb["kid"]) / float(np.hypot(ra["kid_se"], rb["kid_se"])))
+        for t in thresholds:
+            d = decide_with_se("kid", ra["kid"], ra["kid_se"], rb["kid"], rb["kid_se"], threshold=t,
+                               confidence=confidence, rule=RULES[0], n_note="")
+            alarms[t] += bool(d.regressed)
+    diffs = [cache[k]["kid"] for k in cache]
+    return {"pairs": n_pairs, "nights": len(cache), "prompts": len(prompts), "seeds": seeds, "alarms": alarms,
+            "z_sd": float(np.std(z_scores, ddof=1)), "z_abs_max": float(np.max(np.abs(z_scores))),
+            "kid_sd_over_nights": float(np.std(diffs, ddof=1)),
+            "median_se": float(np.median([cache[k]["kid_se"] for k in cache]))}
+
+
+def print_set_level(res: dict) -> None:
+    print("\n### Set-level metric: KID (+- SE, bootstrap over assets) of clean runs vs the toy reference\n")
+    print("| run | images | assets | KID | SE | FID (point) |")
+    print("|---|---|---|---|---|---|")
+    for s, r in res["runs"].items():
+        print(f"| clean_s{s} | {r['kid_n_images']} | {r['kid_n_assets']} | {r['kid']:.5f} | {r['kid_se']:.5f} | "
+              f"{r['fid']:.2f} |")
+    print(f"\n- ordered pairs of clean runs (other seeds): {res['pairs']}")
+    print("- KID difference / SE per pair: " + ", ".join(f"{d['diff']:+.5f}/{d['se']:.5f}" for d in res["diffs"]))
+    print(f"- false alarms per KID threshold ({int(100 * res['confidence'])}% CI beyond it): {res['alarms']}")
+    m = res.get("mixed") or {}
+    if m:
+        print(f"- mixed clean nights ({m['prompts']} prompts, each prompt's asset from one of seeds {m['seeds']}; "
+              f"{m['pairs']} random pairs differing in every prompt's seed, {m['nights']} distinct nights): "
+              f"false alarms per threshold {m['alarms']}; (diff / SE) SD {m['z_sd']:.2f}, max |.| "
+              f"{m['z_abs_max']:.2f}; KID SD over nights {m['kid_sd_over_nights']:.5f}, median SE {m['median_se']:.5f}")
+    if res["fid_moves"]:
+        print(f"- FID moves between clean runs: max |diff| {max(abs(x) for x in res['fid_moves']):.2f} "
+              f"(a point gate at 2.0 alarms on {sum(x > 2.0 for x in res['fid_moves'])}/{res['pairs']})")
+
+
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:+.{nd}f}"
 
@@ -439,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--px64", action="store_true",
                     help="also re-score every finished run with 64 px evaluation renders (WORK/px64)")
     ap.add_argument("--json", default="", help="write the results here (default WORK/results.json)")
+    ap.add_argument("--kid", action="store_true",
+                    help="also measure KID +- SE / FID of the clean runs and the KID gate's false alarms")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     global PROMPTS
@@ -474,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             if not only or v.name in only:
                 run_variant(v, a.work, pf, a.extra)
     res = analyse(a.work, seeds, faults, subset_sizes=[4, 6])
+    if a.kid:
+        res["set_level"] = set_level(a.work, seeds, thresholds=[0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05])
     if a.px64:
         w64 = os.path.join(a.work, "px64")
         for v in [clean(s) for s in seeds] + faults:
@@ -484,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(a.json or os.path.join(a.work, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1, default=str)
     print_tables(res)
+    if "set_level" in res:
+        print_set_level(res["set_level"])
     if "px64" in res:
         print("\n## The same runs scored on 64 px evaluation renders")
         print_tables(res["px64"])

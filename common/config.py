@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable
 
 import yaml
 
@@ -63,6 +63,10 @@ class PriorConfig:
     channels_last: bool = _f(True)
     single_file_config: str = _f("", doc="single .safetensors model: diffusers dir / hub id with its configs")
     num_train_timesteps: int = _f(1000, lo=2, hi=10000, doc="T")
+    options: dict = _f({}, doc="the chosen prior's own settings (its spec's options class, "
+                       "stages.priors.registry); empty for the shipped priors")
+    compile: str = _f("none", choices=("none", "default", "reduce-overhead"),
+                      doc="torch.compile mode of the UNet (a runtime option: not in asset ids)")
 
 
 @dataclass
@@ -183,7 +187,7 @@ class AugmentConfig:
 
 @dataclass
 class GenerateConfig:
-    method: str = _f("sctd", doc="a name in kernels.distill.METHODS (pipeline.validate)")
+    method: str = _f("sctd", doc="a name in stages.methods.METHODS (pipeline.validate)")
     iterations: int = _f(5000, lo=1)
     batch_views: int = _f(4, lo=1, hi=64)
     seed: int = _f(0, lo=0)
@@ -217,6 +221,20 @@ class RenderConfig:
 
 
 @dataclass
+class MeshConfig:
+    """The mesh export (`--formats glb,obj`; stages/export/mesh.py): DreamGaussian's extract_mesh.
+    Not a section of Config: it changes exported files, never an asset or its scores."""
+
+    resolution: int = _f(128, lo=8, hi=1024, doc="density grid points per axis (R^3)")
+    threshold: float = _f(1.0, lo=0.0, doc="marching-cubes level of the summed Gaussian density")
+    faces: int = _f(100_000, lo=100, doc="face budget of the decimation")
+    texture: int = _f(1024, lo=0, hi=8192, doc="texture size (px); 0 = vertex colours only")
+    bake_views: int = _f(24, lo=1, doc="orbit views (x3 elevations) the texture is baked from")
+    bake_resolution: int = _f(256, lo=16, hi=2048, doc="size of the bake and fidelity renders")
+    fidelity_views: int = _f(8, lo=0, doc="orbit views of the mesh-vs-splat PSNR / mask IoU")
+
+
+@dataclass
 class MetricsConfig:
     metrics: list = _f(["clip_l", "image_reward"], doc="per-asset metrics to compute")
     metric_views: int = _f(0, lo=0, doc="0 = all evaluation frames")
@@ -241,7 +259,10 @@ class MetricsConfig:
 
 @dataclass
 class PipelineConfig:
-    executor: str = _f("local", choices=("local", "ray"))
+    executor: str = _f("local", doc="a name in pipeline.executors.EXECUTORS (pipeline.validate)")
+    plugins: list = _f([], doc="plugin modules (names or .py paths) imported by the driver and each "
+                       "worker besides $SCTD3D_PLUGINS: they register methods, priors, executors, "
+                       "formats (common/plugins.py)")
     num_workers: int = _f(0, lo=0, doc="0 = one per GPU (ray) / 1 (local)")
     gpus_per_worker: float = _f(1.0, lo=0.0)
     cpus_per_worker: float = _f(1.0, lo=0.0)
@@ -270,6 +291,9 @@ class PipelineConfig:
                           "its own max_workers (ray_cluster.yaml: nodes x GPUs per node)")
 
 
+KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
+
+
 @dataclass
 class ReportConfig:
     n_boot: int = _f(2000, lo=10)
@@ -278,8 +302,9 @@ class ReportConfig:
     # regression when the CI of (run - baseline) lies beyond -threshold (higher-is-better metrics)
     # (signed so that negative = worse; FID is lower-is-better). Metrics without a threshold are
     # reported but never gate. done_rate: fraction of shared assets that finished `done`.
+    # kid: set-level, decided on KID +- its bootstrap SE (FID is a point estimate: shown, never gated)
     thresholds: dict = _f({"clip_l": 0.5, "image_reward": 0.02, "toy_psnr": 0.5,
-                           "toy_rprec": 0.05, "fid": 2.0, "done_rate": 0.1})
+                           "toy_rprec": 0.05, "kid": KID_THRESHOLD, "done_rate": 0.1})
     # measured run-to-run spread of each metric's mean paired difference (SD over clean nights of
     # other seeds; benchmarks/nightly_power.py): what a threshold is set from. Shown next to each
     # decision on the report page; never gates. Empty = not measured for this config.
@@ -291,6 +316,12 @@ class ReportConfig:
     min_pairs: int = _f(3, lo=1, doc="fewer shared assets: 'insufficient', never gates")
     thumb_px: int = _f(320, lo=16, hi=2048, doc="contact-sheet image width in the HTML")
     max_prompt_rows: int = _f(500, lo=1, doc="per-prompt table rows shown (worst first)")
+    table_max_rows: int = _f(20000, lo=1, doc="per-asset table rows in the page (worst first); all in assets.csv")
+    page_rows: int = _f(100, lo=1, hi=10000, doc="per-asset table rows per page")
+    viewer_max_assets: int = _f(200, lo=0, doc="assets (worst first) whose splat file is copied for the 3D view")
+    max_failure_rows: int = _f(200, lo=1, doc="failure/rejection rows in the page; all in failures.csv")
+    floors: dict = _f({"toy_rprec": 0.0}, doc="metric -> per-asset floor: values at or below it are highlighted")
+    allow_config_change: bool = _f(False, doc="compare nights whose generation hashes differ (--allow-config-change)")
 
 
 @dataclass
@@ -326,10 +357,11 @@ _HASH_EXCLUDE = ("pipeline", "report", "source", "deviations")
 # What identifies an asset, and what only scores it. Every key is a generation key (hashed into
 # asset ids by `generation_hash`), an evaluation key (hashed into `eval_hash`, recorded beside the
 # id) or neither; tests/test_asset_identity.py checks that every field is classified.
-# - Generation: the whole prior / init / generate sections (an include-list of sections: a new
-#   field there is a generation key until decided otherwise; over-inclusion costs a regeneration,
-#   under-inclusion would mix assets), less the keys below; prior.dtype stays in (fp16 and fp32
-#   give different assets on CUDA). toy.* keys count only where the toy world feeds generation.
+# - Generation: the keys of the prior / init / generate sections that the chosen method, prior and
+#   init READ (each declares them: stages.generation_id), less the keys below; prior.dtype stays in
+#   (fp16 and fp32 give different assets on CUDA). toy.* keys count only where the toy world feeds
+#   generation. `id_settings` keeps version 1's shape (common/id_v1.py) so ids survive upgrades: an
+#   unread key counts at its frozen value, a key added later counts only away from ID_NEUTRAL.
 # - Evaluation: the render (evaluation orbit) and metrics sections, less metrics.device, and every
 #   toy key but cache_dir (the toy metrics' ground truth, the FID toy reference).
 GENERATION_SECTIONS = ("prior", "init", "generate")
@@ -337,8 +369,10 @@ EVALUATION_SECTIONS = ("render", "metrics")
 NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "prior.device": "where the prior runs (auto vs cuda vs cuda:1 give the same asset)",
     "prior.allow_cpu": "whether device auto may fall back to the CPU (where it runs, not what)",
+    "prior.compile": "torch.compile of the UNet: how fast eps is computed, not what (fp tolerance)",
     "generate.seed": "the default seed: an asset's own seed is hashed into its id directly",
     "generate.log_every": "how often the loop logs its loss terms (the asset is the same)",
+    "prior.num_train_timesteps": "read by nothing: T is the prior's own (its scheduler config)",
     "metrics.device": "where the metrics run",
     "toy.cache_dir": "a cache location; cached views are keyed by their content",
     "pipeline": "executors, retries, timeouts, which stages run",
@@ -346,10 +380,10 @@ NOT_HASHED = {  # key -> why it changes neither the asset nor its scores
     "deviations": "provenance (names the deviations the settings make)",
     "source": "provenance (the files the config came from)",
 }
-TOY_GENERATION_KEYS = {  # what generation reads from the toy section, by the feature that reads it
-    "prior.name=toy_exact": ("catalogue", "views_per_object", "camera_radius_range", "camera_fovy_range"),
-    "init.method=toy_shape": ("catalogue",),
-}
+# Generation keys added after version 1 -> the value that keeps version 1's behaviour: at this value
+# the key is left out of asset ids (a key missing here is left out at its default). A key whose
+# new default changes what is generated must be listed here with its OLD behaviour's value.
+ID_NEUTRAL: dict[str, Any] = {}
 TOY_EVALUATION_KEYS = ("catalogue", "views_per_object", "resolution", "camera_radius_range",
                        "camera_fovy_range", "eval_radius", "eval_fovy", "heldout_seed")
 
@@ -499,7 +533,7 @@ def _check_cross_field(cfg: Config, source: str) -> None:
     for key, items in (("deviations", cfg.deviations), ("metrics.metrics", cfg.metrics.metrics)):
         if not all(isinstance(x, str) for x in items):
             raise ConfigError(f"{source}: {key}: expected a list of strings, got {items!r}")
-    from common.manifest import METRIC_COLUMNS  # the one list of per-asset metric names
+    from common.metric_names import METRIC_COLUMNS  # the one list of per-asset metric names
 
     known = set(METRIC_COLUMNS)
     for m in cfg.metrics.metrics:
@@ -659,18 +693,89 @@ def _drop(section: str, values: dict) -> dict:
     return {k: v for k, v in values.items() if f"{section}.{k}" not in NOT_HASHED}
 
 
-def generation_settings(cfg: Config) -> dict:
-    """The generation keys' values (see GENERATION_SECTIONS): what an asset id hashes from the config."""
-    d = to_dict(cfg)
-    out = {s: _drop(s, d[s]) for s in GENERATION_SECTIONS}
-    toy_keys = set()
-    if cfg.prior.name == "toy_exact":
-        toy_keys.update(TOY_GENERATION_KEYS["prior.name=toy_exact"])
-    if cfg.init.method == "toy_shape":
-        toy_keys.update(TOY_GENERATION_KEYS["init.method=toy_shape"])
-    if toy_keys:
-        out["toy"] = {k: d["toy"][k] for k in sorted(toy_keys)}
+def leaf_values(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of a config (or section) as a dotted path -> its value (lists as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(leaf_values(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = json.loads(json.dumps(v)) if isinstance(v, (list, dict, tuple)) else v
     return out
+
+
+def expand_keys(cfg: Config, patterns: Iterable[str]) -> set[str]:
+    """Dotted keys and `section.*` patterns (every leaf under the section) -> the leaf keys of `cfg`
+    they name. A name that is no leaf of `cfg` is an error: a declaration naming a removed key."""
+    leaves = leaf_values(cfg)
+    out: set[str] = set()
+    for p in patterns:
+        if p.endswith(".*"):
+            hit = {k for k in leaves if k.startswith(p[:-1])}
+        else:
+            hit = {p} & leaves.keys()
+        if not hit:
+            raise ValueError(f"declared generation key {p!r} names no config key")
+        out |= hit
+    return out
+
+
+def _put(tree: dict, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def _hashed(key: str) -> bool:
+    return key not in NOT_HASHED and key.split(".")[0] not in NOT_HASHED
+
+
+def id_settings(cfg: Config, read: Iterable[str]) -> dict:
+    """The settings an asset id hashes, given `read`: the keys the chosen method, prior and init read
+    (stages.generation_id declares them). The shape of version 1 (common/id_v1.py) is kept:
+    - a version-1 key counts at the run's value when read, else at its frozen version-1 value (so a
+      key the method never reads never moves its ids, e.g. generate.sctd.* for SDS);
+    - a toy key of version 1 counts only when read (toy_exact, toy_shape), at the run's value;
+    - a later key counts only when read and not at its neutral value (ID_NEUTRAL, else its default),
+      so adding a key whose default keeps the old behaviour changes no existing id."""
+    from common.id_v1 import V1_GENERATION_VALUES, V1_TOY_KEYS
+
+    read = {k for k in read if _hashed(k)}
+    values = leaf_values(cfg)
+    out: dict = {}
+    for key, v1 in V1_GENERATION_VALUES.items():
+        _put(out, key, values[key] if key in read and key in values else v1)
+    v1_toy = {f"toy.{k}" for k in V1_TOY_KEYS}
+    for key in sorted(read - V1_GENERATION_VALUES.keys()):
+        if key in v1_toy:
+            _put(out, key, values[key])
+            continue
+        neutral = ID_NEUTRAL[key] if key in ID_NEUTRAL else leaf_values(_default_of(cfg, key))[key]
+        if values[key] != neutral:
+            _put(out, key, values[key])
+    return out
+
+
+def _default_of(cfg: Config, key: str) -> Any:
+    """A config whose section holding `key` is that section class's default (same class as cfg's,
+    so a field a test adds to a section has its own default)."""
+    *path, _ = key.split(".")
+    node: Any = cfg
+    chain = []
+    for part in path:
+        chain.append((node, part))
+        node = getattr(node, part)
+    fresh: Any = type(node)()
+    for parent, part in reversed(chain):
+        fresh = dataclasses.replace(parent, **{part: fresh})
+    return fresh
+
+
+def settings_digest(obj: Any) -> str:
+    """The 16-hex sha256 of a JSON-able value (sorted keys): config_hash, eval_hash, generation_hash."""
+    return _digest(obj)
 
 
 def evaluation_settings(cfg: Config) -> dict:
@@ -681,13 +786,6 @@ def evaluation_settings(cfg: Config) -> dict:
     return out
 
 
-def generation_hash(cfg: Config, inputs: Optional[dict] = None) -> str:
-    """Hash of what determines a generated asset: the generation settings plus `inputs`, the content
-    identity of what generation reads (stages.priors.identity.generation_inputs: prior weights,
-    toy catalogue). An asset id is (normalised prompt, seed, this hash)."""
-    return _digest({"settings": generation_settings(cfg), "inputs": inputs})
-
-
 def eval_hash(cfg: Config) -> str:
     """Hash of the evaluation settings: assets whose recorded eval_hash differs need re-scoring
     (`sctd3d evaluate`), never regenerating."""
@@ -696,3 +794,8 @@ def eval_hash(cfg: Config) -> str:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def mesh_config(options: dict | None = None, source: str = "--mesh") -> MeshConfig:
+    """A MeshConfig from {key: value} (strings are coerced and range-checked like config files)."""
+    return _build(MeshConfig, dict(options or {}), source, "mesh.")

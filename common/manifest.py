@@ -9,6 +9,12 @@ only leaves duplicates that `read` drops). `compact` holds the run lock and remo
 bytes it merged, so it can never delete a record a run wrote meanwhile; `read` re-lists when a part
 vanishes under it (a compaction finished meanwhile), so a reader never misses a record.
 
+Every part is validated against the schema before it counts (`foreign_reason`: only schema
+columns of castable types; asset_id a non-empty string; status one of STATUSES; schema_version 1 to
+SCHEMA_VERSION). A foreign or unreadable Parquet file in `manifest/parts` (copied there by hand, a
+tool's output) is never counted: readers skip it with one warning line naming the file, and the
+lock holders (`sctd3d run`, `manifest compact`) move it to `manifest/quarantine/` with one line.
+
 Asset URIs under the run root are stored relative to it (`assets/ab/<id>/asset.ply`) and resolved
 against the root the manifest is read from, so a moved or copied run folder keeps its links.
 
@@ -17,9 +23,12 @@ Schema: add columns, never repurpose them; bump SCHEMA_VERSION when a column's m
 
 from __future__ import annotations
 
+from common.errors import UserError
 import hashlib
 import io
 import logging
+import posixpath
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Optional
@@ -36,6 +45,7 @@ SCHEMA_VERSION = 2
 STATUSES = ("done", "failed", "rejected")
 PARTS_DIR = "manifest/parts"
 COMPACTED = "manifest/manifest.parquet"
+QUARANTINE_DIR = "manifest/quarantine"  # foreign files moved out of PARTS_DIR (never read)
 
 # Schema v1 (the starting design), in order, then the pipeline's own additional columns.
 SCHEMA = pa.schema([
@@ -91,13 +101,13 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 # The per-asset metric columns: the one list of per-asset metric names (config validation,
 # stages.metrics, the record, the report, the export index and `manifest show` read it here).
-METRIC_COLUMNS = ("clip_l", "image_reward", "toy_psnr", "toy_rprec")
+from common.metric_names import METRIC_COLUMNS  # noqa: E402  (defined without pyarrow: the config reads it)
 URI_COLUMNS = ("asset_uri", "frames_uri", "video_uri", "sheet_uri")
 READ_THREADS = 16  # part files read at once (I/O bound on object stores; parsing releases the GIL)
 DATASET_MIN_FILES = 64  # from this many files on, one pyarrow dataset scan (C++ threads) reads them
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A record that does not fit the schema, or an unreadable manifest."""
 
 
@@ -195,12 +205,115 @@ class _Vanished(Exception):
     """A listed manifest file was gone when read (a concurrent compaction removed it)."""
 
 
+class _Foreign(Exception):
+    """A file in manifest/parts that is not a manifest part of this schema: (rel, reason)."""
+
+    def __init__(self, rel: str, reason: str) -> None:
+        super().__init__(rel, reason)
+        self.rel, self.reason = rel, reason
+
+
+_REQUIRED = ("asset_id", "status", "schema_version")
+
+
+def _type_reason(schema: pa.Schema, exact: bool) -> Optional[str]:
+    """Why `schema` cannot be a manifest part's (columns and types only), or None."""
+    names = schema.names
+    extra = [n for n in names if n not in SCHEMA.names]
+    if extra:
+        return f"columns {extra[:5]} are not manifest columns"
+    if len(set(names)) != len(names):
+        return "a column appears twice"
+    missing = [c for c in _REQUIRED if c not in names]
+    if missing:
+        return f"no {missing} column{'s' if len(missing) > 1 else ''}"
+    t = schema.field("asset_id").type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return f"asset_id is {t}, not a string"
+    if exact:
+        bad = [n for n in names if schema.field(n).type != SCHEMA.field(n).type]
+        if bad:
+            return f"column {bad[0]!r} is {schema.field(bad[0]).type}, not {SCHEMA.field(bad[0]).type}"
+    return None
+
+
+def _value_reason(table: pa.Table) -> Optional[str]:
+    """Why a table with manifest columns holds no manifest records, or None (vectorised)."""
+    if table.num_rows == 0:
+        return None
+    aid, status, sv = (table.column(c) for c in _REQUIRED)
+    if aid.null_count or pc.min(pc.utf8_length(aid)).as_py() == 0:
+        return "an empty or null asset_id"
+    ok = pc.is_in(status, value_set=pa.array(STATUSES, pa.string()))
+    if status.null_count or not pc.all(ok).as_py():
+        bad = pc.filter(status, pc.invert(pc.fill_null(ok, False))).to_pylist()[:1] or [None]
+        return f"status {bad[0]!r} is not one of {list(STATUSES)}"
+    if sv.null_count or not 1 <= pc.min(sv).as_py() <= pc.max(sv).as_py() <= SCHEMA_VERSION:
+        return f"schema_version is not 1 to {SCHEMA_VERSION} (a newer sctd3d, or not ours)"
+    return None
+
+
+def foreign_reason(table: pa.Table) -> Optional[str]:
+    """Why a stored table is not a manifest part of this schema (None: it is one). Columns must be
+    manifest columns (missing newer ones are fine) of types that cast to the schema's."""
+    why = _type_reason(table.schema, exact=False)
+    if why:
+        return why
+    for name in table.column_names:
+        want = SCHEMA.field(name).type
+        if table.schema.field(name).type != want:
+            try:
+                table.column(name).cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                return f"column {name!r} is {table.schema.field(name).type}, not {want}"
+    return _value_reason(table)
+
+
 def _parse(st: Storage, rel: str, data: bytes) -> pa.Table:
+    """A part's (or the compacted file's) table in the current schema. A part that is not one
+    raises _Foreign; the compacted file, which only compaction writes, raises ManifestError."""
     try:
-        return conform(pq.ParquetFile(io.BytesIO(data)).read())
+        table = pq.ParquetFile(io.BytesIO(data)).read()
+        why = foreign_reason(table)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ManifestError(f"unreadable manifest file {st.uri(rel)}: {e}; move it aside and re-run "
-                            f"to regenerate its asset") from None
+        why = f"not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if why is None:
+        return conform(table)
+    if rel == COMPACTED:
+        raise ManifestError(f"unreadable manifest file {st.uri(rel)}: {why}; move it aside and "
+                            f"re-run to regenerate its assets") from None
+    raise _Foreign(rel, why)
+
+
+_WARNED: set[str] = set()
+
+
+def _skip_foreign(st: Storage, f: _Foreign) -> None:
+    """A reader's one line for a foreign part (once per file and process); it is not counted."""
+    uri = st.uri(f.rel)
+    if uri not in _WARNED:
+        _WARNED.add(uri)
+        log.warning("manifest part %s is not a sctd3d manifest record (%s); not counted (the next "
+                    "`sctd3d run` or `sctd3d manifest compact` moves it to %s)", uri, f.reason,
+                    st.uri(QUARANTINE_DIR))
+
+
+def quarantine(st: Storage, f: _Foreign) -> str:
+    """Move a foreign part out of manifest/parts (caller holds the run lock); one line."""
+    name = posixpath.basename(f.rel)
+    dest = f"{QUARANTINE_DIR}/{name}"
+    if st.exists(dest):
+        dest = f"{QUARANTINE_DIR}/{uuid.uuid4().hex[:8]}-{name}"
+    st.makedirs(QUARANTINE_DIR)
+    st.fs.mv(st.path(f.rel), st.path(dest))
+    log.warning("manifest part %s is not a sctd3d manifest record (%s); moved it to %s (not "
+                "counted)", st.uri(f.rel), f.reason, st.uri(dest))
+    return dest
+
+
+def _split(results: list) -> tuple[list[pa.Table], list[_Foreign]]:
+    return ([r for r in results if not isinstance(r, _Foreign)],
+            [r for r in results if isinstance(r, _Foreign)])
 
 
 def parse_file(uri: str, data: bytes) -> pa.Table:
@@ -219,8 +332,11 @@ def _fetch(st: Storage, rel: str) -> bytes:
         raise _Vanished(st.uri(rel)) from None
 
 
-def _read_file(st: Storage, rel: str) -> pa.Table:
-    return _parse(st, rel, _fetch(st, rel))
+def _read_file(st: Storage, rel: str) -> "pa.Table | _Foreign":
+    try:
+        return _parse(st, rel, _fetch(st, rel))
+    except _Foreign as f:
+        return f
 
 
 def _pmap(fn, items: list) -> list:
@@ -271,11 +387,21 @@ def _scan(st: Storage, rels: list[str]) -> Optional[pa.Table]:
             from pyarrow.fs import FSSpecHandler, PyFileSystem
 
             fs = PyFileSystem(FSSpecHandler(st.fs))
-        return ds.dataset([st.path(rel) for rel in rels], schema=SCHEMA, format="parquet",
-                          filesystem=fs).to_table()
+        dataset = ds.dataset([st.path(rel) for rel in rels], schema=SCHEMA, format="parquet",
+                             filesystem=fs)
+        table = dataset.to_table()
+        # every file a manifest part (footers are cached by the scan); else the per-file path
+        # names each foreign one
+        why = next((w for w in (_type_reason(fr.physical_schema, exact=True)
+                                for fr in dataset.get_fragments()) if w), None) \
+            or _value_reason(table)
     except (pa.ArrowException, OSError, ValueError) as e:
         log.debug("manifest dataset scan failed (%s); reading file by file", e)
         return None
+    if why:
+        log.debug("manifest dataset scan found a foreign file (%s); reading file by file", why)
+        return None
+    return table
 
 
 def _read_raw(st: Storage) -> pa.Table:
@@ -286,10 +412,12 @@ def _read_raw(st: Storage) -> pa.Table:
         if scanned is not None:
             return dedup(scanned)
         try:
-            tables = _pmap(lambda rel: _read_file(st, rel), rels)
+            tables, foreign = _split(_pmap(lambda rel: _read_file(st, rel), rels))
         except _Vanished as e:
             log.info("manifest file %s vanished while reading (a compaction finished); re-reading", e)
             continue
+        for f in foreign:
+            _skip_foreign(st, f)
         return dedup(pa.concat_tables(tables)) if tables else SCHEMA.empty_table()
     raise ManifestError(f"manifest under {st.uri('manifest')} kept changing while it was read "
                         f"(5 tries); re-run the command")
@@ -348,10 +476,20 @@ def _compact(st: Storage, drop_ids: Iterable[str] = ()) -> tuple[str, pa.Table]:
     # the merged table: one scan for many parts (a part rewritten after its bytes were hashed
     # just stays, as its hash no longer matches), else parsed from the very bytes hashed
     scanned = _scan(st, parts) if len(parts) >= DATASET_MIN_FILES else None
-    tables = [scanned] if scanned is not None else \
-        _pmap(lambda rel: _parse(st, rel, blobs[rel]), parts)
+    if scanned is not None:
+        tables = [scanned]
+    else:
+        def parse(rel: str) -> "pa.Table | _Foreign":
+            try:
+                return _parse(st, rel, blobs[rel])
+            except _Foreign as f:
+                return f
+        tables, foreign = _split(_pmap(parse, parts))
+        for f in foreign:  # moved aside, never merged nor removed
+            quarantine(st, f)
+        parts = [rel for rel in parts if rel not in {f.rel for f in foreign}]
     if st.exists(COMPACTED):
-        tables.insert(0, _read_file(st, COMPACTED))
+        tables.insert(0, _parse(st, COMPACTED, _fetch(st, COMPACTED)))
     table = dedup(pa.concat_tables(tables)) if tables else SCHEMA.empty_table()
     drop = set(drop_ids)
     if drop:

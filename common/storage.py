@@ -8,6 +8,7 @@ which is atomic by the store's own semantics. Every relative path is checked bef
 
 from __future__ import annotations
 
+from common.errors import UserError
 import logging
 import os
 import posixpath
@@ -54,7 +55,7 @@ def atomic_path(path: str | Path) -> Iterator[str]:
             os.unlink(tmp)
 
 
-class StorageError(ValueError):
+class StorageError(UserError, ValueError):
     """A path that would escape the output root, or an unusable output URI."""
 
 

@@ -89,7 +89,7 @@ def probe_one(z, z_gt, ts, alphas, eps, eps_star, p) -> dict[str, float]:
 
 
 def run_probe(a) -> None:
-    from stages.kernel_params import camera_params, distill_params, schedule
+    from stages.kernel_params import camera_params, consistency_params, schedule
     from stages.init import init_gaussians
     from stages.priors.guidance import make_guided_eps_from_config
     from stages.priors.registry import load_prior
@@ -102,7 +102,7 @@ def run_probe(a) -> None:
         alphas = prior.alphas_cumprod.float()
         for variant in a.variants.split(","):
             cfg = make_config(prior_name, "sctd", variant, None, None, [], a.config)
-            p = distill_params(cfg)
+            p = consistency_params(cfg)
             sched, cam_p = schedule(cfg), camera_params(cfg)
             for at in a.at.split(","):
                 for it in (int(i) for i in a.its.split(",")):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -46,20 +46,33 @@ class GuidedEps(Protocol):
 
 @dataclass
 class SCTDParams:
-    """Numbers of the distillation family (SCTD and its baselines), spec values as defaults."""
+    """Numbers of the consistency family (SCTD, CDS, GCS), spec values as defaults."""
 
     guidance_scale: float = 7.5          # omega; the (omega + 1) cross-term weight
     weight_lambda: float = 0.1           # b(t) = lambda * sqrt((1 - a_t) / a_t)
     consistency_approx: bool = True      # G(x_t, t, null) ~= z_sm
     cross_term: str = "guided"           # "guided" = authors' code, "conditional" = paper
-    baseline_lambda: float = 1.0         # SDS: w(t) = lambda (1 - a_t); ISM: lambda sqrt((1-a_t)/a_t)
-    ism_delta_t: int = 50                # ISM: s = t - delta_t
-    ism_delta_s: int = 200               # ISM: inversion stride from 0 to s
+
+
+@dataclass
+class SDSParams:
+    """SDS (DreamFusion)."""
+
+    baseline_lambda: float = 1.0         # w(t) = lambda (1 - a_t)
+
+
+@dataclass
+class ISMParams:
+    """ISM (LucidDreamer)."""
+
+    baseline_lambda: float = 1.0         # w(t) = lambda sqrt((1 - a_t) / a_t)
+    ism_delta_t: int = 50                # s = t - delta_t
+    ism_delta_s: int = 200               # inversion stride from 0 to s
 
 
 Terms = dict[str, Union[float, Tensor]]
 Alphas = Union[Sequence[float], Tensor]
-GradFn = Callable[[Tensor, TimestepSample, Alphas, GuidedEps, Tensor, SCTDParams], tuple[Tensor, Terms]]
+GradFn = Callable[[Tensor, TimestepSample, Alphas, GuidedEps, Tensor, Any], tuple[Tensor, Terms]]  # Any: its params
 
 
 def make_eps_star(shape: tuple[int, ...], offset: float, generator: torch.Generator,
@@ -67,8 +80,9 @@ def make_eps_star(shape: tuple[int, ...], offset: float, generator: torch.Genera
     """Fixed noise of one asset: randn(B, C, h, w) + offset * randn(1, C, 1, 1) (docs/METHOD.md, "One SCTD step" 1)."""
     if len(shape) != 4:
         raise ValueError(f"make_eps_star: expected a (B, C, h, w) shape, got {shape!r}")
-    base = torch.randn(shape, generator=generator, dtype=dtype)
-    chan = torch.randn((1, shape[1], 1, 1), generator=generator, dtype=dtype)
+    dev = generator.device            # drawn where the generator lives (a device generator: no copy)
+    base = torch.randn(shape, generator=generator, dtype=dtype, device=dev)
+    chan = torch.randn((1, shape[1], 1, 1), generator=generator, dtype=dtype, device=dev)
     return (base + offset * chan).to(device)
 
 
@@ -188,7 +202,7 @@ def gcs_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, eps_
 
 @torch.no_grad()
 def sds_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, noise: Tensor,
-             p: SCTDParams) -> tuple[Tensor, Terms]:
+             p: SDSParams) -> tuple[Tensor, Terms]:
     """SDS (DreamFusion): g = w(t) (e_w(x_t) - noise), x_t = sqrt(a_t) z + sqrt(1 - a_t) noise.
 
     `noise` is fresh every iteration (the caller draws it); w(t) = lambda (1 - a_t).
@@ -206,7 +220,7 @@ def sds_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, nois
 
 @torch.no_grad()
 def ism_grad(z: Tensor, ts: TimestepSample, alphas: Alphas, eps: GuidedEps, noise: Tensor,
-             p: SCTDParams) -> tuple[Tensor, Terms]:
+             p: ISMParams) -> tuple[Tensor, Terms]:
     """ISM (LucidDreamer): DDIM-invert z with `null` to s = t - delta_t (stride delta_s), then s -> t;
     g = w(t) (e_w(x_t, t) - eps(x_s, s, null)), w(t) = lambda sqrt((1 - a_t) / a_t). `noise` unused.
     """

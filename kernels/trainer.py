@@ -96,7 +96,8 @@ class GaussianTrainer:
         self.exp_avg = {n: torch.zeros_like(t) for n, t in g.params().items()}
         self.exp_avg_sq = {n: torch.zeros_like(t) for n, t in g.params().items()}
         self.adam_step = {n: 0 for n in PARAM_NAMES}
-        self.generator = torch.Generator(device="cpu").manual_seed(self.p.seed)
+        # split samples drawn where the Gaussians live (no host-to-device copy of the noise)
+        self.generator = torch.Generator(device=g.means.device).manual_seed(self.p.seed)
         self._reset_stats()
         self.last_log: dict[str, float] = {}
 
@@ -181,8 +182,13 @@ class GaussianTrainer:
     def add_stats(self, out: "RenderOutput") -> None:
         """Accumulate the view-space gradient norm of every view where a Gaussian is visible.
 
-        Pixel gradients are scaled to NDC units and by the number of views (gsplat's convention,
-        undoing the batch mean), so the threshold reads like 3DGS's.
+        The authors' code (SegmentDreamer / LucidDreamer `train.py` + `add_densification_stats`)
+        renders the B views one by one and, once per iteration, adds the norm of the LAST view's
+        screen-space gradient (in NDC units: 3DGS's rasteriser scales pixel gradients by W/2, H/2)
+        to every Gaussian visible in that view and counts 1. The views are i.i.d., so each view
+        here is added the same way (its norm, count 1 where visible): `grad_accum / denom` has the
+        authors' expectation and threshold, from B times the samples (docs/METHOD.md). No factor B:
+        the distillation gradient reaches each view without a 1/B, as in the authors' code.
         """
         grad = out.means2d.grad
         if grad is None:
@@ -192,8 +198,8 @@ class GaussianTrainer:
             raise ValueError(f"add_stats: render output has {N} Gaussians, trainer has {self.g.num()}; "
                              "render from trainer.g after each step")
         H, W = out.rgb.shape[1], out.rgb.shape[2]
-        scale = torch.tensor([W / 2.0 * B, H / 2.0 * B], device=grad.device, dtype=grad.dtype)
-        norms = (grad * scale).norm(dim=-1)  # (B, N)
+        # pixel -> NDC units with host scalars (no per-iteration tensor from the host)
+        norms = torch.stack([grad[..., 0] * (W / 2.0), grad[..., 1] * (H / 2.0)], dim=-1).norm(dim=-1)  # (B, N)
         vis = out.radii > 0
         self.grad_accum += torch.where(vis, norms, torch.zeros_like(norms)).sum(0).to(self.grad_accum)
         self.denom += vis.sum(0).to(self.denom)
@@ -226,22 +232,21 @@ class GaussianTrainer:
         room = max(0, p.max_gaussians - n0)
         clone = big & small_enough
         split = big & ~small_enough
-        if int(clone.sum()) + int(split.sum()) * (p.split_n - 1) > room:  # keep the strongest
-            order = torch.argsort(torch.where(big, grads, torch.full_like(grads, -1.0)), descending=True)
-            budget, sel = room, torch.zeros_like(big)
-            for i in order.tolist():
-                cost = 1 if clone[i] else p.split_n - 1
-                if not big[i] or cost > budget:
-                    break
-                sel[i], budget = True, budget - cost
-            clone, split = clone & sel, split & sel
+        # keep the strongest within the room: in descending statistic, every candidate whose
+        # cumulative cost (clone 1, split split_n - 1 new Gaussians) fits; on the device, no loop
+        order = torch.argsort(torch.where(big, grads, torch.full_like(grads, -1.0)), descending=True)
+        cost = torch.where(clone, 1, p.split_n - 1)[order]
+        fits = (torch.cumsum(cost, 0) <= room) & big[order]
+        sel = torch.zeros_like(big).scatter_(0, order, fits)
+        clone, split = clone & sel, split & sel
         # clone: copies appended
         new = {n: t.detach()[clone] for n, t in g.params().items()}
         # split: split_n samples from each parent's Gaussian, scales / (0.8 * split_n)
         if bool(split.any()):
             k = p.split_n
             sc = g.scales[split].repeat(k, 1)
-            noise = torch.randn(sc.shape, generator=self.generator, dtype=torch.float32).to(sc)
+            noise = torch.randn(sc.shape, generator=self.generator, dtype=torch.float32,
+                                device=self.generator.device).to(sc)
             R = quat_to_rotmat(g.quats[split].repeat(k, 1))
             s_new = {
                 "means": (R @ (noise * sc)[:, :, None])[:, :, 0] + g.means[split].repeat(k, 1),

@@ -69,7 +69,10 @@ def device_name() -> str:
 
 def run_stages(cfg: Config, req: AssetRequest, adir: str) -> StageResults:
     """generate, then render and score when enabled; raises when generation reports failure."""
-    gen = generate(cfg, req.prompt, req.seed, adir, progress=False)
+    from stages.generation_id import driver_hash
+
+    with driver_hash(req.generation_hash):  # the driver's hash (the id's), never one of this worker's
+        gen = generate(cfg, req.prompt, req.seed, adir, progress=False)
     if not isinstance(gen, GenerateResult):
         raise TypeError(f"generate returned {type(gen).__name__}, not a GenerateResult")
     if not gen.ok:  # the stage reports a failed asset (e.g. NaN guard gave up)
@@ -98,6 +101,9 @@ def process_asset(task: AssetTask) -> dict[str, Any]:
     """Run every per-asset stage for one task; return its (uncommitted) manifest record.
 
     Raises on failure (the executor records the reason)."""
+    from common.plugins import load_plugins
+
+    load_plugins(task.cfg.pipeline.plugins)  # a worker is its own process: the driver's plugins (run_batch)
     req = task.request
     cfg: Config = request_config(task.cfg, req)
     if task.storage_options:  # a Ray worker is another process: apply the driver's options

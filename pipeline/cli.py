@@ -12,6 +12,7 @@ stderr); 130 / 143 stopped by SIGINT / SIGTERM (re-run the same command to resum
 
 from __future__ import annotations
 
+from common.errors import UserError
 import argparse
 import logging
 import sys
@@ -22,7 +23,7 @@ from common.config import ConfigError, dump_yaml, load_config
 log = logging.getLogger("sctd3d")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A bad command-line value; the message says which and what to give instead."""
 
 
@@ -34,9 +35,13 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "toy.yaml
 
 
 def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
+    from common.plugins import load_plugins
     from pipeline.validate import check_names
 
-    return check_names(load_config(args.config, list(args.overrides) + list(extra or [])))
+    cfg = load_config(args.config, list(args.overrides) + list(extra or []))
+    load_plugins()                       # $SCTD3D_PLUGINS and entry points, then the config's:
+    load_plugins(cfg.pipeline.plugins)   # before the names are checked (plugins register names)
+    return check_names(cfg)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -144,16 +149,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stages.evaluate import EvaluateError, evaluate
+    from pipeline.evaluate import EvaluateError, evaluate, evaluate_run, resolve_target
 
-    cfg = _cfg(args)
+    extra = []
+    if args.executor is not None:
+        extra.append(f"pipeline.executor={args.executor}")
+    if args.num_workers is not None:
+        extra.append(f"pipeline.num_workers={args.num_workers}")
+    cfg = _cfg(args, extra)
     try:
-        result = evaluate(args.target, cfg)
+        kind, where = resolve_target(args.target)
+        if kind == "asset":
+            print(_fmt_summary(evaluate(where, cfg)))
+            return 0
+        summary = evaluate_run(where, cfg, cfg.pipeline.executor, args.address,
+                               cfg.pipeline.num_workers or None)
     except EvaluateError as e:  # e.g. the config changes a generation key: `sctd3d run` is the tool
         print(f"sctd3d evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(_fmt_summary(result))
-    return 0
+    print("\n".join(summary.lines()))
+    for line in summary.hints():
+        print(line, file=sys.stderr)
+    return summary.exit_code()
+
+
+def _missing_dependency(command: str, e: ImportError) -> int:
+    raise UsageError(f"`sctd3d {command}` needs {e.name or 'a package'} ({e}), which this install lacks; "
+                     f"install the project with its dependencies (pip install -e .)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -178,23 +200,58 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_size(text: str) -> int:
+    """'1GB' / '500MB' / '2e9' -> bytes (decimal units), for --shard-bytes."""
+    units = {"kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12, "b": 1}
+    t = text.strip().lower()
+    for u, m in units.items():
+        if t.endswith(u):
+            t, mult = t[:-len(u)].strip(), m
+            break
+    else:
+        mult = 1
+    try:
+        return int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 500MB)") from None
+
+
+def _mesh_options(items: list[str]) -> dict:
+    """`--mesh key=value` pairs, values YAML-typed (checked by common.config.mesh_config)."""
+    import yaml
+
+    from pipeline.export import ExportError
+
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise ExportError(f"--mesh {item!r}: expected KEY=VALUE, e.g. resolution=128")
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run -> a dataset; its input errors are one line here (exit 2), whatever main catches."""
     from pipeline.export import ExportError, export_dataset
     from stages.export.select import FilterError
-    from stages.export.splats import SplatToolError
+    from stages.export.splat_transform import SplatToolError
 
     try:
         summary = export_dataset(
             args.run, args.out, where=args.where, views=args.views, resolution=args.resolution,
             formats=args.formats, shard_size=args.shard_size, random_views=args.random_views,
+            shard_bytes=args.shard_bytes,
             seed=args.seed, executor=args.executor, address=args.address,
-            num_workers=args.num_workers, backend=args.backend)
+            num_workers=args.num_workers, backend=args.backend,
+            mesh=_mesh_options(args.mesh))
     except (ExportError, FilterError, SplatToolError) as e:
         print(f"sctd3d export: error: {e}", file=sys.stderr)
         return 2
     print(summary.line())
     print(summary.where())
+    if getattr(summary, "removed", 0):
+        print(f"removed: {summary.removed} asset folder(s) of an earlier export no longer selected")
     if summary.exported == 0:
         print(f"sctd3d export: error: none of the {summary.selected} selected assets could be "
               f"exported; see {summary.out.rstrip('/')}/skipped.json", file=sys.stderr)
@@ -241,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="batch: prompts file/URI -> assets, renders, metrics, manifest")
     p.add_argument("prompts", help="txt / jsonl / parquet, local path or fsspec URL")
     p.add_argument("--out", required=True, help="output root (local path, s3://, gs://)")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="same as --set pipeline.executor=...")
+    p.add_argument("--executor", default=None,
+                   help="same as --set pipeline.executor=... (local, ray, or a plugin's executor)")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     p.add_argument("--redo", choices=("failed", "missing", "all"), default="failed",
@@ -262,15 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-score existing assets under new evaluation settings, never "
                                         "regenerating (asset dir or run)")
     p.add_argument("target")
+    p.add_argument("--executor", default=None,
+                   help="where assets are re-scored: local, ray, or a plugin's (same as --set pipeline.executor=...)")
+    p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
+    p.add_argument("--num-workers", type=int, default=None, help="same as --set pipeline.num_workers=N")
     _add_config_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("report", help="static HTML quality report + regression decision (exit 1 on regression)")
-    from stages.report import add_arguments as add_report_arguments
-
-    add_report_arguments(p)
-    _add_storage_option_arg(p)
-    p.set_defaults(fn=cmd_report)
+    try:
+        from stages.report import add_arguments as add_report_arguments
+    except ImportError as e:  # a generation-only install (the GPU check carries no pandas/pyarrow)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=lambda _a, e=e: _missing_dependency("report", e))
+    else:
+        add_report_arguments(p)
+        _add_storage_option_arg(p)
+        p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("manifest", help="manifest tools")
     p.add_argument("action", choices=("compact", "show"))
@@ -285,18 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None,
                    help="SQL filter on manifest columns, e.g. \"status = 'done' AND clip_l >= 0.28\" "
                         "(default: status = 'done')")
-    p.add_argument("--views", type=int, default=120, help="evaluation-orbit views per asset")
-    p.add_argument("--resolution", type=int, default=512, help="square render size in pixels")
-    p.add_argument("--formats", default="ply,spz", help="splat formats: ply, spz (comma-separated)")
-    p.add_argument("--shard-size", type=int, default=256, help="assets per WebDataset shard")
+    p.add_argument("--views", type=int, default=None,
+                   help="evaluation-orbit views per asset (default: 120 on GPU, 24 on CPU)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square render size in pixels (default: 512 on GPU, 256 on CPU)")
+    p.add_argument("--formats", default=None,
+                   help="splat formats, comma-separated (default ply,spz): ply, spz, splat, sog, "
+                        "html, glb (textured mesh), or one a plugin registers ($SCTD3D_PLUGINS; README 'Export formats')")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="at most N assets per WebDataset shard (default 0: no count limit)")
+    p.add_argument("--shard-bytes", type=_byte_size, default="1GB",
+                   help="WebDataset shard size target, e.g. 500MB, 1GB (default 1GB)")
     p.add_argument("--random-views", type=int, default=0,
                    help="extra views from the run's training camera distribution")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", default="local", help="local, ray, or a plugin's executor")
     p.add_argument("--address", default=None, help="Ray address (e.g. auto) for an existing cluster")
     p.add_argument("--num-workers", type=int, default=None, help="Ray workers (default: all CPUs/GPUs)")
     p.add_argument("--backend", choices=("auto", "torch", "gsplat"), default=None,
                    help="renderer (default: the run's render.backend)")
+    p.add_argument("--mesh", action="append", default=[], metavar="KEY=VALUE",
+                   help="mesh option of the glb/obj formats (common.config.MeshConfig), e.g. "
+                        "resolution=128 faces=100000 texture=1024 threshold=1.0 (README 'Meshes')")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("toy", help="toy world: list the catalogue, train the toy SD prior")
@@ -373,24 +448,12 @@ def guarded(prog: str, fn, verbose: bool = False) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing message (imported only once something failed)."""
+    """Exception types that carry a user-facing message: every `common.errors.UserError` (each
+    module's and each plugin's error subclasses it: no list to keep here), `kernels.ply`'s
+    PlyFormatError (kernels/ cannot import common/) and OSError (a path the user named)."""
     from kernels.ply import PlyFormatError
-    from pipeline.executors import ExecutorError
-    from pipeline.inputs import InputError
-    from common.lock import LockHeld
-    from stages.toyworld.catalogue import CatalogueError
-    from common.manifest import ManifestError
-    from common.storage import StorageError
-    from stages.checkpoint import CheckpointError
-    from stages.init import InitError
-    from stages.metrics.errors import MetricWeightsError
-    from stages.priors.device import DeviceError
-    from stages.priors.stable_diffusion import PriorLoadError
-    from stages.report import ReportError
 
-    return (PlyFormatError, InputError, LockHeld, ManifestError, StorageError, CheckpointError,
-            InitError, MetricWeightsError, PriorLoadError, ReportError, UsageError, CatalogueError,
-            ExecutorError, DeviceError, OSError)
+    return (UserError, PlyFormatError, OSError)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,19 @@ from typing import Any, Optional
 import fsspec
 
 from common import manifest
-from pipeline.executors import make_executor
+from pipeline.executors import executor_names, executor_options, make_executor
 from common.lock import RunLock
 from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
                               safe_relpath)
-from stages.export import card, index, shards
-from stages.export.asset import (PLY_FILE, SPZ_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
+from common import plugins
+from common.config import ConfigError, mesh_config
+from stages.export import card, index, prune, shards
+from stages.export import formats as fmt_registry
+from stages.export.formats.ply import FILE as PLY_FILE
+from stages.export.asset import MESH_FORMATS
+from stages.export.asset import (PREVIEW_FILE, TRANSFORMS_FILE, AssetSkip, ExportSpec,
                                  build_asset, sha256)
 from stages.export.select import DEFAULT_WHERE, select
-from stages.export.splats import parse_formats, require_splat_transform
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class ExportSummary:
     shards: int
     shards_reused: int
     wall_s: float
+    removed: int = 0  # asset folders of an earlier export no longer selected (deleted)
 
     def line(self) -> str:
         return (f"{self.out}: {self.exported} assets exported ({self.reused} already done), "
@@ -136,6 +141,7 @@ def _clean_stale_temp(st: Storage, rel: str) -> None:
 def export_asset(task: dict) -> dict:
     """Export one asset (a worker's unit). Returns {"ok": True, ...meta} or {"ok": False,
     "reason": ...} for an asset that cannot be exported (recorded as skipped, not retried)."""
+    plugins.load_plugins(task.get("plugins") or [])  # the driver's plugin modules (formats)
     st = open_storage(task["out"])
     rel, asset_id = task["rel"], task["asset_id"]
     spec = ExportSpec(**{**task["spec"], "formats": tuple(task["spec"]["formats"])})
@@ -150,7 +156,7 @@ def export_asset(task: dict) -> dict:
         return {"ok": True, "reused": True, **done["meta"], "marker_sha256": done["sha"]}
     _clean_stale_temp(st, rel)
     try:
-        files, meta = build_asset(asset_id, ply, spec)
+        files, meta = build_asset(asset_id, ply, spec, task.get("prompt") or "")
     except AssetSkip as e:
         return {"ok": False, "asset_id": asset_id, "reason": str(e)}
     meta["files"] = sorted(files)
@@ -188,7 +194,7 @@ def _open_run(run_uri: str) -> tuple[Storage, dict]:
 
 
 def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views: int, seed: int,
-          backend: Optional[str]) -> ExportSpec:
+          backend: Optional[str], mesh: Optional[dict] = None) -> ExportSpec:
     cfg = info.get("config") or {}
     r = cfg.get("render") or {}
     gen = cfg.get("generate") or {}
@@ -199,7 +205,22 @@ def _spec(info: dict, views: int, resolution: int, formats: tuple, random_views:
                       radius=float(r.get("radius", d.radius)), fovy=float(r.get("fovy", d.fovy)),
                       sampler=dict(gen.get("cameras") or {}),
                       iteration=int(gen.get("iterations", 0) or 0),
-                      backend=backend or r.get("backend", "auto"))
+                      backend=backend or r.get("backend", "auto"), mesh=dict(mesh or {}))
+
+
+GPU_DEFAULT_VIEWS = (120, 512)  # views, resolution when the renders run on a GPU (gsplat)
+CPU_DEFAULT_VIEWS = (24, 256)  # on CPUs (torch renderer): ~10-60 s per asset, RESULTS.md "Export"
+
+
+def default_views(executor: str, info: dict) -> tuple[int, int]:
+    """(views, resolution) when the user gives none: the GPU default where the renders run on a
+    GPU (local: CUDA here; Ray: the run's pipeline.gpus_per_worker > 0), else the CPU default."""
+    import torch
+
+    p = (info.get("config") or {}).get("pipeline") or {}
+    on_gpu = (float(p.get("gpus_per_worker", 0) or 0) > 0 if executor == "ray"
+              else torch.cuda.is_available())
+    return GPU_DEFAULT_VIEWS if on_gpu else CPU_DEFAULT_VIEWS
 
 
 def _ply_uri(run: Storage, row: dict) -> str:
@@ -216,50 +237,72 @@ def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
     return True
 
 
-def _write_shard(st: Storage, name: str, samples: list, read) -> None:
+def _write_shard(st: Storage, name: str, samples: list, read, members: dict, depth_files,
+                 depth_unit: float) -> None:
     """One atomic write per shard, streamed through a temp file (shards can be large)."""
-    st.write_stream(name, lambda f: shards.write_shard(f, samples, read))
+    st.write_stream(name, lambda f: shards.write_shard(f, samples, read, members, depth_files,
+                                                       depth_unit))
+
+
+def _shard_bytes(res: dict) -> int:
+    """An asset's bytes in a shard (its files; an export from before file_bytes: its splats)."""
+    return int(res.get("file_bytes") or sum((res.get("bytes") or {}).values()) or 1)
 
 
 def _executor(kind: str, address: Optional[str], num_workers: Optional[int], info: dict,
               options: dict):
+    """The run's executor settings (run.json's `pipeline` section) as the registry builds them."""
+    from common.config import PipelineConfig
     p = (info.get("config") or {}).get("pipeline") or {}
-    if kind == "ray":
-        opts: dict[str, Any] = dict(address=address, num_workers=num_workers or None,
-                                    gpus_per_worker=float(p.get("gpus_per_worker", 0) or 0),
-                                    cpus_per_worker=float(p.get("cpus_per_worker", 1) or 1),
-                                    max_attempts=int(p.get("max_attempts", 3) or 3),
-                                    backoff_s=float(p.get("backoff_s", 5.0)))
-    elif kind == "local":
-        opts = dict(max_attempts=1)
-    else:
-        raise ExportError(f"--executor {kind!r} is not one of ['local', 'ray']")
-    opts.update(options)
+    pcfg = PipelineConfig(**{f.name: p[f.name] for f in dataclasses.fields(PipelineConfig) if f.name in p})
+    plugins.load_plugins(pcfg.plugins)
+    if kind not in executor_names():
+        raise ExportError(f"--executor {kind!r} is not one of {executor_names()}")
+    opts = executor_options(kind, pcfg, address=address, num_workers=num_workers, **options)
     return make_executor(kind, **opts)
 
 
-def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views: int = 120,
-                   resolution: int = 512, formats: str | tuple = ("ply", "spz"),
-                   shard_size: int = 256, random_views: int = 0, seed: int = 0,
+def _refuse_overlap(run_uri: str, run_root: str, out: str) -> None:
+    """ExportError when the dataset folder and the run overlap either way, however spelled (the
+    export would replace the run's asset folders, or a compaction would delete the dataset)."""
+    from common.uri_overlap import overlap
+
+    how = overlap(out, run_uri) or overlap(out, run_root)
+    if how:
+        where = {"same": "is the run folder itself", "a inside b": "is inside the run folder",
+                 "b inside a": "contains the run folder"}[how]
+        raise ExportError(f"--out {out!r} {where} ({run_root}); choose a dataset folder outside "
+                          f"the run")
+
+
+def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None,
+                   views: Optional[int] = None, resolution: Optional[int] = None,
+                   formats: str | tuple | None = None,
+                   shard_size: int = 0, random_views: int = 0, seed: int = 0,
+                   shard_bytes: int = shards.DEFAULT_SHARD_BYTES,
                    executor: str = "local", address: Optional[str] = None,
                    num_workers: Optional[int] = None, backend: Optional[str] = None,
-                   executor_options: Optional[dict] = None) -> ExportSummary:
+                   executor_options: Optional[dict] = None,
+                   mesh: Optional[dict] = None) -> ExportSummary:
     """Export the assets of `run_uri` selected by `where` into a dataset at `out` (resumable)."""
     t0 = time.perf_counter()
     try:
-        fmts = parse_formats(formats) if isinstance(formats, str) else parse_formats(",".join(formats))
-    except ValueError as e:
+        fmts = fmt_registry.parse_formats(formats or fmt_registry.default_formats())
+    except ValueError as e:  # an unknown format, or a plugin module that does not import
         raise ExportError(str(e)) from None
+    run, info = _open_run(run_uri)
+    if views is None or resolution is None:
+        dv, dr = default_views(executor, info)
+        views = dv if views is None else views
+        resolution = dr if resolution is None else resolution
     for name, v, lo in (("--views", views, 1), ("--resolution", resolution, 8),
-                        ("--shard-size", shard_size, 1), ("--random-views", random_views, 0)):
+                        ("--shard-size", shard_size, 0), ("--random-views", random_views, 0),
+                        ("--shard-bytes", shard_bytes, 1)):
         if v < lo:
             raise ExportError(f"{name} {v}: must be >= {lo}")
     if resolution > 4096:
         raise ExportError(f"--resolution {resolution}: at most 4096")
-    run, info = _open_run(run_uri)
-    if out.rstrip("/") in (run_uri.rstrip("/"), run.root.rstrip("/")) or \
-            (is_local(out) and os.path.abspath(os.path.expanduser(out)) == run.root):
-        raise ExportError(f"--out {out!r} is the run folder itself; choose a new dataset folder")
+    _refuse_overlap(run_uri, run.root, out)
     table = manifest.read(run)
     expr = (where or "").strip() or DEFAULT_WHERE
     chosen = select(table, expr)
@@ -268,9 +311,16 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         raise ExportError(f"--where {expr!r} selects no assets of the {table.num_rows} in "
                           f"{run.root} (done {run_counts['done']}, failed {run_counts['failed']}, "
                           f"rejected {run_counts['rejected']}); loosen the filter")
-    if "spz" in fmts:
-        require_splat_transform()
-    spec = _spec(info, views, resolution, fmts, random_views, seed, backend)
+    try:
+        fmt_registry.check(fmts)  # a missing tool is one line, before any write
+    except fmt_registry.FormatUnavailable as e:
+        raise ExportError(str(e)) from None
+    try:  # --mesh KEY=VALUE: checked before any write (common.config.MeshConfig)
+        mesh_cfg = dataclasses.asdict(mesh_config(mesh or {}))
+        mesh = mesh_cfg if set(fmts) & MESH_FORMATS else {}
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    spec = _spec(info, views, resolution, fmts, random_views, seed, backend, mesh)
     try:
         st = open_storage(out)
         lock = RunLock(st).acquire()
@@ -278,14 +328,15 @@ def export_dataset(run_uri: str, out: str, *, where: Optional[str] = None, views
         raise StorageError(f"cannot write to the dataset root {out!r}: {e.strerror or e}; choose "
                            f"a writable --out") from e
     try:
-        return _export_locked(run, info, st, chosen, table, expr, spec, shard_size, executor,
+        return _export_locked(run, info, st, chosen, table, expr, spec, (shard_bytes, shard_size),
+                              executor,
                               address, num_workers, executor_options or {}, t0)
     finally:
         lock.release()
 
 
 def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: str,
-                   spec: ExportSpec, shard_size: int, executor: str, address: Optional[str],
+                   spec: ExportSpec, sharding: tuple, executor: str, address: Optional[str],
                    num_workers: Optional[int], ex_options: dict, t0: float) -> ExportSummary:
     rows = {r["asset_id"]: r for r in chosen.to_pylist()}
     skipped: list[dict] = []
@@ -301,8 +352,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             skipped.append({"asset_id": aid, "prompt": r["prompt"], "reason": str(e)})
             continue
         tasks.append({"asset_id": aid, "rel": safe_relpath("assets", aid[:2], aid),
-                      "ply_uri": _ply_uri(run, r), "out": st.root,
-                      "spec": dataclasses.asdict(spec)})
+                      "ply_uri": _ply_uri(run, r), "out": st.root, "prompt": r["prompt"],
+                      "spec": dataclasses.asdict(spec), "plugins": plugins.plugin_specs()})
     results: dict[str, dict] = {}
     if tasks:
         ex = _executor(executor, address, num_workers, info, ex_options)
@@ -327,7 +378,8 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
             prev = json.loads(st.read_bytes(MARKER)).get("shards") or {}
         except ValueError:
             prev = {}
-    groups = shards.plan(list(results), shard_size)
+    shard_bytes, max_assets = sharding
+    groups = shards.plan({a: _shard_bytes(v) for a, v in results.items()}, shard_bytes, max_assets)
     shard_of: dict[str, str] = {}
     shard_members: dict[str, list] = {}
     n_reused_shards = 0
@@ -344,23 +396,33 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                                                                       name), default=str),
                     results[a]["files"]) for a in ids]
         _write_shard(st, name, samples,
-                     lambda a, rel: st.read_bytes("assets", a[:2], a, rel))
+                     lambda a, rel: st.read_bytes("assets", a[:2], a, rel),
+                     fmt_registry.member_keys(spec.formats),
+                     lambda a: sorted(f for f in results[a]["files"] if f.startswith("depth/")),
+                     float(results[ids[0]].get("depth_scale") or 1e-3))
         log.info("wrote %s (%d assets)", name, len(ids))
     for name in st.ls(shards.SHARDS_DIR):  # shards of an earlier, larger selection
         if f"{shards.SHARDS_DIR}/{name}" not in shard_members and name.endswith(".tar"):
             st.rm(f"{shards.SHARDS_DIR}/{name}")
 
     idx_rows = [_index_row(rows[a], results[a], spec, shard_of[a]) for a in results]
-    idx = index.index_table(idx_rows)
+    idx = index.index_table(idx_rows, list(fmt_registry.index_columns(spec.formats)),
+                            {r["asset_id"]: st.read_bytes(r["preview_path"]) for r in idx_rows},
+                            fmt_registry.stat_columns(spec.formats))
     _write_if_changed(st, index.INDEX_FILE, index.parquet_bytes(idx))
     skipped.sort(key=lambda s: s["asset_id"])
     _write_if_changed(st, SKIPPED_FILE, json.dumps(skipped, indent=1).encode())
     _write_card(st, run, info, expr, table, chosen.num_rows, idx_rows, skipped, spec,
-                len(groups), shard_size)
+                len(groups), sharding)
     _write_if_changed(st, MARKER, json.dumps({
         "run": run.root, "where": expr, "spec": dataclasses.asdict(spec),
-        "shard_size": shard_size, "shards": shard_members}, indent=1, sort_keys=True).encode())
-    return ExportSummary(out=st.root, selected=chosen.num_rows, exported=len(results),
+        "axes": {"world": fmt_registry.WORLD_AXES, "transforms.json": "OpenGL camera axes "
+                 "(x right, y up, looking down -z) in that world",
+                 **{f.name: f.axes for f in map(fmt_registry.get, spec.formats)}},
+        "shard_bytes": shard_bytes, "shard_size": max_assets, "shards": shard_members},
+        indent=1, sort_keys=True).encode())
+    removed = prune.remove(st, prune.unlisted(st, results))  # after the index: it never names them
+    return ExportSummary(removed=len(removed), out=st.root, selected=chosen.num_rows, exported=len(results),
                          reused=sum(1 for v in results.values() if v["reused"]),
                          skipped=len(skipped), shards=len(groups), shards_reused=n_reused_shards,
                          wall_s=time.perf_counter() - t0)
@@ -373,11 +435,14 @@ def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
                                      "config_hash", "code_version", "status", *index.METRICS)},
             "num_gaussians": res.get("num_gaussians"), "num_views": res.get("num_views"),
             "num_random_views": res.get("num_random_views"), "asset_dir": rel,
-            "ply_path": f"{rel}/{PLY_FILE}" if PLY_FILE in files else None,
-            "spz_path": f"{rel}/{SPZ_FILE}" if SPZ_FILE in files else None,
+            **{col: f"{rel}/{f}" if f in files else None
+               for col, f in fmt_registry.index_columns(spec.formats).items()},
             "transforms_path": f"{rel}/{TRANSFORMS_FILE}",
-            "preview_path": f"{rel}/images/000.png", "shard": shard,
-            "ply_sha256": res.get("ply_sha256")}
+            "preview_path": f"{rel}/{PREVIEW_FILE}" if PREVIEW_FILE in files
+            else f"{rel}/images/000.png", "shard": shard,
+            "ply_sha256": res.get("ply_sha256"),
+            **{c: (res.get("format_stats") or {}).get(c)
+               for c in fmt_registry.stat_columns(spec.formats)}}
 
 
 def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: dict,
@@ -396,17 +461,26 @@ def build_card(st: Storage, run_root: str, info: dict, expr: str, run_counts: di
     plot, grid = card.metric_plot(metrics), card.sample_grid(previews)
     cfg = info.get("config") or {}
     name = os.path.basename(st.root.rstrip("/")) or "sctd3d-dataset"
+    gen = cfg.get("generate") or {}
+    iterations, batch_views = int(gen.get("iterations") or 0), int(gen.get("batch_views") or 1)
     text = card.card_markdown(
         name=name, n_assets=len(idx_rows), where=expr, run_counts=run_counts, selected=selected,
         skipped=skipped, config_hashes=Counter(r["config_hash"] for r in idx_rows
                                                if r.get("config_hash")),
         code_versions=Counter(r["code_version"] for r in idx_rows if r.get("code_version")),
-        deviations=list(cfg.get("deviations") or []),
+        deviations=card.current_deviations(list(cfg.get("deviations") or []), iterations),
+        training=(f"{iterations} iterations x {batch_views} views per step "
+                  "(generate.iterations, generate.batch_views of the run config)"
+                  if iterations else ""),
+        grid_samples=[(r["asset_id"], r.get("prompt") or "") for r in ordered[:card.GRID_MAX]],
+        axes=[(f.name, f.axes) for f in map(fmt_registry.get, spec.formats) if f.axes],
         methods=Counter(r["method"] for r in idx_rows if r.get("method")), metrics=metrics,
-        spec=dataclasses.asdict(spec), formats=spec.formats, shards=n_shards,
+        spec=dataclasses.asdict(spec),
+        formats=[(f.name, f.card_line, list(f.files.values()))
+                 for f in map(fmt_registry.get, spec.formats)], shards=n_shards,
         shard_size=shard_size, has_plot=plot is not None, has_grid=grid is not None,
         exporter_version=exporter)
-    out = {README_FILE: text.encode("utf-8")}
+    out = {README_FILE: text.encode("utf-8"), card.LICENSE_FILE: card.LICENSE_TEXT.encode()}
     if plot is not None:
         out[card.PLOT_FILE] = plot
     if grid is not None:
@@ -420,6 +494,8 @@ def _write_card(st: Storage, run: Storage, info: dict, expr: str, table, selecte
     files = build_card(st, run.root, info, expr, manifest.counts(table), selected, idx_rows,
                        skipped, spec, n_shards, shard_size)
     for rel, data in files.items():
+        if rel == card.LICENSE_FILE and st.exists(rel):
+            continue  # the placeholder is the owner's to edit: written once, never replaced
         _write_if_changed(st, rel, data)
 
 
@@ -428,4 +504,4 @@ def export_command(run_out: str, dataset_out: Optional[str] = None, views: int =
     """The `sctd3d export` line for a run (printed by `sctd3d demo`)."""
     ds = dataset_out or (run_out.rstrip("/") + "-dataset")
     return (f"sctd3d export {run_out} --out {ds} --where \"status = 'done'\" --views {views} "
-            f"--resolution {resolution} --formats ply,spz --shard-size 256")
+            f"--resolution {resolution} --formats ply,spz")

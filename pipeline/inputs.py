@@ -3,9 +3,15 @@
 Why: every row is checked before any GPU time is spent, so a batch of thousands never dies (or
 burns a GPU hour) on row 4,812. Bad rows become `rejected` records with the reason; the rest run.
 Assets are identified by a stable hash of (normalised prompt, seed, generation hash: the generation
-settings plus the content identity of the prior's weights, common.config.generation_hash), so
+settings plus the content identity of the prior's weights, stages.generation_id.generation_hash), so
 prompts never become paths, re-running the same input finds the same assets, and evaluation
-settings never rename an asset.
+settings never rename an asset. The normalised prompt is what the prior can tell apart: Unicode
+NFC, whitespace (tabs and line breaks too) collapsed, and lowercased when the prior's tokenizer
+lowercases (stages.priors.registry.prompt_lowercased; CLIP's does), so "A Red Cube" and "a red cube"
+are one asset. The manifest keeps the first row's text with its case.
+
+Each JSONL row is bounded before it is decoded (MAX_ROW_BYTES, MAX_ROW_DEPTH) and must name each
+key once: a row over a bound, or with a repeated key, is rejected with its reason; the rest run.
 
 Formats (any fsspec URL): `.txt` (one prompt per line), `.jsonl` (`prompt`, optional `seed`,
 `config` overrides as a nested mapping or dotted keys, `tags`), `.parquet` (a `prompt` column,
@@ -14,6 +20,7 @@ optional `seed`/`tags`).
 
 from __future__ import annotations
 
+from common.errors import UserError
 import dataclasses
 import hashlib
 import io
@@ -26,11 +33,13 @@ from typing import Any, Callable, Iterator, Optional
 import fsspec
 
 
-from common.config import (Config, ConfigError, apply_overrides, config_hash, generation_hash,
-                             to_dict)
+from common.config import Config, ConfigError, apply_overrides, config_hash, to_dict
 from pipeline.validate import check_names
 
 MAX_PROMPT_CHARS = 2000  # hard cap independent of any tokenizer (a 10,000-char prompt is a mistake)
+MAX_ROW_BYTES = 64 * 1024  # one input row (a prompt <= 2000 chars, a few overrides and tags fit 10x)
+MAX_ROW_DEPTH = 32       # nesting of a row's objects/lists (a config override needs about 5)
+WHITESPACE_CONTROLS = frozenset("\t\n\v\f\r")  # collapsed like spaces, not rejected as controls
 BOM = b"\xef\xbb\xbf"   # a UTF-8 byte-order mark some editors put first; never part of a prompt
 
 # Per-row `config` overrides: generation settings only. Paths, models, devices, catalogues and
@@ -39,19 +48,30 @@ ROW_OVERRIDE_KEYS = ("generate.method", "generate.iterations", "prior.guidance_s
                      "prior.negative_prompt", "prior.view_dependent_prompt", "prior.front_angle_deg",
                      "prior.back_angle_deg", "prior.perp_neg", "prior.perp_neg_weight",
                      "prior.perp_neg_front_decay", "prior.perp_neg_side_decay")
-ROW_OVERRIDE_SECTIONS = ("generate.sctd", "generate.baselines", "generate.optim", "generate.losses",
-                         "generate.augment", "generate.cameras", "generate.densify")
+# the loop's sections; each registered method adds its own (stages.methods.MethodSpec.row_sections)
+ROW_OVERRIDE_SECTIONS = ("generate.optim", "generate.losses", "generate.augment", "generate.cameras",
+                         "generate.densify")
 ROW_OVERRIDE_DENIED = ("generate.densify.max_gaussians",)   # a resource size inside an allowed section
 ROW_OVERRIDE_CAPS = {"generate.iterations": 20_000}          # 4x the spec's 5000: a bounded GPU cost
-ROW_OVERRIDE_RULE = (
-    "a row may override only " + ", ".join(
+
+
+def row_override_sections() -> tuple[str, ...]:
+    """The sections a prompt row may override: the methods' own (sorted) and the loop's."""
+    from stages.methods import METHODS  # imports torch: only when a row carries overrides
+
+    methods = sorted({sec for spec in METHODS.values() for sec in spec.row_sections})
+    return tuple(methods) + tuple(s for s in ROW_OVERRIDE_SECTIONS if s not in methods)
+
+
+def row_override_rule() -> str:
+    return ("a row may override only " + ", ".join(
         [f"{k} (<= {ROW_OVERRIDE_CAPS[k]})" if k in ROW_OVERRIDE_CAPS else k for k in ROW_OVERRIDE_KEYS]
-        + [f"{sec}.*" for sec in ROW_OVERRIDE_SECTIONS])
-    + f" (not {', '.join(ROW_OVERRIDE_DENIED)}); paths, models, devices and sizes come from the "
-      f"run's config and flags")
+        + [f"{sec}.*" for sec in row_override_sections()])
+        + f" (not {', '.join(ROW_OVERRIDE_DENIED)}); paths, models, devices and sizes come from the "
+          f"run's config and flags")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The prompt file as a whole cannot be read (missing, unknown format, no prompt column)."""
 
 
@@ -94,6 +114,13 @@ def normalise_prompt(prompt: str) -> str:
     return " ".join(unicodedata.normalize("NFC", prompt).split())
 
 
+def identity_text(prompt: str, lowercase: bool = False) -> str:
+    """The prompt as an asset id hashes it: normalised, and lowercased when the prior's tokenizer
+    lowercases (an all-lowercase prompt's text, hence its id, is the same either way)."""
+    text = normalise_prompt(prompt)
+    return unicodedata.normalize("NFC", text.lower()) if lowercase else text
+
+
 def slugify(prompt: str, max_len: int = 40) -> str:
     """Readable ASCII label for humans (never used alone as a path)."""
     s = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode().lower()
@@ -101,9 +128,10 @@ def slugify(prompt: str, max_len: int = 40) -> str:
     return s[:max_len].rstrip("-") or "prompt"
 
 
-def asset_id_for(prompt: str, seed: int, cfg_hash: str) -> str:
-    """Stable id of (normalised prompt, seed, generation hash): 20 hex chars."""
-    blob = json.dumps([normalise_prompt(prompt), int(seed), cfg_hash], ensure_ascii=False)
+def asset_id_for(prompt: str, seed: int, cfg_hash: str, lowercase: bool = False) -> str:
+    """Stable id of (normalised prompt, seed, generation hash): 20 hex chars. `lowercase`: the
+    prior's tokenizer lowercases (see identity_text)."""
+    blob = json.dumps([identity_text(prompt, lowercase), int(seed), cfg_hash], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
@@ -113,6 +141,9 @@ def _rejected_id(raw: bytes | str, line: int) -> str:
 
 
 def _printable(raw: bytes | str, limit: int = 200) -> str:
+    if len(raw) > 8 * limit:  # a huge row: show its start and its size, never decode all of it
+        unit = "bytes" if isinstance(raw, bytes) else "chars"
+        return _printable(raw[:limit], limit) + f"... ({len(raw)} {unit})"
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
@@ -123,7 +154,7 @@ def _check_prompt(prompt: str, count_tokens: Optional[Callable[[str], int]],
     """None if the prompt is usable, else the reason it is rejected."""
     if not prompt.strip():
         return "empty or whitespace-only prompt"
-    bad = [c for c in prompt if unicodedata.category(c) == "Cc"]
+    bad = [c for c in prompt if unicodedata.category(c) == "Cc" and c not in WHITESPACE_CONTROLS]
     if bad:
         return (f"prompt contains control characters {sorted({f'U+{ord(c):04X}' for c in bad})}; "
                 f"remove them")
@@ -136,6 +167,73 @@ def _check_prompt(prompt: str, count_tokens: Optional[Callable[[str], int]],
         if n > max_tokens:
             return f"prompt is {n} tokens, over the prior's limit of {max_tokens}; shorten it"
     return None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json object_pairs_hook: a key given twice is an error, not "the last one wins"."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"')
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest nesting of objects/arrays in one JSON text, counted without decoding it (brackets
+    inside strings do not count); a cheap bound before json.loads, which recurses per level."""
+    depth = deepest = 0
+    for b in _JSON_BRACKETS.findall(_JSON_STRING.sub(b'""', raw)):
+        depth += 1 if b in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of decoded dicts/lists (iterative: any depth is safe to measure)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, (list, tuple)):
+            deepest = max(deepest, d)
+            if d > MAX_ROW_DEPTH:
+                break
+            stack.extend((x, d + 1) for x in o)
+    return deepest
+
+
+def _unreachable(e: BaseException) -> Optional[str]:
+    """For a 'not found' from a remote filesystem: the connection failure behind it, if any
+    (fsspec's HTTP client reports a refused connection as FileNotFoundError)."""
+    seen, c, found = set(), e.__cause__ or e.__context__, None
+    while c is not None and id(c) not in seen:  # the innermost OSError names the cause best
+        seen.add(id(c))
+        if isinstance(c, OSError) and not isinstance(c, FileNotFoundError):
+            found = c
+        c = c.__cause__ or c.__context__
+    if found is None:
+        return None
+    msg = str(found).strip().splitlines()
+    return f"{type(found).__name__}: {msg[0] if msg else ''}"[:300]
+
+
+def not_found_error(uri: str, e: BaseException) -> InputError:
+    """'prompt file not found', or, when the server could not be reached at all, that."""
+    why = _unreachable(e)
+    if why:
+        return InputError(f"cannot connect to read the prompt file {uri!r} ({why}); check the URL "
+                          f"and that its server is up and reachable from here")
+    return InputError(f"prompt file not found: {uri!r}")
 
 
 def _flatten(overrides: dict, prefix: str = "") -> Iterator[tuple[Any, Any]]:
@@ -168,14 +266,14 @@ def check_row_overrides(cfg: Config, overrides: dict) -> Optional[str]:
             return ("config override 'generate.seed' is not allowed in a prompt row: set the row's "
                     "'seed' field instead (one source of truth for the seed)")
         allowed = key in ROW_OVERRIDE_KEYS or any(key.startswith(sec + ".")
-                                                   for sec in ROW_OVERRIDE_SECTIONS)
+                                                   for sec in row_override_sections())
         if not allowed or key in ROW_OVERRIDE_DENIED:
-            return f"config override {key!r} is not allowed in a prompt row: {ROW_OVERRIDE_RULE}"
+            return f"config override {key!r} is not allowed in a prompt row: {row_override_rule()}"
         cap = ROW_OVERRIDE_CAPS.get(key)
         if cap is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and not value <= cap:
             return (f"config override {key}={value!r} is over the per-row cap of {cap}; raise it in "
-                    f"the run's config instead ({ROW_OVERRIDE_RULE})")
+                    f"the run's config instead ({row_override_rule()})")
     return None
 
 
@@ -246,13 +344,17 @@ def _detect_format(uri: str) -> str:
 def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str], int]] = None,
                  max_tokens: Optional[int] = None, storage_options: Optional[dict] = None
                  ) -> PromptBatch:
-    """Read, validate and deduplicate a prompt list. `count_tokens`/`max_tokens`: the prior's limit."""
+    """Read, validate and deduplicate a prompt list. `count_tokens`/`max_tokens`: the prior's limit.
+    Case-only variants are one asset when the prior's tokenizer lowercases (read from local files)."""
+    from stages.priors.registry import prompt_lowercased
+
     fmt = _detect_format(uri)
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
             data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"prompt file not found: {uri!r}") from None
+    except FileNotFoundError as e:
+        raise not_found_error(uri, e) from None
+    lowercase = prompt_lowercased(cfg.prior)
     if fmt != "parquet" and data.startswith(BOM):
         data = data[len(BOM):]
     in_catalogue = _catalogue_check(cfg)
@@ -292,7 +394,7 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
                 return
         else:
             h, g = base_hash, base_gen
-        aid = asset_id_for(prompt, seed, g)
+        aid = asset_id_for(prompt, seed, g, lowercase)
         if aid in seen:
             duplicates += 1
             return
@@ -311,6 +413,10 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
     for line, raw in items:
         # --- decode -----------------------------------------------------------------------
         if isinstance(raw, bytes):
+            if len(raw) > MAX_ROW_BYTES:
+                reject(raw, line, f"row is {len(raw)} bytes, over the limit of {MAX_ROW_BYTES} per "
+                                  f"row; shorten it (a prompt may have {MAX_PROMPT_CHARS} characters)")
+                continue
             try:
                 text = raw.decode("utf-8", "strict")
             except UnicodeDecodeError as e:
@@ -323,10 +429,23 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
             else:
                 if not text.strip():
                     continue  # blank JSONL lines separate nothing; skip silently
+                depth = _json_depth(raw)
+                if depth > MAX_ROW_DEPTH:
+                    reject(raw, line, f"JSON row is nested {depth} levels deep, over the limit of "
+                                      f"{MAX_ROW_DEPTH}; a row is a flat object with 'prompt', 'seed', "
+                                      f"'config' (overrides) and 'tags'")
+                    continue
                 try:
-                    row = json.loads(text)
+                    row = json.loads(text, object_pairs_hook=_no_duplicate_keys)
                 except json.JSONDecodeError as e:
                     reject(raw, line, f"malformed JSON: {e.msg} at column {e.colno}")
+                    continue
+                except _DuplicateKey as e:
+                    reject(raw, line, f"JSON row gives the key {e.args[0]!r} more than once; give "
+                                      f"each key once")
+                    continue
+                except RecursionError:  # a bound the depth scan missed: still only this row
+                    reject(raw, line, f"JSON row is nested too deeply (limit {MAX_ROW_DEPTH})")
                     continue
                 if not isinstance(row, dict):
                     reject(raw, line, f"JSONL row is a {type(row).__name__}, expected an object "
@@ -334,6 +453,16 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
                     continue
         else:
             row = dict(raw)
+            depth = _depth(row)
+            if depth > MAX_ROW_DEPTH:
+                reject(repr(row)[:1000], line, f"row is nested {depth}+ levels deep, over the limit "
+                                               f"of {MAX_ROW_DEPTH}")
+                continue
+            size = len(json.dumps(row, default=str))
+            if size > MAX_ROW_BYTES:
+                reject(repr(row)[:1000], line, f"row is {size} bytes as JSON, over the limit of "
+                                               f"{MAX_ROW_BYTES} per row; shorten it")
+                continue
         # --- fields -----------------------------------------------------------------------
         unknown = set(row) - {"prompt", "seed", "config", "tags"}
         if unknown:
@@ -375,12 +504,9 @@ def read_prompts(uri: str, cfg: Config, *, count_tokens: Optional[Callable[[str]
 
 def asset_generation_hash(cfg: Config) -> str:
     """generation_hash with the prior's weights identity (file digests cached per process)."""
-    from stages.priors.identity import generation_inputs  # imports torch (stages.priors): lazily
+    from stages.generation_id import generation_hash  # imports torch (stages.priors): lazily
 
-    try:
-        return generation_hash(cfg, generation_inputs(cfg))
-    except ValueError as e:  # e.g. prior.model names no shipped toy SD nor a directory
-        raise ConfigError(str(e)) from None
+    return generation_hash(cfg)
 
 
 def request_config(cfg: Config, req: AssetRequest) -> Config:

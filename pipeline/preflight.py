@@ -20,7 +20,10 @@ CACHE_ENV = "SCTD3D_CACHE"
 def uses_cache(cfg: Config) -> bool:
     """Whether this config reads or writes the on-disk cache (toy views and ground truth, Point-E)."""
     toy_metrics = {"toy_psnr", "toy_rprec"} & set(cfg.metrics.metrics)
-    return (cfg.prior.name == "toy_exact" or cfg.init.method in ("point_e", "toy_shape")
+    from stages.priors.registry import PRIORS
+
+    prior = PRIORS.get(cfg.prior.name)
+    return (bool(prior and prior.uses_toy_cache) or cfg.init.method in ("point_e", "toy_shape")
             or bool(toy_metrics and cfg.pipeline.score) or cfg.metrics.fid_reference == "toy")
 
 
@@ -79,7 +82,7 @@ def check_is_run(uri: str) -> None:
 def check_prompts_file(uri: str) -> None:
     """A local prompt file exists, is a file, and a `.parquet` one is Parquet (its magic bytes):
     refused before the run takes the lock or writes anything. Remote files are read as usual."""
-    from pipeline.inputs import InputError
+    from pipeline.inputs import InputError, not_found_error
 
     if not is_local(uri):
         import fsspec
@@ -87,8 +90,8 @@ def check_prompts_file(uri: str) -> None:
         try:
             fs, path = fsspec.core.url_to_fs(uri)
             info = fs.info(path)
-        except FileNotFoundError:
-            raise InputError(f"prompt file not found: {uri!r}") from None
+        except FileNotFoundError as e:  # fsspec's HTTP client says this for a refused connection too
+            raise not_found_error(uri, e) from None
         except (ImportError, ValueError) as e:
             raise StorageError(f"cannot open the prompt file {uri!r}: {e}") from None
         except Exception as e:  # noqa: BLE001 - a client error (endpoint, credentials): one line

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from stages.generate import GenerateResult
     from stages.metrics import MetricScores
     from stages.render import RenderResult
+    from common.storage import Storage
 
 UriOf = Callable[[Optional[str]], Optional[str]]
 
@@ -93,3 +94,36 @@ def rejected_record(row: RejectedRow, cfg: Config, config_hash: str, input_uri: 
             "error": row.reason, "attempts": 0, "finished_at": at, "tags": row.tags,
             "input_line": row.line, "code_version": code_version, "method": cfg.generate.method,
             "prior": cfg.prior.name, "config_hash": config_hash, "input_uri": input_uri}
+
+
+def rescored_record(old: dict[str, Any], values: dict[str, Any], uris: dict[str, Optional[str]],
+                    eval_hash: str, config_hash: str, at: Optional[dt.datetime] = None
+                    ) -> dict[str, Any]:
+    """A `done` record re-scored by `sctd3d evaluate`: the same asset (identity, timing, attempts
+    kept) with the new per-asset metric columns (kept, recomputed or None), frame/video/sheet URIs,
+    `eval_hash`, `config_hash` and `evaluated_at`."""
+    rec = dict(old)
+    rec.update({k: _finite(values.get(k)) for k in METRIC_COLUMNS})
+    rec.update({k: uris.get(k) for k in ("frames_uri", "video_uri", "sheet_uri")})
+    rec.update(eval_hash=eval_hash, config_hash=config_hash, evaluated_at=at or now())
+    return rec
+
+
+def _finite(x: Any) -> Any:
+    return None if isinstance(x, float) and x != x else x  # NaN -> null
+
+
+def commit(st: "Storage", rec: dict[str, Any]) -> None:
+    """Commit one record (one atomic part file, written after the asset's files), with one clear
+    line when the store refuses the write (full disk, read-only): no later record could be written
+    either, so the caller stops; records committed before are kept."""
+    from common import manifest
+    from common.storage import StorageError
+
+    try:
+        manifest.commit(st, rec)
+    except OSError as e:
+        raise StorageError(f"cannot commit the manifest record of asset {rec['asset_id']} under "
+                           f"{st.root}: {e.strerror or e}; free space or fix permissions, then re-run "
+                           f"the same command (committed records are kept, this asset is redone)"
+                           ) from e

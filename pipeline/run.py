@@ -27,17 +27,16 @@ from typing import Any, Callable, Optional
 from common import deadline, manifest
 from pipeline.asset import AssetTask, process_asset
 from pipeline.checkpoint_sync import remove_temp_files
-from common.config import Config, config_hash, eval_hash, load_config, to_dict
-from pipeline.executors import make_executor
+from common.config import Config, apply_overrides, config_hash, eval_hash, load_config, to_dict
+from pipeline.executors import executor_options as build_executor_options, make_executor
 from pipeline.inputs import PromptBatch, asset_generation_hash, read_prompts, request_config
-from common.lock import RunLock
+from common.lock import LOST_LOCK, LockHeld, RunLock
 from pipeline.records import committed, failed_record, now, rejected_record
 from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
 from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
 from pipeline.validate import check_names
 from stages.metrics.fid import run_fid
-from stages.priors.device import require_device
-from stages.priors.tokens import token_limit
+from stages.priors.registry import require_device, token_limit
 from stages.provenance import code_version  # one home: meta.json and run.json say the same
 from stages.report import build_report
 
@@ -136,13 +135,14 @@ def _write_run_json(st: Storage, data: dict) -> None:
                            ) from e
 
 
-def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "local",
+def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: Optional[str] = None,
               address: Optional[str] = None, num_workers: Optional[int] = None, *,
               progress: bool = True, executor_options: Optional[dict] = None,
               storage_options: Optional[dict] = None, redo: str = "failed") -> RunSummary:
     """Run (or resume) a batch. Re-running the same command skips committed assets.
 
-    executor_options: overrides of the executor's settings from the config (e.g. num_cpus).
+    executor: a name in pipeline.executors.EXECUTORS (None: `pipeline.executor`); address,
+    num_workers, executor_options: overrides of the options it builds from the config.
     storage_options: fsspec options of the output store (e.g. endpoint_url), for every process.
     redo: which committed assets run again (REDO_CHOICES); a `done` asset whose files are gone is
     always redone.
@@ -152,9 +152,16 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: str = "lo
     t_run = time.perf_counter()
     if isinstance(cfg, (str, os.PathLike)):
         cfg = load_config(cfg)
+    from common.plugins import load_plugins, plugin_specs
+
+    load_plugins()                      # $SCTD3D_PLUGINS and entry points, then the config's
+    load_plugins(cfg.pipeline.plugins)
+    if plugin_specs() != list(cfg.pipeline.plugins):  # workers import every plugin the driver did
+        cfg = apply_overrides(cfg, {"pipeline.plugins": plugin_specs()}, "plugins")
+    if executor is not None and executor != cfg.pipeline.executor:
+        cfg = apply_overrides(cfg, {"pipeline.executor": executor}, "--executor")
     check_names(cfg)
-    if executor not in ("local", "ray"):
-        raise ValueError(f"--executor {executor!r} is not one of ['local', 'ray']")
+    executor = cfg.pipeline.executor
     if redo not in REDO_CHOICES:
         raise ValueError(f"--redo {redo!r} is not one of {list(REDO_CHOICES)}")
     from stages.init import check_requirements
@@ -288,31 +295,21 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                       for r in todo}
     by_id = {r.asset_id: r for r in todo}
 
-    p = cfg.pipeline
-    if executor == "ray":
-        opts = dict(address=address, num_workers=num_workers or p.num_workers or None,
-                    gpus_per_worker=p.gpus_per_worker, cpus_per_worker=p.cpus_per_worker,
-                    max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=asset_timeout_s(cfg),
-                    worker_start_timeout_s=p.worker_start_timeout_s,
-                    connect_timeout_s=p.connect_timeout_s, max_workers=p.max_workers,
-                    # the prior's device check runs in each worker as it starts, never here (a
-                    # cluster's head node has no GPU by design)
-                    startup=_device_check(cfg))
-    else:
-        opts = dict(max_attempts=p.max_attempts, backoff_s=p.backoff_s, timeout_s=asset_timeout_s(cfg))
-    opts.update(executor_options)
-    run_info["asset_timeout_s"] = opts["timeout_s"]
+    # the prior's device check runs where the workers are as each starts (this process for `local`;
+    # never on a cluster's driver: its head node has no GPU by design)
+    given = {"address": address, "num_workers": num_workers, "startup": _device_check(cfg),
+             "timeout_s": asset_timeout_s(cfg), **executor_options}
+    opts = build_executor_options(executor, cfg.pipeline, **given)
+    run_info["asset_timeout_s"] = opts.get("timeout_s")
     ex = make_executor(executor, **opts)
     items = [AssetTask(request=r, cfg=cfg, out=st.root, storage_options=storage_options)
              for r in todo]
     bar = _Progress(0, False, ex.running)  # the real bar starts once the run can start
     n_done = n_failed = 0
     try:
-        if todo and executor == "local":
-            _device_check(cfg)()  # the local worker is this process: fail before the first asset
-        if todo and hasattr(ex, "_ensure_ray") and not deadline.stop_requested():
-            ex._ensure_ray()     # connect first: ray.init replaces the SIGTERM handler ...
-            signals.reinstall()  # ... so ours goes back on top
+        if todo and not deadline.stop_requested():
+            ex.start()           # connect / check before the first asset: ray.init replaces the
+            signals.reinstall()  # SIGTERM handler, so ours goes back on top
         bar = _Progress(len(todo), progress, ex.running)
         for o in ex.map(items, process_asset):
             req = by_id[o.item.asset_id]
@@ -358,6 +355,10 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
         ex.close()
 
     stopped_by = deadline.stop_requested()
+    if stopped_by.startswith(LOST_LOCK):  # another run owns the root now: write nothing more
+        raise LockHeld(f"{stopped_by}; this run stopped without compacting or writing run.json "
+                       f"(its committed assets are kept); re-run the same command once the other "
+                       f"run has finished")
     interrupted = bool(stopped_by)
     # merge this run's parts (we hold the lock): FID, the report and every later reader read one file
     manifest.compact_locked(st)

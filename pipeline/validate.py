@@ -1,8 +1,8 @@
 """Names a config refers to, checked against the registries that define them.
 
 Why here: the config layer checks types and bounds only, because it may not import `stages/`; the
-valid method, prior and init names are the keys of their registries (`kernels.distill.METHODS`,
-`stages.priors.registry.PRIORS`, `stages.init.INIT_METHODS`), so a name added there is valid
+valid method, prior, init and executor names are the keys of their registries (`stages.methods.METHODS`,
+`stages.priors.registry.PRIORS`, `stages.init.INIT_METHODS`, `pipeline.executors.EXECUTORS`), so a name added there is valid
 without touching the config. The orchestrator calls `check_names` wherever it loads a config
 for use (the CLI, `run_batch`, a prompt row's overrides).
 """
@@ -17,15 +17,21 @@ from common.config import Config, ConfigError
 
 
 def _methods() -> list[str]:
-    from kernels.distill import METHODS
+    from stages.methods import method_names
 
-    return sorted(METHODS)
+    return method_names()
 
 
 def _priors() -> list[str]:
     from stages.priors.registry import prior_names
 
     return prior_names()
+
+
+def _executors() -> list[str]:
+    from pipeline.executors import executor_names
+
+    return executor_names()
 
 
 def _inits() -> list[str]:
@@ -39,6 +45,7 @@ REGISTERED: dict[str, tuple[str, Callable[[], list[str]]]] = {
     "generate.method": ("distillation method", _methods),
     "prior.name": ("prior", _priors),
     "init.method": ("init method", _inits),
+    "pipeline.executor": ("executor", _executors),
 }
 
 
@@ -71,4 +78,11 @@ def check_names(cfg: Config, source: str | None = None) -> Config:
         where = source if source is not None else _where(cfg, key, value)
         raise ConfigError(f"{where}: {key}: {value!r} is not a registered {what}{hint}; "
                           f"registered: {', '.join(names)}")
+    from stages.priors.registry import prior_spec
+
+    try:
+        prior_spec(cfg.prior.name).parse_options(cfg.prior)
+    except (TypeError, ValueError) as e:  # the options class's own checks say what is wrong
+        raise ConfigError(f"{source if source is not None else _where(cfg, 'prior.options', cfg.prior.options)}: "
+                          f"{e}") from None
     return cfg

@@ -58,12 +58,14 @@ def clip_bpe_source() -> Path:
 def write_clip_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt of the 49,408-token CLIP BPE, from open_clip's merges file; SD 2.x's
     tokenizer settings (pad '!', 77 tokens)."""
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     lines = gzip.decompress(clip_bpe_source().read_bytes()).decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]  # as OpenAI's SimpleTokenizer reads it
-    chars = list(bytes_to_unicode().values())
+    # CLIP's byte map (GPT-2's bytes_to_unicode, gone from transformers 5): its 256 characters in
+    # code-point order are the map's values in order (printable bytes as themselves, then 256+n)
+    chars = sorted(ByteLevel.alphabet())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ the run resumes it, and the same state on CPU continues bit for bit.
 
 from __future__ import annotations
 
+from common.errors import UserError
 import json
 import logging
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ CKPT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that is not what sctd3d writes (e.g. a pickle): refused, never loaded."""
 
 

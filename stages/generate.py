@@ -180,8 +180,8 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     `prior` may be passed to reuse a loaded prior across assets; otherwise it is loaded from
     `cfg.prior`. Returns a GenerateResult; a failed asset has ok=False, an error, and no asset.ply.
     """
-    from common.config import config_hash, generation_hash
-    from stages.priors.identity import generation_inputs
+    from common.config import config_hash
+    from stages.generation_id import generation_hash
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"generate: prompt must be a non-empty string, got {prompt!r}")
@@ -192,7 +192,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     # resume / reuse only what the same generation settings and prior weights made: evaluation
     # settings (render, metrics) never force a regeneration
-    ident = {"prompt": prompt, "seed": seed, "generation_hash": generation_hash(cfg, generation_inputs(cfg))}
+    ident = {"prompt": prompt, "seed": seed, "generation_hash": generation_hash(cfg)}
     done = _finished(out, ident)
     if done is not None:
         return done

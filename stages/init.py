@@ -8,6 +8,7 @@ identity, scales from the mean distance to the 3 nearest neighbours (3DGS), unle
 
 from __future__ import annotations
 
+from common.errors import UserError
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ POINT_E_INSTALL = ('pip install --no-deps "point-e @ git+https://github.com/open
                    f'@{POINT_E_COMMIT}"')
 
 
-class InitError(RuntimeError):
+class InitError(UserError, RuntimeError):
     """An init method that cannot run here; the message names the fix and the fallback."""
 
 
@@ -71,12 +72,29 @@ def knn_mean_sq_dist_reference(points: Tensor, k: int = 3) -> Tensor:
     return d.topk(min(k, points.shape[0] - 1), largest=False).values.mean(dim=1).float()
 
 
+def knn_mean_sq_dist_chunked(points: Tensor, k: int = 3, rows: int = 512) -> Tensor:
+    """The same exact numbers without scipy: brute force in float64, `rows` points at a time (on
+    the GPU when there is one: 81,920 points take well under a second there)."""
+    dev = torch.device("cuda") if torch.cuda.is_available() else points.device
+    p = points.detach().to(dev, torch.float64)
+    kk = min(k, p.shape[0] - 1)
+    out = []
+    for i in range(0, p.shape[0], rows):
+        d = torch.cdist(p[i:i + rows], p) ** 2
+        d[torch.arange(d.shape[0], device=dev), torch.arange(i, i + d.shape[0], device=dev)] = float("inf")
+        out.append(d.topk(kk, largest=False).values.mean(dim=1))
+    return torch.cat(out).float().cpu()
+
+
 def knn_mean_sq_dist(points: Tensor, k: int = 3) -> Tensor:
     """Mean squared distance to the k nearest other points (3DGS `distCUDA2`), via a KD-tree."""
     n = points.shape[0]
     if n < 2:
         return torch.full((n,), 1e-4)
-    from scipy.spatial import cKDTree
+    try:
+        from scipy.spatial import cKDTree
+    except ImportError:  # a generation-only install (the GPU check carries no scipy)
+        return knn_mean_sq_dist_chunked(points, k)
 
     p = points.detach().cpu().double().numpy()
     kk = min(k, n - 1)
@@ -224,6 +242,13 @@ def _point_e(cfg: "InitConfig", prompt: str, generator: torch.Generator, toy_cat
 # init.method -> (cfg, prompt, generator, toy catalogue) -> initial points; the one list of init
 # names (the config is validated against it, `pipeline.validate`)
 INIT_METHODS: dict[str, InitMethod] = {"point_e": _point_e, "ball": _ball, "toy_shape": _toy_shape}
+# the config keys each init method reads (stages.generation_id hashes exactly these into asset ids)
+_POINTS = ("init.method", "init.initial_opacity", "init.initial_scale", "init.sh_degree")
+INIT_KEYS: dict[str, tuple[str, ...]] = {
+    "point_e": _POINTS + ("init.num_points", "init.gaussians_per_point", "init.point_radius", "init.shape_scale"),
+    "ball": _POINTS + ("init.ball_num_gaussians", "init.ball_radius"),
+    "toy_shape": _POINTS + ("init.ball_num_gaussians", "init.shape_scale", "init.shape_noise", "toy.catalogue"),
+}
 
 
 def init_gaussians(cfg: "InitConfig", prompt: str, generator: torch.Generator,

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from kernels.cameras import CameraSamplerParams
 from kernels.ddim import TimestepParams
-from kernels.distill import SCTDParams, Schedule, make_schedule
+from kernels.distill import ISMParams, SCTDParams, SDSParams, Schedule, make_schedule
 from kernels.trainer import TrainerParams
+
+# The generation keys the loop reads for every method (stages.generation_id hashes exactly these,
+# with the method's own `stages.methods.MethodSpec.config_keys`, into asset ids). `section.*` = every
+# key of the section. tests/test_asset_identity.py checks that the unread keys leave the asset identical.
+LOOP_KEYS = ("generate.method", "generate.iterations", "generate.batch_views", "generate.save_ply_at",
+             "generate.checkpoint_every", "generate.nan_retries", "generate.render_backend",
+             "generate.cameras.*", "generate.optim.*", "generate.densify.*", "generate.losses.*",
+             "generate.augment.*")
 
 
 def trainer_params(cfg, seed: int) -> TrainerParams:
@@ -50,14 +58,22 @@ def camera_params(cfg) -> CameraSamplerParams:
     )
 
 
-def distill_params(cfg) -> SCTDParams:
-    """Numbers of the distillation gradients (SCTD and the baselines)."""
-    s, b = cfg.generate.sctd, cfg.generate.baselines
-    return SCTDParams(
-        guidance_scale=cfg.prior.guidance_scale, weight_lambda=s.weight_lambda,
-        consistency_approx=s.consistency_approx, cross_term=s.cross_term,
-        baseline_lambda=b.weight_lambda, ism_delta_t=b.ism_delta_t, ism_delta_s=b.ism_delta_s,
-    )
+def consistency_params(cfg) -> SCTDParams:
+    """Numbers of the consistency gradients (SCTD, CDS, GCS) of `generate.sctd`."""
+    s = cfg.generate.sctd
+    return SCTDParams(guidance_scale=cfg.prior.guidance_scale, weight_lambda=s.weight_lambda,
+                      consistency_approx=s.consistency_approx, cross_term=s.cross_term)
+
+
+def sds_params(cfg) -> SDSParams:
+    """SDS's weight of `generate.baselines`."""
+    return SDSParams(baseline_lambda=cfg.generate.baselines.weight_lambda)
+
+
+def ism_params(cfg) -> ISMParams:
+    """ISM's numbers of `generate.baselines`."""
+    b = cfg.generate.baselines
+    return ISMParams(baseline_lambda=b.weight_lambda, ism_delta_t=b.ism_delta_t, ism_delta_s=b.ism_delta_s)
 
 
 def timestep_params(cfg) -> TimestepParams:

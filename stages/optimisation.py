@@ -2,11 +2,14 @@
 `snapshot` / `restore` / `retry` to and from a `RunState` (checkpoints and the NaN rollback).
 
 An iteration (docs/METHOD.md "Training settings"): host-side draws (cameras, background, depth /
-flip flags, timesteps) -> render -> optional depth-as-input and horizontal flip -> encode ->
-distillation gradient (method from `kernels.distill.METHODS`; never a branch on its name) -> extra
+flip flags, timesteps; drawn ahead for `PLAN_CHUNK` iterations and sent to the device in one copy,
+`IterationPlan`) -> render -> optional depth-as-input and horizontal flip -> encode ->
+distillation gradient (method from `stages.methods.METHODS`; never a branch on its name) -> extra
 losses (`stages.losses`) -> backward -> `GaussianTrainer.step` (clip, Adam, LR schedules,
 densify / prune) -> one fused finiteness check. Nothing is read back from the device before that
-check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations).
+check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations). Nothing
+is copied to the device either, outside the plan's one copy per chunk: the noise generator lives on
+the device (SDS noise, VAE sampling), timesteps index a device `arange` (`stages.priors.guidance`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from torch import Tensor
 
 from kernels.cameras import Cameras, CameraSamplerParams, sample_training_cameras
 from kernels.ddim import TimestepSample
-from kernels.distill import DistillMethod, Schedule, get_method, latent_grad_loss, make_eps_star
+from kernels.distill import DistillMethod, Schedule, latent_grad_loss
 from kernels.gaussians import Gaussians
 from kernels.render import RenderOutput, render
 from kernels.trainer import GaussianTrainer
 from stages.checkpoint import RunState
-from stages.kernel_params import camera_params, distill_params, schedule, trainer_params
+from stages.kernel_params import camera_params, trainer_params
 from stages.losses import add_weighted, extra_losses, loss_weights
-from stages.priors.guidance import make_guided_eps_from_config
+from stages.priors.guidance import make_guided_eps_from_config, perp_neg_params, perp_neg_weights, warm_embeddings
+
+PLAN_CHUNK = 256   # iterations drawn ahead on the host and copied to the device at once
 
 
 def depth_image(depth: Tensor) -> Tensor:
@@ -67,6 +72,57 @@ def draw_iteration(it: int, batch: int, res: int, cam_p: CameraSamplerParams, au
     return IterationDraw(cams, cams.azimuth_deg.tolist(), bg, use_depth, flip, ts)
 
 
+class IterationPlan:
+    """The host draws of iterations `first`..`first + n - 1`, their device tensors and the host
+    generator's state after each draw (what a snapshot at that iteration saves).
+
+    Cameras, backgrounds and Perp-Neg view weights of the whole chunk are packed into one float32
+    tensor and copied to the device once (from pinned memory, without blocking, on CUDA), so the
+    iterations themselves copy nothing from the host. The draws are the loop's own, in its order,
+    so a seed gives the same run as drawing one iteration at a time."""
+
+    def __init__(self, first: int, n: int, draw, gen: torch.Generator, device: torch.device,
+                 view_weights=None) -> None:
+        self.first, self.state0 = first, gen.get_state()
+        self.draws: list[IterationDraw] = []
+        self.states: list[Tensor] = []
+        rows = []
+        for it in range(first, first + n):
+            d = draw(it)
+            self.draws.append(d)
+            self.states.append(gen.get_state())
+            c = d.cameras
+            cols = [c.viewmats.reshape(len(c), 16), c.Ks.reshape(len(c), 9), d.background.float(),
+                    torch.stack([c.azimuth_deg, c.elevation_deg, c.radius, c.fovy], dim=1)]
+            if view_weights is not None:
+                cols.append(torch.tensor(view_weights(d.azimuths), dtype=torch.float32).reshape(len(c), -1))
+            rows.append(torch.cat(cols, dim=1))
+        packed = torch.stack(rows)                      # (n, B, 32 [+ weights])
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        p = packed.to(device, non_blocking=True)
+        n_, b = p.shape[:2]                             # split on the device into contiguous tensors
+        self.viewmats = p[..., :16].reshape(n_, b, 4, 4).contiguous()
+        self.Ks = p[..., 16:25].reshape(n_, b, 3, 3).contiguous()
+        self.backgrounds = p[..., 25:28].contiguous()
+        self.per_view = p[..., 28:32].transpose(1, 2).contiguous()   # (n, 4, B): az, el, radius, fovy
+        self.view_weights = p[..., 32:].contiguous() if p.shape[2] > 32 else None
+
+    def covers(self, it: int) -> bool:
+        return self.first <= it < self.first + len(self.draws)
+
+    def state_after(self, it: int) -> Tensor:
+        """The host generator's state once iteration `it` (first - 1 .. last) has drawn."""
+        return self.state0 if it == self.first - 1 else self.states[it - self.first]
+
+    def at(self, it: int) -> tuple[IterationDraw, Cameras, Tensor, Tensor | None]:
+        """(host draw, device cameras, device backgrounds (B, 3), device view weights or None)."""
+        i = it - self.first
+        d, v = self.draws[i], self.per_view[i]
+        cams = Cameras(self.viewmats[i], self.Ks[i], d.cameras.width, d.cameras.height, v[0], v[1], v[2], v[3])
+        return d, cams, self.backgrounds[i], (self.view_weights[i] if self.view_weights is not None else None)
+
+
 def read_terms(history: list[dict]) -> None:
     """Replace the 0-d device tensors among `history`'s terms by floats, in one transfer.
 
@@ -106,22 +162,26 @@ class Optimisation:
     def __init__(self, cfg, prompt: str, seed: int, prior) -> None:
         g = cfg.generate
         self.cfg, self.prompt, self.seed, self.prior = cfg, prompt, seed, prior
-        self.method = get_method(g.method)
+        from stages.methods import get_method
+
+        self.method = get_method(g.method)      # its grad, sampler, params, schedule and noise state
         self.device = torch.device(prior.device)
         # alpha_bar as host floats (the float32 values): reading a_t never waits for the device
         self.alphas = tuple(prior.alphas_cumprod.detach().to("cpu", torch.float32).tolist())
         self.res = int(prior.image_size)
         self.batch = g.batch_views
         self.latent_shape = (self.batch, *prior.latent_shape)
-        self.distill = distill_params(cfg)
-        self.schedule = schedule(cfg)
+        self.distill = self.method.params(cfg)
+        self.schedule = self.method.schedule(cfg)
+        self.noise_state = self.method.noise(cfg)
         self.cameras = camera_params(cfg)
         self.trainer_params = trainer_params(cfg, seed)
         self.augment = g.augment
         self.loss_weights = loss_weights(g.losses)
         self.backend = g.render_backend
-        self.eps_star_offset = g.sctd.eps_star_offset
+        self.perp_neg = perp_neg_params(cfg.prior)
         self.trainer: GaussianTrainer | None = None
+        self.plan: IterationPlan | None = None
         self.gen = self.gen_noise = None
         self.eps_star: Tensor | None = None
         self.history: list[dict] = []
@@ -137,34 +197,55 @@ class Optimisation:
         tr = GaussianTrainer(g0.to(self.device), self.trainer_params)
         gen = torch.Generator().manual_seed(self.seed + 1)
         ns = noise_seed(self.seed, 0)
-        gn = torch.Generator().manual_seed(ns)
-        es = make_eps_star(self.latent_shape, self.eps_star_offset, gn) if self.method.fixed_noise else None
+        gn = torch.Generator(device=self.device).manual_seed(ns)
+        es = self.noise_state.draw(self.latent_shape, gn, self.device)
         return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), es, 0, ns, [], 0, 0.0)
 
     def restore(self, st: RunState) -> None:
         g = Gaussians.from_state_dict(st.trainer["gaussians"]).to(self.device)
         self.trainer = GaussianTrainer(g, self.trainer_params)
-        self.trainer.load_state_dict(st.trainer)
         self.gen = torch.Generator()
         self.gen.set_state(st.gen)
-        self.gen_noise = torch.Generator()
-        self.gen_noise.set_state(st.gen_noise)
+        self.gen_noise = torch.Generator(device=self.device)   # on the device: no noise copied per iteration
+        try:
+            self.trainer.load_state_dict(st.trainer)
+            self.gen_noise.set_state(st.gen_noise)
+        except RuntimeError as e:  # a device generator's state only fits a generator of its device type
+            raise ValueError(f"iteration-{st.iteration} state: its random generator states are not those of "
+                             f"{self.device.type} generators ({e}); it was written on another device type or "
+                             f"by a version that drew noise on the host. Move the asset's checkpoints/ folder "
+                             f"aside to generate it again") from e
         self.eps_star = st.eps_star.to(self.device) if st.eps_star is not None else None
         self.history = list(st.history)
         self.unet_calls = st.unet_calls
         self.attempt, self.noise_seed = st.attempt, st.noise_seed
+        warm_embeddings(self.prior, self.cfg.prior, self.prompt)  # the text encoder runs here, not mid-run
+        self._plan_from(st.iteration + 1)
+
+    def _plan_from(self, first: int) -> None:
+        n = min(PLAN_CHUNK, self.cfg.generate.iterations - first + 1)
+        if n < 1:
+            self.plan = None
+            return
+        weights = (lambda az: perp_neg_weights(az, self.perp_neg)) if self.perp_neg is not None else None
+        self.plan = IterationPlan(first, n, self._draw, self.gen, self.device, weights)
+
+    def _draw(self, it: int) -> IterationDraw:
+        return draw_iteration(it, self.batch, self.res, self.cameras, self.augment, self.method, self.schedule,
+                              self.gen)
 
     def retry(self, st: RunState, attempt: int) -> None:
         """Back to `st` with a new noise seed (and fixed noise) for retry number `attempt`."""
         self.restore(st)
         self.attempt, self.noise_seed = attempt, noise_seed(self.seed, attempt)
-        self.gen_noise = torch.Generator().manual_seed(self.noise_seed)
-        if self.method.fixed_noise:
-            self.eps_star = make_eps_star(self.latent_shape, self.eps_star_offset, self.gen_noise).to(self.device)
+        self.gen_noise = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+        self.eps_star = self.noise_state.draw(self.latent_shape, self.gen_noise, self.device)
 
     def snapshot(self, iteration: int, elapsed_s: float) -> RunState:
         read_terms(self.history)
-        return RunState(iteration, self.trainer.state_dict(), self.gen.get_state(), self.gen_noise.get_state(),
+        gen = (self.plan.state_after(iteration) if self.plan is not None
+               and self.plan.first - 1 <= iteration < self.plan.first + len(self.plan.draws) else self.gen.get_state())
+        return RunState(iteration, self.trainer.state_dict(), gen, self.gen_noise.get_state(),
                         self.eps_star.detach().cpu() if self.eps_star is not None else None, self.attempt,
                         self.noise_seed, list(self.history), self.unet_calls, elapsed_s)
 
@@ -182,12 +263,12 @@ class Optimisation:
 
     def _iteration(self, it: int) -> dict:
         trainer, prior = self.trainer, self.prior
-        d = draw_iteration(it, self.batch, self.res, self.cameras, self.augment, self.method, self.schedule,
-                           self.gen)
-        cams, bg = d.cameras.to(self.device), d.background.to(self.device)
-        noise = (self.eps_star if self.method.fixed_noise
-                 else torch.randn(self.latent_shape, generator=self.gen_noise).to(self.device))
-        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths)  # before device work
+        if self.plan is None or not self.plan.covers(it):
+            self._plan_from(it)
+        d, cams, bg, view_w = self.plan.at(it)
+        noise = self.noise_state.noise(self.eps_star, self.latent_shape, self.gen_noise, self.device)
+        guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
+                                             weights=view_w, cameras=cams)
 
         out: RenderOutput = render(trainer.g, cams, background=bg, backend=self.backend)
         img = depth_image(out.depth) if d.use_depth else out.rgb

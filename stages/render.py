@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from PIL import Image
 from kernels.cameras import Cameras, orbit_cameras
 from kernels.gaussians import Gaussians
 from kernels.ply import load_ply
-from kernels.render import render
+from kernels.render import RenderOutput, render
 from common.config import Config, RenderConfig
 from common.storage import open_storage
 from stages import faults
@@ -66,20 +66,37 @@ def render_device(rc: RenderConfig) -> torch.device:
 
 
 @torch.no_grad()
+def render_batches(g: Gaussians, cams: Cameras, backend: str = "auto",
+                   background: Optional[torch.Tensor] = None, batch: int = 0,
+                   device: Optional[torch.device] = None) -> Iterator[RenderOutput]:
+    """The renderer's outputs for `cams`, a batch of views per call (the one batched renderer of
+    the project: the render stage, the toy metrics and the dataset export use it).
+
+    `batch` = views per renderer call; 0 = as many as fit in PIXELS_PER_BATCH. `backend` "gsplat"
+    on a machine without CUDA renders with "torch" (same picture; gsplat needs CUDA tensors).
+    """
+    batch = batch or max(1, PIXELS_PER_BATCH // (cams.width * cams.height))
+    dev = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if backend == "gsplat" and dev.type != "cuda":
+        backend = "torch"
+    g = g.to(dev)
+    bg = background.to(dev) if background is not None else None
+    for i in range(0, len(cams), batch):
+        yield render(g, cams[i:i + batch].to(dev), background=bg, backend=backend)
+
+
+@torch.no_grad()
 def render_views(g: Gaussians, cams: Cameras, rc: RenderConfig,
                  batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(rgb (V,H,W,3), alpha (V,H,W,1)) float32 on CPU, rendered in batches of views.
 
     `batch` = views per renderer call; 0 = as many as fit in PIXELS_PER_BATCH.
     """
-    batch = batch or max(1, PIXELS_PER_BATCH // (cams.width * cams.height))
-    dev = render_device(rc)
-    g = g.to(dev)
-    bg = torch.tensor(rc.background, dtype=torch.float32, device=dev)
+    bg = torch.tensor(rc.background, dtype=torch.float32)
     rgbs, alphas = [], []
-    for i in range(0, len(cams), batch):
-        out = render(g, cams[i:i + batch].to(dev), background=bg, backend=rc.backend)
-        rgb = faults.composite_background(out.rgb, out.alpha, bg)  # identity unless a benchmark injects a fault
+    for out in render_batches(g, cams, rc.backend, bg, batch, render_device(rc)):
+        # identity unless a benchmark injects a fault
+        rgb = faults.composite_background(out.rgb, out.alpha, bg.to(out.rgb.device))
         rgbs.append(rgb.clamp(0, 1).float().cpu())
         alphas.append(out.alpha.clamp(0, 1).float().cpu())
     return torch.cat(rgbs), torch.cat(alphas)

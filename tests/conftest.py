@@ -29,10 +29,12 @@ TINY_MERGES = ["r e", "re d</w>", "c u", "cu b", "cub e</w>", "v i", "vi e", "vi
 
 def write_tiny_clip_tokenizer(folder: Path) -> None:
     """A valid CLIP BPE vocabulary: every byte (with and without </w>), a few merges, BOS/EOS."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode  # CLIP's byte map
+    from tokenizers.pre_tokenizers import ByteLevel
 
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(bytes_to_unicode().values())
+    # CLIP's byte map (GPT-2's bytes_to_unicode, gone from transformers 5): its 256 characters in
+    # code-point order are the map's values in order (printable bytes as themselves, then 256+n)
+    chars = sorted(ByteLevel.alphabet())
     tokens = chars + [c + "</w>" for c in chars]
     for m in TINY_MERGES:
         merged = m.replace(" ", "")

@@ -22,12 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import manifest
-from common.config import (EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHED, TOY_EVALUATION_KEYS,
-                             TOY_GENERATION_KEYS, Config, ConfigError, apply_overrides, eval_hash,
-                             load_config, to_dict)
-from pipeline.inputs import read_prompts
+from common.config import (CONFIG_DIR, EVALUATION_SECTIONS, GENERATION_SECTIONS, NOT_HASHED,
+                             TOY_EVALUATION_KEYS, Config, ConfigError, GenerateConfig, SCTDConfig,
+                             apply_overrides, eval_hash, load_config, to_dict)
+from pipeline.inputs import asset_id_for, read_prompts
 from pipeline.validate import REGISTERED
+from stages.generation_id import generation_keys
 from stages.priors import identity
+from stages.priors.registry import prior_identity, prior_spec
 
 PROMPT = "a red cube"
 
@@ -74,7 +76,7 @@ def _candidates(key: str, value, meta: dict) -> list:
         return [float(x) for x in c if x is not None and x != value and (lo is None or x >= lo)
                 and (hi is None or x <= hi)]
     if isinstance(value, str):
-        return {"prior.model": ["someorg/other-model"], "prior.revision": ["0123abc"],
+        return {"prior.model": ["someorg/other-model", "toy_pixel"], "prior.revision": ["0123abc"],
                 "prior.device": ["cpu"], "metrics.device": ["cpu"],
                 "metrics.metrics": []}.get(key, [value + "-changed" if value else "changed"])
     if isinstance(value, list):
@@ -88,12 +90,15 @@ def _candidates(key: str, value, meta: dict) -> list:
     raise AssertionError(f"no candidate for {key}={value!r}")
 
 
-def _changed(cfg: Config, key: str) -> Config:
-    """`cfg` with `key` set to a different value that validation accepts."""
+def _changed(cfg: Config, key: str, prompts: str | None = None) -> Config:
+    """`cfg` with `key` set to a different value that validation accepts (and, given `prompts`,
+    that gives an asset id: toy_sd's prior.model must name a toy SD)."""
     errors = []
     for v in _candidates(key, _get(cfg, key), dict(LEAVES[key].metadata)):
         try:
             new = apply_overrides(cfg, {key: v})
+            if prompts is not None:
+                _id(prompts, new)
         except ConfigError as e:
             errors.append(str(e))
             continue
@@ -130,7 +135,20 @@ def _classified(key: str) -> str:
 GEN_KEYS = sorted(k for k in LEAVES if _classified(k) == "generation")
 EVAL_KEYS = sorted(k for k in LEAVES if _classified(k) == "evaluation")
 NEITHER_KEYS = sorted(k for k in LEAVES if _classified(k) == "neither" and k != "generate.seed")
-TOY_GEN_KEYS = sorted({f"toy.{k}" for keys in TOY_GENERATION_KEYS.values() for k in keys})
+TOY_GEN_KEYS = sorted(k for k in prior_spec("toy_exact").config_keys if k.startswith("toy."))
+
+
+def _registered(key: str) -> list[str]:
+    return REGISTERED[key][1]()
+
+
+def _with(key: str, name) -> Config:
+    """The defaults with one registered name chosen (method, prior or init)."""
+    return apply_overrides(Config(), {key: name})
+
+
+# every registered method, prior and init, each on the defaults of the others
+COMPONENTS = [(k, n) for k in ("generate.method", "prior.name", "init.method") for n in _registered(k)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,10 +161,108 @@ def test_every_config_key_is_classified():
     assert "prior.dtype" in GEN_KEYS and "prior.device" not in GEN_KEYS
 
 
-@pytest.mark.parametrize("key", GEN_KEYS)
-def test_each_generation_key_changes_the_id(prompts, key):
-    base = Config()
-    assert _id(prompts, _changed(base, key)) != _id(prompts, base)
+def test_every_generation_key_is_read_by_something_or_not_hashed():
+    """A generation-section key that no registered method, prior or init declares would never be
+    hashed: it must be declared where it is read, or listed in NOT_HASHED with the reason."""
+    read = set()
+    for key, name in COMPONENTS:
+        read |= generation_keys(_with(key, name))
+    read |= generation_keys(_with("prior.perp_neg", True))
+    orphans = [k for k in GEN_KEYS if k not in read]
+    assert not orphans, f"declare where these are read (MethodSpec.config_keys, PriorSpec.config_keys, INIT_KEYS) or NOT_HASHED: {orphans}"
+
+
+@pytest.mark.parametrize("key,name", COMPONENTS)
+def test_keys_a_component_reads_change_the_id_and_others_do_not(prompts, key, name):
+    """Under each method / prior / init: every key it reads changes the id; every other generation
+    key leaves it (e.g. SDS ids ignore generate.sctd.*; a ball init ignores Point-E's keys)."""
+    base = _with(key, name)
+    read = generation_keys(base)
+    assert key in read
+    first = _id(prompts, base)
+    own = [k for k in GEN_KEYS + TOY_GEN_KEYS if k != key and k.split(".")[0] in (key.split(".")[0], "toy")]
+    moved, stayed = [], []
+    for k in own:
+        (moved if _id(prompts, _changed(base, k, prompts)) != first else stayed).append(k)
+    assert sorted(moved) == sorted(k for k in read if k in own)
+    assert sorted(stayed) == sorted(k for k in own if k not in read)
+
+
+def test_sds_ids_do_not_move_with_sctd_keys(prompts):
+    sds = _with("generate.method", "sds")
+    first = _id(prompts, sds)
+    every_sctd = {f"generate.sctd.{k}": v for k, v in {"n_segments": 7, "segments": "mono", "t_tau": 120,
+                                                       "warmup_iters": 3, "t_low": 30, "min_gap": 60,
+                                                       "weight_lambda": 0.3, "consistency_approx": False,
+                                                       "cross_term": "conditional",
+                                                       "eps_star_offset": 0.5}.items()}
+    assert _id(prompts, apply_overrides(sds, every_sctd)) == first
+    assert _id(prompts, apply_overrides(sds, {"generate.baselines.sds_max_step": 900})) != first
+    sctd = _with("generate.method", "sctd")
+    assert _id(prompts, apply_overrides(sctd, every_sctd)) != _id(prompts, sctd)
+
+
+@dataclasses.dataclass
+class _SCTDWithTestField(SCTDConfig):
+    test_only_knob: float = 0.25  # a field added to the method's config section (default = old behaviour)
+
+
+@dataclasses.dataclass
+class _GenerateWithTestSection(GenerateConfig):
+    sctd: _SCTDWithTestField = dataclasses.field(default_factory=_SCTDWithTestField)
+
+
+def _with_test_field(cfg: Config, value: float) -> Config:
+    sctd = _SCTDWithTestField(**dataclasses.asdict(cfg.generate.sctd), test_only_knob=value)
+    gen = {f.name: getattr(cfg.generate, f.name) for f in dataclasses.fields(GenerateConfig)}
+    return dataclasses.replace(cfg, generate=_GenerateWithTestSection(**{**gen, "sctd": sctd}))
+
+
+@pytest.mark.parametrize("method", ["sctd", "sds"])
+def test_a_new_field_at_its_default_changes_no_id(prompts, method):
+    """An upgrade that adds a key to a method's section (SCTD reads all of generate.sctd.*) keeps
+    every existing id while the key is at its default; away from it, it moves the ids of the
+    methods that read it only."""
+    cfg = load_config("toy.yaml", [f"generate.method={method}"])
+    before = _id(prompts, cfg)
+    grown = _with_test_field(cfg, 0.25)
+    assert ("generate.sctd.test_only_knob" in generation_keys(grown)) == (method == "sctd")
+    assert _id(prompts, grown) == before
+    moved = _id(prompts, _with_test_field(cfg, 0.5))
+    assert (moved != before) if method == "sctd" else (moved == before)
+
+
+FROZEN_IDS = Path(__file__).with_name("frozen_asset_ids.json")
+FROZEN_ROWS = (("a red cube", 0), ("a wooden chair", 7))
+
+
+def _shipped_ids() -> dict[str, str]:
+    from pipeline.inputs import asset_generation_hash
+
+    out = {}
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        name = path.relative_to(CONFIG_DIR).as_posix()
+        g = asset_generation_hash(load_config(name))
+        for prompt, seed in FROZEN_ROWS:
+            out[f"{name}|{prompt}|{seed}"] = asset_id_for(prompt, seed, g)
+    return out
+
+
+def test_shipped_config_ids_are_frozen(tmp_path, monkeypatch):
+    """The asset ids of every shipped config (two fixed prompts and seeds) are pinned: a change that
+    moves them re-keys (regenerates) every existing run of that config, so it must be a decision:
+    update tests/frozen_asset_ids.json and say so in the README ("Asset ids")."""
+    import huggingface_hub.constants as hc
+    import huggingface_hub.file_download as fd
+
+    # hub priors without a cached snapshot: ids name the hub id only (the same on every machine)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path), raising=False)
+    frozen = json.loads(FROZEN_IDS.read_text())
+    now = _shipped_ids()
+    assert set(now) == set(frozen), "a shipped config was added or removed: add its frozen ids"
+    moved = sorted(k for k in now if now[k] != frozen[k])
+    assert not moved, f"asset ids moved for {moved}"
 
 
 @pytest.mark.parametrize("key", EVAL_KEYS)
@@ -169,7 +285,7 @@ def test_each_other_key_keeps_the_id_and_eval_hash(prompts, key):
 def test_toy_keys_are_generation_keys_only_where_the_toy_world_generates(prompts, key):
     sd = Config()
     assert _id(prompts, _changed(sd, key)) == _id(prompts, sd)  # Stable Diffusion never reads them
-    exact = apply_overrides(Config(), {"prior.name": "toy_exact"})
+    exact = _with("prior.name", "toy_exact")
     assert _id(prompts, _changed(exact, key)) != _id(prompts, exact)
 
 
@@ -267,11 +383,11 @@ def test_hub_id_identity_uses_the_cached_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(fd, "HF_HUB_CACHE", str(tmp_path), raising=False)
     cfg = apply_overrides(Config(), {"prior.model": "org/m"})
-    assert identity.prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
+    assert prior_identity(cfg) == {"kind": "hub", "id": "org/m", "revision": None, "commit": commit}
     missing = apply_overrides(Config(), {"prior.model": "org/not-cached"})
-    assert identity.prior_identity(missing)["commit"] is None
+    assert prior_identity(missing)["commit"] is None
     gone = apply_overrides(Config(), {"prior.model": str(tmp_path / "no-such-dir")})
-    assert identity.prior_identity(gone) == {"kind": "missing", "path": str(tmp_path / "no-such-dir")}
+    assert prior_identity(gone) == {"kind": "missing", "path": str(tmp_path / "no-such-dir")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +486,7 @@ def test_evaluate_rescores_a_run_without_touching_its_assets(tmp_path, prompts, 
 
     # a new evaluation orbit: re-rendered and re-scored, the asset untouched
     new = load_config("toy.yaml", TINY + ["render.num_views=5", "render.elevation_deg=30"])
-    from stages.evaluate import evaluate
+    from pipeline.evaluate import evaluate
 
     summary = evaluate(out, new)
     assert summary["rescored"] == 1 and summary["eval_hash"] == eval_hash(new) != eval_hash(cfg)
@@ -425,7 +541,7 @@ def test_run_without_scoring_then_evaluate_fills_the_scores(tmp_path, prompts, m
     from kernels.ply import save_ply
     import fakes
     from pipeline.run import run_batch
-    from stages.evaluate import evaluate
+    from pipeline.evaluate import evaluate
     from stages.toyworld.catalogue import build_object
 
     def exact_object(cfg, prompt, seed, asset_dir, progress=False):  # the catalogue object itself
@@ -473,3 +589,51 @@ def test_toy_catalogue_enters_by_content_where_generation_reads_it(tmp_path, pro
     with pytest.raises(Stop):
         generate(cfg, PROMPT, 0, str(tmp_path / "a"), progress=False)
     assert seen["catalogue"] == str(cat)  # toy_shape draws from the run's catalogue, not the shipped one
+
+
+# ----------------------------------------------------------------------------------------------
+# what is not hashed really does not change the asset
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sds", "ism"])
+def test_keys_left_out_of_the_id_leave_the_asset_identical(tmp_path, method):
+    """The declarations are true: with every generation key the method, prior and init do not read
+    set to another valid value (generate.sctd.* for SDS and ISM, Point-E's init keys for a ball,
+    prior.revision for the toy SD, ...), the generated asset is byte for byte the same."""
+    from stages.generate import generate
+
+    base = load_config("toy.yaml", TINY + [f"generate.method={method}", "init.ball_num_gaussians=60"])
+    other = base
+    unread = [k for k in GEN_KEYS if k not in generation_keys(base)]
+    assert any(k.startswith("generate.sctd.") for k in unread) and "init.num_points" in unread
+    for k in unread:
+        try:
+            other = _changed(other, k)
+        except AssertionError:  # no value valid together with the keys changed before it
+            continue
+    assert sum(_get(other, k) != _get(base, k) for k in unread) >= len(unread) - 2
+    assert generation_keys(other) == generation_keys(base)
+    plys = []
+    for name, cfg in (("a", base), ("b", other)):
+        res = generate(cfg, PROMPT, 3, str(tmp_path / name), progress=False)
+        assert res.ok, res.error
+        plys.append((tmp_path / name / "asset.ply").read_bytes())
+    assert plys[0] == plys[1]
+
+
+def test_the_worker_records_the_drivers_generation_hash(tmp_path, prompts):
+    """A worker generates under the hash the driver put in the asset id, never one it computes
+    itself (its Hugging Face cache may resolve a hub id to another commit): meta.json matches the
+    id, so the next attempt reuses the asset instead of regenerating it."""
+    from pipeline.asset import AssetTask, process_asset
+
+    cfg = load_config("toy.yaml", TINY + ["pipeline.render=false", "pipeline.score=false"])
+    [req] = read_prompts(prompts, cfg).requests
+    driver = dataclasses.replace(req, generation_hash="d" * 16)   # what the driver computed
+    assert driver.generation_hash != req.generation_hash            # (this process computes another)
+    process_asset(AssetTask(request=driver, cfg=cfg, out=str(tmp_path)))
+    adir = tmp_path / "assets" / req.asset_id[:2] / req.asset_id
+    assert json.loads((adir / "meta.json").read_text())["generation_hash"] == "d" * 16
+    ply = adir / "asset.ply"
+    before = ply.stat().st_mtime_ns
+    process_asset(AssetTask(request=driver, cfg=cfg, out=str(tmp_path)))
+    assert ply.stat().st_mtime_ns == before   # reused: the same generation, by the driver's hash

@@ -15,7 +15,9 @@ from conftest import sd_alphas
 from kernels.ddim import TimestepParams, TimestepSample, segment_edges
 from kernels.distill import (
     METHODS,
+    ISMParams,
     SCTDParams,
+    SDSParams,
     cds_grad,
     gcs_grad,
     get_method,
@@ -152,7 +154,8 @@ def test_descent_moves_toward_the_prompt(name):
     a = sd_alphas()
     z, mn, my, es = world(3)
     ts = TS_TWO if name != "ism" else TimestepSample(t=600, s=0, s_m=0, two_step=False)
-    g, _ = METHODS[name].grad(z, ts, a, FakeGuidedEps(a, mn, my), es, SCTDParams())
+    params = {"sds": SDSParams(), "ism": ISMParams()}.get(name, SCTDParams())
+    g, _ = METHODS[name].grad(z, ts, a, FakeGuidedEps(a, mn, my), es, params)
     assert _cos(-g, (my - mn).expand_as(z)) > 0.3
 
 
@@ -186,7 +189,7 @@ def test_sds_formula():
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(9))
     ts = TimestepSample(t=500, s=0, s_m=0, two_step=False)
     fake = FakeGuidedEps(a, mn, my)
-    g, terms = sds_grad(z, ts, a, fake, noise, SCTDParams(baseline_lambda=1.0))
+    g, terms = sds_grad(z, ts, a, fake, noise, SDSParams(baseline_lambda=1.0))
     at = float(a[500])
     x_t = math.sqrt(at) * z + math.sqrt(1 - at) * noise
     e_w, _ = FakeGuidedEps(a, mn, my).guided(x_t, 500)
@@ -197,7 +200,7 @@ def test_sds_formula():
 def test_ism_formula():
     a = sd_alphas()
     z, mn, my, es = world(7)
-    p = SCTDParams(ism_delta_t=50, ism_delta_s=200, baseline_lambda=1.0)
+    p = ISMParams(ism_delta_t=50, ism_delta_s=200, baseline_lambda=1.0)
     ts = TimestepSample(t=550, s=0, s_m=0, two_step=False)
     fake = FakeGuidedEps(a, mn, my)
     g, terms = ism_grad(z, ts, a, fake, es, p)

@@ -2,7 +2,6 @@
 retries on worker death with a bounded attempt count, and the per-asset timeout."""
 
 import os
-import sys
 import time
 
 import pytest
@@ -17,24 +16,34 @@ def square(x):
     return {"y": x * x}
 
 
-def sleepy(x):
-    time.sleep(x)
-    return x
+WAIT_BOUND_S = 300  # bounds a broken executor only: a passing run never waits for it
 
 
-def slow_until_others_done(item):
-    """("slow", dir, n): blocks until n fast items have left a marker in dir (or 60 s pass);
-    ("fast", dir, i): leaves marker i. With a dynamic queue the free worker takes every fast item, so
-    the slow one ends last however loaded the machine is; a static split would leave fast items queued
-    behind the slow one and they would finish after it (the 60 s bound keeps that case finite)."""
-    kind, folder, n = item
+def slow_until_released(item):
+    """("slow", release_file): blocks until the driver has created release_file (after it has
+    received every fast result); ("fast", i): returns at once. With a dynamic queue the free worker
+    takes every fast item while the slow one blocks, so the driver receives all fast results first
+    and then releases the slow one: the order is decided by events, not by the clock. A static
+    split would queue fast items behind the slow one: nothing releases it, and after WAIT_BOUND_S
+    it returns "never released" (the test then fails on the order and that value)."""
+    kind, arg = item
     if kind == "fast":
-        open(os.path.join(folder, f"done-{n}"), "w").close()
         return item
-    deadline = time.monotonic() + 60
-    while len(os.listdir(folder)) < n and time.monotonic() < deadline:
-        time.sleep(0.02)
+    give_up = time.monotonic() + WAIT_BOUND_S
+    while not os.path.exists(arg):
+        if time.monotonic() > give_up:
+            return ("slow", "never released")
+        time.sleep(0.01)
     return item
+
+
+def blocks_until(item):
+    """(release_file, value): blocks until release_file exists (bounded), returns value."""
+    release, value = item
+    give_up = time.monotonic() + WAIT_BOUND_S
+    while not os.path.exists(release) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    return value
 
 
 def die_always(x):
@@ -92,13 +101,18 @@ def test_local_retry_exceptions_is_opt_in():
 def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
     from pipeline.executors.ray import RayExecutor
 
-    # a slow item must not hold back the others: with 2 workers, all fast items finish first
+    # a slow item must not hold back the others: with 2 workers, all fast items finish first.
+    # Event-based: the slow item is released by the driver only once it holds every fast result
     ex = RayExecutor(num_workers=2, max_attempts=1)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    items = [("slow", str(marks), 5)] + [("fast", str(marks), i) for i in range(5)]
-    outs = list(ex.map(items, slow_until_others_done))
+    release = tmp_path / "release"
+    items = [("slow", str(release))] + [("fast", i) for i in range(5)]
+    outs = []
+    for o in ex.map(items, slow_until_released):
+        outs.append(o)
+        if sum(x.item[0] == "fast" for x in outs) == 5:
+            release.touch()
     assert [o.item[0] for o in outs] == ["fast"] * 5 + ["slow"] and all(o.ok for o in outs)
+    assert outs[-1].value == ("slow", str(release))  # released by the driver, not by the bound
 
     # worker death: retried (bounded), then recorded
     ex = RayExecutor(num_workers=2, max_attempts=3, backoff_s=0.05)
@@ -111,12 +125,15 @@ def test_ray_dynamic_queue_retries_and_timeout(tmp_path, ray_local):
     assert o.error.startswith("gave up after 2 attempts; last: worker died")
     assert ex.restarts >= 2
 
-    # per-asset timeout kills the worker and records the reason; the next item still runs
-    ex = RayExecutor(num_workers=1, max_attempts=3, timeout_s=1.0)
-    outs = {o.item: o for o in ex.map([30.0, 0.01], sleepy)}
-    assert not outs[30.0].ok and "timeout: exceeded 1 s" in outs[30.0].error
-    assert outs[30.0].attempts == 1 and outs[30.0].wall_s < 10
-    assert outs[0.01].ok
+    # per-asset timeout kills the worker and records the reason; the next item still runs. The
+    # first item never finishes by itself (nothing releases it), so only the timeout can end it
+    ex = RayExecutor(num_workers=1, max_attempts=3, timeout_s=3.0)
+    never = str(tmp_path / "never-created")
+    outs = {o.item[1]: o for o in ex.map([(never, "stuck"), (str(tmp_path), "quick")], blocks_until)}
+    assert not outs["stuck"].ok and "timeout: exceeded 3 s" in outs["stuck"].error
+    assert outs["stuck"].attempts == 1 and ex.restarts >= 1  # not retried; its worker was replaced
+    assert outs["stuck"].wall_s < WAIT_BOUND_S  # ended by the timeout, not by the item's own bound
+    assert outs["quick"].ok and outs["quick"].value == "quick"
 
 
 def test_local_per_asset_timeout_is_cooperative_and_not_retried():

@@ -16,7 +16,7 @@ from export_fixtures import asset_id, make_run
 from pipeline.cli import main
 from pipeline.export import ExportError, export_dataset
 from stages.export.select import FilterError, select
-from stages.export.splats import find_splat_transform
+from stages.export.splat_transform import find_splat_transform
 
 HAVE_SPZ = find_splat_transform() is not None
 FORMATS = "ply,spz" if HAVE_SPZ else "ply"
@@ -51,8 +51,10 @@ def test_where_unknown_column_and_syntax_error_name_it_and_the_columns(exported,
     with pytest.raises(FilterError, match=r"syntax error.*available columns"):
         select(table, "status = = 'done'")
     # no file access from a filter (a real engine, sandboxed: it can only select rows)
-    with pytest.raises(FilterError, match="disabled"):
+    with pytest.raises(FilterError, match="give one condition"):
         select(table, "1=1) UNION SELECT * FROM read_csv('/etc/passwd') --")
+    with pytest.raises(FilterError, match="table functions"):
+        select(table, "(SELECT count(*) FROM read_csv('/etc/passwd')) > 0")
     got = select(table, "status = 'done' AND clip_l >= 0.28")
     assert sorted(got.column("asset_id").to_pylist()) == sorted(
         [asset_id(2), asset_id(100), asset_id(101)])  # clip_l = 0.2 + 0.05 i
@@ -75,7 +77,7 @@ def test_cli_bad_inputs_are_one_line_exit_2(exported, tmp_path, capsys):
     assert code == 2 and "is not a run" in err and err.count("\n") == 1
     code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "d5"), "--formats",
                          "ply,gltf"], capsys)
-    assert code == 2 and "unknown format 'gltf'" in err
+    assert code == 2 and "unknown export format 'gltf'" in err and "splat" in err
 
 
 # ------------------------------------------------------------------------------- per asset
@@ -101,7 +103,7 @@ def test_asset_folder_rgba_depth_and_ply_copy(exported):
     tf = json.loads((adir / "transforms.json").read_text())
     assert tf["camera_convention"] == "opengl" and (tf["w"], tf["h"]) == (RES, RES)
     assert len(tf["frames"]) == VIEWS + RANDOM
-    assert [f["split"] for f in tf["frames"]] == ["orbit"] * VIEWS + ["random"] * RANDOM
+    assert [f["view_set"] for f in tf["frames"]] == ["orbit"] * VIEWS + ["random"] * RANDOM
     for fr in tf["frames"]:
         rgba = np.asarray(Image.open(adir / fr["file_path"]))
         assert rgba.shape == (RES, RES, 4) and rgba.dtype == np.uint8
@@ -144,12 +146,12 @@ def test_random_views_are_seeded(exported, tmp_path):
     export_dataset(str(run), str(tmp_path / "other"), views=1, resolution=16, formats="ply",
                    random_views=RANDOM, seed=4)
     tf2 = json.loads((tmp_path / "other" / "assets" / aid[:2] / aid / "transforms.json").read_text())
-    r1 = [f["transform_matrix"] for f in tf1["frames"] if f["split"] == "random"]
-    r2 = [f["transform_matrix"] for f in tf2["frames"] if f["split"] == "random"]
+    r1 = [f["transform_matrix"] for f in tf1["frames"] if f["view_set"] == "random"]
+    r2 = [f["transform_matrix"] for f in tf2["frames"] if f["view_set"] == "random"]
     assert len(r1) == len(r2) == RANDOM and not np.allclose(r1, r2)  # another seed, other views
     # and the same seed on another asset gives that asset its own views
     tf3 = json.loads((out / "assets" / asset_id(1)[:2] / asset_id(1) / "transforms.json").read_text())
-    r3 = [f["transform_matrix"] for f in tf3["frames"] if f["split"] == "random"]
+    r3 = [f["transform_matrix"] for f in tf3["frames"] if f["view_set"] == "random"]
     assert not np.allclose(r1, r3)
 
 
@@ -171,6 +173,15 @@ def test_index_reads_with_datasets_pandas_and_duckdb(exported, tmp_path):
         assert not os.path.isabs(rel) and (out / rel).is_file()
     ds = load_dataset("parquet", data_files=path, split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 3 and set(ds["asset_id"]) == set(df["asset_id"])
+    # the preview is an Image feature (what the Hub's viewer shows as pictures), per asset
+    from datasets import Image as HFImage
+
+    assert isinstance(ds.features["preview"], HFImage)
+    for row in ds:
+        im = row["preview"]
+        assert im.mode == "RGBA" and im.size == (RES, RES)
+        ref = Image.open(out / row["asset_dir"] / "images" / "000.png")
+        assert np.array_equal(np.asarray(im), np.asarray(ref))  # view 0 (under 256 px: as is)
     con = duckdb.connect()
     n = con.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE clip_l >= 0.25").fetchall()
     assert n[0][0] == 2
@@ -190,11 +201,55 @@ def test_webdataset_shards_iterate(exported):
         tf = s["transforms.json"]
         assert tf["camera_convention"] == "opengl" and len(tf["frames"]) == VIEWS + RANDOM
         view = Image.open(io.BytesIO(s["view000.png"]))
-        assert view.mode == "RGBA" and view.size == (RES, RES)
-        assert Image.open(io.BytesIO(s["depth000.png"])).mode == "I;16" and "viewr001.png" in s
+        assert view.mode == "RGBA" and view.size == (RES, RES) and "viewr001.png" in s
         assert isinstance(s["ply"], bytes) and s["ply"].startswith(b"ply")
         if HAVE_SPZ:
             assert isinstance(s["spz"], bytes) and s["spz"][:2] == b"\x1f\x8b"  # SPZ v3: gzip
+
+
+def test_webdataset_decoders_keep_depth_and_alpha(exported):
+    """Through webdataset's own pipeline and decoders: `.decode("rgba8")` keeps the alpha of the
+    views, the built-in npz decoder gives the depth in world units, the same as the asset
+    folder's 16-bit PNGs (to float16 precision), frame by frame."""
+    import webdataset as wds
+
+    _, out, _ = exported
+    tars = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    n = 0
+    for s in wds.WebDataset(tars, shardshuffle=False, empty_check=False).decode("rgba8"):
+        aid = s["__key__"]
+        adir = out / "assets" / aid[:2] / aid
+        tf = json.loads((adir / "transforms.json").read_text())
+        depth = s["depth.npz"]["depth"]
+        assert depth.dtype == np.float16 and depth.shape == (VIEWS + RANDOM, RES, RES)
+        assert not any(k.startswith("depth") and k.endswith(".png") for k in s)
+        for k, fr in enumerate(tf["frames"]):
+            ref = np.asarray(Image.open(adir / fr["depth_file_path"])).astype(np.float64) * 1e-3
+            assert np.allclose(depth[k].astype(np.float64), ref, rtol=1e-3, atol=1e-6)
+            stem = os.path.basename(fr["file_path"])[:-4]
+            view = s[f"view{stem}.png"]
+            assert view.shape == (RES, RES, 4)
+            assert np.array_equal(view, np.asarray(Image.open(adir / fr["file_path"])))
+        assert (depth[0] > 1.0).any() and (s["view000.png"][..., 3] == 0).any()
+        n += 1
+    assert n == 3
+
+
+def test_shards_close_at_the_byte_target(exported, tmp_path):
+    from stages.export import shards
+
+    assert shards.plan({"a": 5, "b": 5, "c": 5}, 10) == [["a", "b"], ["c"]]
+    assert shards.plan({"a": 50, "b": 5}, 10) == [["a"], ["b"]]  # too big alone: own shard
+    assert shards.plan({"a": 1, "b": 1, "c": 1}, 100, max_assets=2) == [["a", "b"], ["c"]]
+    run, out, _ = exported
+    sizes = [json.loads((p / "export.json").read_text())["meta"]["file_bytes"]
+             for p in (out / "assets").glob("*/*")]
+    target = int(max(sizes) * 1.5)  # room for one asset per shard, never two
+    s = export_dataset(str(run), str(tmp_path / "ds"), views=VIEWS, resolution=RES, formats="ply",
+                       random_views=RANDOM, seed=3, shard_bytes=target)
+    assert s.shards == 3
+    for tar in (tmp_path / "ds" / "shards").glob("*.tar"):
+        assert tar.stat().st_size <= target + 16 * 1024  # tar headers and the small members
 
 
 # ------------------------------------------------------------------------------- card
@@ -206,12 +261,23 @@ def test_dataset_card_front_matter_counts_plot_and_grid(exported):
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n")[1])
     assert front["license"] == "other" and "TODO" in text.split("---\n")[1]
+    # the Hub wants license_name and license_link with `other`; the link resolves
+    assert front["license_name"] and (out / front["license_link"]).is_file()
+    assert "TODO" in (out / front["license_link"]).read_text()
+    # the run's training length only (demo: 150 iterations x 2 views; its base config's
+    # "600 iterations" note is stale), no metric rows with n = 0, captions under the grid
+    assert "150 iterations x 2 views per step" in text and "600 iterations" not in text
+    assert "| 0 | - |" not in text and "| toy_psnr | 3 |" in text
+    grid_at = text.index("](card/samples.png)")
+    for i in range(3):
+        assert text.index(f"| prompt number {i} | `{asset_id(i)}` |") > grid_at
     assert front["task_categories"] == ["text-to-3d"] and front["size_categories"] == ["n<1K"]
     assert front["configs"][0]["data_files"][0]["path"] == "index.parquet"
     assert "`cafe0123`" in text and "0.1.0+test" in text  # config hash, code version
     assert "done 5, failed 1, rejected 0" in text  # counts by status of the run
     assert "status = 'done' OR status = 'failed'" in text and "skipped: 3" in text
     assert "toy world: 32x32 pixel renders" in text  # the run config's deviations
+    assert '`.depth.npz`' in text and '.decode("rgba8")' in text
     assert '"camera_convention": "opengl"' in text
     for png in ("card/metrics.png", "card/samples.png"):
         assert f"]({png})" in text
@@ -384,3 +450,17 @@ def test_a_non_hex_asset_id_is_skipped_not_turned_into_a_path(tmp_path):
     skipped = json.loads((out / "skipped.json").read_text())
     assert skipped[0]["asset_id"] == "Not-A-Hex-Id" and "hex" in skipped[0]["reason"]
     assert not list(out.rglob("Not-A-Hex-Id*"))
+
+
+def test_default_views_fit_the_renderer(exported, tmp_path, monkeypatch):
+    """Without --views/--resolution: 120 views at 512 px where renders run on a GPU, 24 at 256 px
+    on CPUs (the torch renderer; RESULTS.md "Export" has the time per asset)."""
+    import torch
+
+    from pipeline.export import default_views
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_views("local", {}) == (24, 256)
+    assert default_views("ray", {"config": {"pipeline": {"gpus_per_worker": 1}}}) == (120, 512)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_views("local", {}) == (120, 512)

@@ -32,8 +32,7 @@ def project(frame: dict, top: dict, p: np.ndarray) -> tuple[np.ndarray, np.ndarr
     c2w = np.array(frame["transform_matrix"], dtype=np.float64)
     w2c = np.linalg.inv(c2w)
     cam = (w2c[:3, :3] @ p.T + w2c[:3, 3:4]).T  # OpenGL camera: x right, y up, looking down -z
-    fx, fy = frame.get("fl_x", top["fl_x"]), frame.get("fl_y", top["fl_y"])
-    cx, cy = frame.get("cx", top["cx"]), frame.get("cy", top["cy"])
+    fx, fy, cx, cy = (frame[k] if k in frame else top[k] for k in ("fl_x", "fl_y", "cx", "cy"))
     z = -cam[:, 2]
     u = fx * cam[:, 0] / z + cx
     v = fy * -cam[:, 1] / z + cy  # image rows grow downwards

@@ -18,6 +18,7 @@ from common.config import load_config
 from stages.generate import generate, ply_iterations, summarise_terms
 from stages.losses import tv_loss
 from stages.optimisation import depth_image, sample_backgrounds
+from stages.priors.protocol import EmbeddingCache
 
 RES = 16
 
@@ -42,6 +43,7 @@ class FakePrior:
         img[0, 4:12, 4:12] = 1.0                        # a red square on black
         self.target = 2 * img - 1
         self.eps_calls = 0
+        self._cache = EmbeddingCache(self._embed_uncached)
 
     def encode(self, rgb, generator=None):
         return 2 * rgb - 1
@@ -49,8 +51,11 @@ class FakePrior:
     def decode(self, z):
         return (z + 1) / 2
 
-    def embed(self, prompts):
-        return torch.tensor([[1.0 if p.strip() else 0.0] for p in prompts])
+    def embed(self, prompts):                           # cached on the device, like the real priors
+        return self._cache(prompts)
+
+    def _embed_uncached(self, prompts):
+        return torch.tensor([[1.0 if p.strip() else 0.0] for p in prompts], device=self.device)
 
     def count_tokens(self, prompt):
         return len(prompt.split())
@@ -250,27 +255,60 @@ def test_per_asset_deadline_stops_generation_and_keeps_checkpoints(tmp_path, mon
     assert res.ok and res.resumed_from == 4 and res.iterations == 12
 
 
-@pytest.mark.parametrize("method", ["sctd", "ism"])
-def test_iterations_read_the_device_once_outside_logging(tmp_path, method):
+def _toy_sd_prior(cfg):
+    from stages.priors.registry import load_prior
+    return load_prior(cfg.prior, "cpu", toy=cfg.toy)    # the production SD code path (toy weights)
+
+
+@pytest.mark.parametrize("method,prior_kind", [("sctd", "fake"), ("ism", "fake"), ("sds", "fake"),
+                                               ("sds", "toy_sd")])
+def test_iterations_read_the_device_once_outside_logging(tmp_path, method, prior_kind):
     # issue 13 item 7: the loop used to read device values back ~20-45 times per iteration
     # (alpha_bar lookups, DDIM alpha checks, finite checks, gradient-norm clips, loss-term floats,
     # the azimuths of device cameras); now one fused finiteness check per iteration, plus one
-    # batched read of the loss terms on logging iterations
+    # batched read of the loss terms on logging iterations.
+    # issue 20 item 7: and it copied host data to the device ~7-14 times per iteration (cameras,
+    # background, one timestep per prior call, SDS noise and VAE noise from CPU generators); now
+    # none: cameras come from a plan copied once per chunk, timesteps index a device arange, the
+    # noise generator lives on the device (tests/sync_count.py says how H2D is counted on a CPU)
     from common import deadline
     from sync_count import count_syncs
 
     cfg = tiny_cfg(f"generate.method={method}", "generate.log_every=4", "generate.checkpoint_every=0",
                    "generate.save_ply_at=[]", "generate.densify.start=1000")
+    prior = FakePrior() if prior_kind == "fake" else _toy_sd_prior(cfg)   # weights exist before the run
     with count_syncs(deadline) as c:
-        res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=FakePrior())
+        res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=prior)
     assert res.ok
     for it in range(1, 12):                               # the last iteration also writes the asset
         device = c.count(it, "device")
         bound = 2 if it % 4 == 0 else 1
         assert device <= bound, (it, c.where(it, "device"))
         assert c.count(it, "host") <= 6, (it, c.where(it, "host"))   # cameras, flags, timesteps
+        assert c.count(it, "device", "h2d") == 0, (it, c.where(it, "device", "h2d"))
+        assert c.count(it, "renderer", "h2d") == 0, (it, c.where(it, "renderer", "h2d"))
     assert c.where(1, "device") == {"__bool__@optimisation.py:check_finite": 1}
     assert c.where(4, "device")["tolist@optimisation.py:read_terms"] == 1
+    # the setup copies the init's Gaussians, the plan of cameras (once) and the embeddings
+    assert c.where(0, "device", "h2d")["to@optimisation.py:__init__"] == 1
+
+
+def test_densifying_iterations_copy_nothing_to_the_device(tmp_path):
+    # issue 20 item 7: densification (iterations 4 and 8 here) reads a few counts back, a bounded
+    # number whatever the Gaussian count (no per-Gaussian loop), and copies nothing to the device
+    from common import deadline
+    from sync_count import count_syncs
+
+    cfg = tiny_cfg("generate.method=sds", "generate.log_every=100", "generate.checkpoint_every=0",
+                   "generate.save_ply_at=[]", "generate.densify.grad_threshold=1.0e-6",
+                   "generate.densify.max_gaussians=170")
+    prior = FakePrior()
+    with count_syncs(deadline) as c:
+        res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=prior)
+    assert res.ok and res.num_gaussians != 150
+    for it in range(1, 12):
+        assert c.count(it, "device") <= (7 if it in (4, 8) else 1), (it, c.where(it, "device"))
+        assert c.count(it, "device", "h2d") == 0, (it, c.where(it, "device", "h2d"))
 
 
 def test_logged_terms_are_every_iterations_values(tmp_path):

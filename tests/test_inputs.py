@@ -171,3 +171,115 @@ def test_toy_metrics_need_catalogue_prompts_rejected_before_work(tmp_path):
     assert "toy_psnr" in reasons[3]
     off = load_config("toy.yaml", ["pipeline.score=false"])
     assert len(read_prompts(str(p), off).requests) == 3
+
+
+# ---------------------------------------------------------------- issue 26: rows built to break us
+def _nested(depth: int) -> dict:
+    obj: dict = {"generate.iterations": 5}
+    for _ in range(depth):
+        obj = {"generate": obj}
+    return obj
+
+
+def test_deep_and_huge_jsonl_rows_are_rejected_and_the_rest_run(tmp_path, cfg):
+    """One deeply nested or huge row used to kill the batch (RecursionError in json.loads or while
+    applying overrides, issue 26 item 10); now it is one rejected row with its reason."""
+    deep_json = b'{"prompt": "x", "config": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}"
+    lines = [json.dumps({"prompt": "a red cube"}).encode(),
+             deep_json,
+             b"[" * 30_000 + b"]" * 30_000,
+             json.dumps({"prompt": "a green cone", "config": _nested(40)}).encode(),   # json copes
+             json.dumps({"prompt": "a brace { inside [ a string", "tags": ["[[[[{{{{"] * 10}).encode(),
+             json.dumps({"prompt": "a blue sphere", "tags": ["t" * 1000] * 100}).encode(),  # 100 kB
+             json.dumps({"prompt": "a yellow torus"}).encode()]
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    b = read_prompts(str(p), cfg)
+    assert [r.prompt for r in b.requests] == ["a red cube", "a brace { inside [ a string",
+                                              "a yellow torus"]
+    reasons = {r.line: r.reason for r in b.rejected}
+    assert set(reasons) == {2, 3, 4, 6}, reasons
+    assert "nested 5001 levels deep, over the limit of 32" in reasons[2]
+    assert "nested 30000 levels deep" in reasons[3]
+    assert "nested 42 levels deep" in reasons[4]
+    assert "over the limit of 65536 per row" in reasons[6]
+    assert all(len(r.prompt) < 400 for r in b.rejected)  # the shown text is bounded too
+
+
+def test_deep_parquet_row_is_rejected(tmp_path, cfg):
+    p = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a red cube", "a green cone"],
+                             "config": pa.array([_nested(40), None])}), p)
+    b = read_prompts(str(p), cfg)
+    assert [r.prompt for r in b.requests] == ["a green cone"]
+    assert len(b.rejected) == 1 and "levels deep, over the limit of 32" in b.rejected[0].reason
+
+
+def test_duplicate_jsonl_keys_reject_the_row(tmp_path, cfg):
+    """`{"prompt": "a", "prompt": "b"}` used to run "b" silently (issue 26 item 14)."""
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "a red cube", "prompt": "a blue sphere"}\n'
+                 '{"prompt": "a green cone", "config": {"generate.iterations": 5, '
+                 '"generate.iterations": 20000}}\n'
+                 '{"prompt": "a yellow torus", "seed": 1}\n')
+    b = read_prompts(str(p), cfg)
+    assert [r.prompt for r in b.requests] == ["a yellow torus"]
+    reasons = {r.line: r.reason for r in b.rejected}
+    assert "gives the key 'prompt' more than once" in reasons[1]
+    assert "gives the key 'generate.iterations' more than once" in reasons[2]
+
+
+def test_tab_inside_a_prompt_is_whitespace(tmp_path, cfg):
+    """A tab (a pasted spreadsheet cell) is collapsed like a space, not rejected as a control
+    character (issue 26 item 14); other control characters are still rejected."""
+    txt = tmp_path / "p.txt"
+    txt.write_bytes(b"a red\tcube\na\tblue sphere\t\nbad \x07 bell\n")
+    b = read_prompts(str(txt), cfg)
+    assert [r.prompt for r in b.requests] == ["a red cube", "a blue sphere"]
+    assert len(b.rejected) == 1 and "U+0007" in b.rejected[0].reason
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a red cube\n")
+    assert b.requests[0].asset_id == read_prompts(str(plain), cfg).requests[0].asset_id
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "a red\t\tcube\n"}) + "\n" + json.dumps({"prompt": "\t"}) + "\n")
+    j = read_prompts(str(jl), cfg)
+    assert [r.prompt for r in j.requests] == ["a red cube"]
+    assert "empty or whitespace-only" in j.rejected[0].reason
+
+
+def test_refused_connection_is_not_called_not_found(tmp_path, cfg):
+    """fsspec's HTTP client reports a refused connection as FileNotFoundError; the message now
+    says the server could not be reached (issue 26 item 14). A real 404 still says not found."""
+    import functools
+    import http.server
+    import socket
+    import threading
+
+    from pipeline.preflight import check_prompts_file
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens on it now: connections are refused
+    url = f"http://127.0.0.1:{port}/prompts.txt"
+    for check in (lambda: read_prompts(url, cfg), lambda: check_prompts_file(url)):
+        with pytest.raises(InputError) as e:
+            check()
+        msg = str(e.value)
+        assert "cannot connect to read the prompt file" in msg and "not found" not in msg
+        assert "ConnectionRefusedError" in msg and "\n" not in msg
+
+    (tmp_path / "here.txt").write_text("a red cube\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert [r.prompt for r in read_prompts(f"{base}/here.txt", cfg).requests] == ["a red cube"]
+        with pytest.raises(InputError, match="prompt file not found"):
+            read_prompts(f"{base}/missing.txt", cfg)
+        with pytest.raises(InputError, match="prompt file not found"):
+            check_prompts_file(f"{base}/missing.txt")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,7 +7,8 @@ stages/   init, generate, render, metrics, report, priors, toyworld, export
                                     -> imports kernels, common, stages
 pipeline/ CLI, inputs, executors, run (the orchestrator)
                                     -> imports anything of the project
-and no import circle between project modules.
+and no import circle between project modules, nor between sub-packages (stages.priors,
+stages.toyworld, ...: each one node).
 """
 
 from __future__ import annotations
@@ -138,6 +139,26 @@ def test_no_import_circles():
     assert not found, "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
+def subpackage_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph collapsed to sub-packages (stages.priors.*, stages.toyworld.* ... each one
+    node; a plain module stays itself)."""
+    def node(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 or (ROOT / Path(*parts)).is_dir() else m
+
+    out: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        out.setdefault(node(name), set()).update(node(d) for d in deps if node(d) != node(name))
+    return out
+
+
+def test_no_circles_between_subpackages():
+    """Sub-packages point one way too: e.g. stages.toyworld (the world the toy priors are built
+    from) never imports stages.priors, which reads it."""
+    found = cycles(subpackage_graph(GRAPH))
+    assert not found, "sub-package circles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
 def test_the_checker_sees_a_lazy_upward_import_and_a_circle(tmp_path):
     """The rules are live: an import inside a function counts, and a two-module circle is found."""
     p = tmp_path / "bad.py"
@@ -146,6 +167,9 @@ def test_the_checker_sees_a_lazy_upward_import_and_a_circle(tmp_path):
     assert {"stages.render", "kernels.ply"} <= deps
     assert violations({"kernels.bad": deps}, "kernels") == ["kernels.bad imports stages.render"]
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    mutual = {"stages.priors.toy_exact": {"stages.toyworld.views"},
+              "stages.toyworld.prior_training.common": {"stages.priors.views"}}
+    assert cycles(subpackage_graph(mutual)) == [["stages.priors", "stages.toyworld"]]
 
 
 def test_every_source_folder_is_a_package():

@@ -75,10 +75,14 @@ def test_older_part_without_new_columns_is_conformed(tmp_path):
     assert t.column("tags").to_pylist() == [None]
 
 
-def test_corrupt_part_is_a_clear_error(tmp_path):
+def test_corrupt_part_is_named_and_not_counted(tmp_path, caplog):
     st = open_storage(str(tmp_path))
+    manifest.commit(st, {"asset_id": "aa01", "status": "done"})
     st.write_bytes("manifest/parts/dd04.parquet", b"PAR1 truncated")
-    with pytest.raises(manifest.ManifestError, match="dd04.parquet"):
+    assert manifest.read(st).column("asset_id").to_pylist() == ["aa01"]
+    assert "dd04.parquet is not a sctd3d manifest record (not a readable Parquet file" in caplog.text
+    st.write_bytes(manifest.COMPACTED, b"PAR1 truncated")  # the compacted file is ours: an error
+    with pytest.raises(manifest.ManifestError, match="manifest.parquet"):
         manifest.read(st)
 
 
@@ -219,8 +223,7 @@ def test_many_parts_scan_equals_file_by_file(tmp_path, monkeypatch):
     assert manifest.records_by_id(st)["a001"]["status"] == "done"
     monkeypatch.setattr(manifest, "DATASET_MIN_FILES", 64)
     st.write_bytes("manifest/parts/bad.parquet", b"PAR1 truncated")
-    with pytest.raises(manifest.ManifestError, match="bad.parquet"):
-        manifest.read(st)
+    assert manifest.read(st).equals(scanned)  # named in one line and skipped (issue 26 item 9)
 
 
 def test_compaction_of_many_parts_keeps_every_record(tmp_path):
@@ -231,3 +234,89 @@ def test_compaction_of_many_parts_keeps_every_record(tmp_path):
     before = manifest.read(st)
     manifest.compact(st)
     assert st.ls(manifest.PARTS_DIR) == [] and manifest.read(st).equals(before) and before.num_rows == 81
+
+
+# ---------------------------------------------------------------- issue 26 item 9: foreign parts
+FOREIGN = {  # name -> (table or bytes, words of the reason)
+    "int-id.parquet": (pa.table({"asset_id": [123], "status": ["done"],
+                                 "schema_version": pa.array([2], pa.int32())}),
+                       "asset_id is int64, not a string"),
+    "pandas.parquet": (pa.table({"asset_id": ["ee05"], "status": ["done"]}),
+                       "no ['schema_version'] column"),
+    "other.parquet": (pa.table({"x": [1], "y": ["z"]}), "columns ['x', 'y'] are not manifest columns"),
+    "status.parquet": (pa.table({"asset_id": ["ff06"], "status": ["finished"],
+                                 "schema_version": pa.array([2], pa.int32())}),
+                       "status 'finished' is not one of"),
+    "newer.parquet": (pa.table({"asset_id": ["ab07"], "status": ["done"],
+                                "schema_version": pa.array([9], pa.int32())}),
+                      "schema_version is not 1 to 2"),
+    "seed-text.parquet": (pa.table({"asset_id": ["ab08"], "status": ["done"], "seed": ["seven"],
+                                    "schema_version": pa.array([2], pa.int32())}),
+                          "column 'seed' is string, not int64"),
+    "not-parquet.parquet": (b"PAR1 this is not parquet PAR1", "not a readable Parquet file"),
+}
+
+
+def _plant_foreign(st):
+    for name, (content, _) in FOREIGN.items():
+        st.write_bytes(f"{manifest.PARTS_DIR}/{name}",
+                       content if isinstance(content, bytes) else _pq_bytes(content))
+
+
+@pytest.mark.parametrize("n_parts", [2, 70])  # the per-file path and the dataset scan
+def test_foreign_parts_are_never_counted_and_compaction_quarantines_them(tmp_path, caplog,
+                                                                          n_parts):
+    """A Parquet file dropped into manifest/parts crashed `run`/`compact` (non-nullable
+    schema_version) and was counted by show/report/export (an asset id 123 counted as done)."""
+    st = open_storage(str(tmp_path / "run"))
+    for i in range(n_parts):
+        manifest.commit(st, {"asset_id": f"a{i:03d}", "status": "done", "finished_at": _t(i % 50)})
+    _plant_foreign(st)
+    table = manifest.read(st)
+    assert sorted(table.column("asset_id").to_pylist()) == [f"a{i:03d}" for i in range(n_parts)]
+    assert manifest.counts(table) == {"done": n_parts, "failed": 0, "rejected": 0}
+    assert f"{n_parts} assets (done {n_parts}," in manifest.show(st)
+    from stages.report import read_manifest  # the report (and export) read through manifest.read
+
+    assert sorted(read_manifest(st.root)[1]["asset_id"]) == [f"a{i:03d}" for i in range(n_parts)]
+    for name, (_, why) in FOREIGN.items():  # one line per file, naming it and why
+        lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert len(lines) == 1 and why in lines[0] and "not counted" in lines[0], (name, lines)
+    caplog.clear()
+    manifest.read(st)  # said once per file and process
+    assert "not a sctd3d manifest record" not in caplog.text
+
+    manifest.compact(st)  # the lock holder moves them aside, merges the rest
+    assert st.ls(manifest.PARTS_DIR) == []
+    assert st.ls(manifest.QUARANTINE_DIR) == sorted(FOREIGN)
+    for name in FOREIGN:
+        assert sum(f"{name} is not a sctd3d manifest record" in r.getMessage() and "moved it to"
+                   in r.getMessage() for r in caplog.records) == 1
+    assert manifest.read(st).num_rows == n_parts
+    # quarantined bytes are the originals (nothing lost: the user can look at them)
+    raw = FOREIGN["not-parquet.parquet"][0]
+    assert st.read_bytes(f"{manifest.QUARANTINE_DIR}/not-parquet.parquet") == raw
+
+
+def test_run_quarantines_a_foreign_part_and_finishes(tmp_path, monkeypatch, caplog):
+    import fakes
+    from common.config import load_config
+    from pipeline.run import run_batch
+
+    def generate(cfg, prompt, seed, asset_dir, progress=False):
+        with open(f"{asset_dir}/asset.ply", "w") as f:
+            f.write("ply\n")
+        return fakes.result(asset_dir)
+
+    fakes.use_generate(monkeypatch, generate)
+    out = tmp_path / "out"
+    st = open_storage(str(out))
+    _plant_foreign(st)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    cfg = load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
+                                   "pipeline.report=false", "metrics.fid=false"])
+    s = run_batch(str(prompts), cfg, str(out), progress=False)
+    assert s.done == 2 and manifest.counts(manifest.read(st))["done"] == 2
+    assert st.ls(manifest.QUARANTINE_DIR) == sorted(FOREIGN) and st.ls(manifest.PARTS_DIR) == []
+    assert "int-id.parquet is not a sctd3d manifest record (asset_id is int64" in caplog.text

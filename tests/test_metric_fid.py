@@ -101,7 +101,10 @@ def test_run_fid_folder_reference_and_cache(tmp_path):
     assert list((tmp_path / "run" / "metrics" / "fid_reference").glob("*.npz"))
     r2 = run_fid(cfg, [str(asset)], ["a red cube"], out)
     assert r2["reference_cached"] is True and r2["fid"] == pytest.approx(r1["fid"], abs=1e-6)
-    assert json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())["fid"] == r2["fid"]
+    rec = json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())
+    assert rec["fid"] == r2["fid"]
+    # KID is recorded beside FID (its value is checked against clean-fid below); one asset: no SE
+    assert isinstance(rec["kid"], float) and rec["kid_se"] is None and rec["kid_n_images"] == 8 and rec["kid_n_assets"] == 1
 
 
 def test_fid_off_writes_null_with_reason(tmp_path):
@@ -279,6 +282,9 @@ class _RecordingExecutor:
     def __init__(self, inner):
         self.inner, self.ran = inner, []
 
+    def start(self):
+        self.inner.start()
+
     def map(self, items, fn):
         items = list(items)
         self.ran.append((getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "?")),
@@ -349,3 +355,28 @@ def test_a_failed_reference_task_skips_fid_with_its_reason(tmp_path):
     r = run_fid(cfg, [str(asset)], ["a red cube"], str(tmp_path / "run"), run_on_worker=no_worker)
     assert r["fid"] is None and "could not be made on a worker" in r["reason"]
     assert "no Ray worker started" in json.loads((tmp_path / "run" / "metrics" / "fid.json").read_text())["reason"]
+
+
+def test_kid_equals_cleanfid_and_its_se_resamples_assets():
+    """KID on the full sets equals clean-fid's kernel_distance (one subset = every image); its SE
+    comes from resampling whole assets: frames that move together widen it."""
+    from cleanfid.fid import kernel_distance
+    from stages.metrics.fid import kid_with_se
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.0, 1.0, (60, 32))
+    gen = rng.normal(0.3, 1.0, (60, 32))
+    groups = np.repeat(np.arange(10), 6)
+    k = kid_with_se(gen, groups, ref, n_boot=300)
+    np.random.seed(1)
+    assert k["kid"] == pytest.approx(kernel_distance(gen, ref, num_subsets=1, max_subset_size=1000), rel=1e-9)
+    assert k["kid_n_assets"] == 10 and k["kid_se"] > 0
+    assert kid_with_se(gen, groups, ref, n_boot=300) == k                     # seeded
+    # the same images where each asset's 6 frames are near-copies of one: far more spread
+    clustered = np.repeat(gen[::6], 6, axis=0) + 0.01 * rng.normal(size=gen.shape)
+    kc = kid_with_se(clustered, groups, ref, n_boot=300)
+    per_image = kid_with_se(clustered, np.arange(60), ref, n_boot=300)
+    assert kc["kid_se"] > 1.5 * per_image["kid_se"]
+    # capping keeps whole assets' frames evenly
+    capped = kid_with_se(gen, groups, ref, max_images=20, n_boot=50)
+    assert capped["kid_n_images"] == 20 and capped["kid_n_assets"] == 10

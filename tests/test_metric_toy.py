@@ -80,7 +80,7 @@ def test_score_asset_and_evaluate_write_nulls_with_reasons(tmp_path):
     import json
 
     from kernels.ply import save_ply
-    from stages.evaluate import evaluate
+    from pipeline.evaluate import evaluate
     from stages.metrics import score_asset
 
     cfg = load_config("toy.yaml", ["render.num_views=6", "render.resolution=16", "render.video=false",

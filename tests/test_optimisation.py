@@ -42,3 +42,35 @@ def test_retry_rolls_back_with_the_noise_of_that_attempt():
     assert opt.history == [] and opt.unet_calls == 0
     second = params_after(opt, range(1, 4))
     assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_plans_of_any_chunk_length_give_the_same_run(monkeypatch):
+    # issue 20 item 7: cameras, backgrounds and flags are drawn ahead in chunks (one copy to the
+    # device per chunk); chunk boundaries, and a snapshot taken inside a chunk, change nothing
+    import stages.optimisation as O
+
+    cfg = tiny_cfg("generate.method=sds", "prior.perp_neg=true")   # Perp-Neg weights travel in the plan
+    whole = Optimisation(cfg, "a red square", 2, FakePrior())
+    whole.restore(whole.fresh_state())
+    a = params_after(whole, range(1, 11))
+    monkeypatch.setattr(O, "PLAN_CHUNK", 3)
+    opt = Optimisation(cfg, "a red square", 2, FakePrior())
+    opt.restore(opt.fresh_state())
+    params_after(opt, range(1, 6))                     # plans 1-3, 4-6: iteration 5 is mid-chunk
+    snap = opt.snapshot(5, elapsed_s=0.0)
+    opt.restore(snap)                                  # plans 6-8 from the state after iteration 5
+    b = params_after(opt, range(6, 11))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_state_from_another_generator_device_is_refused_in_one_line():
+    # the noise generator lives on the device now; a CUDA generator's state (16 bytes: seed and
+    # offset) cannot enter a CPU one (5056 bytes), nor an old host state a CUDA one
+    import dataclasses
+
+    import pytest
+
+    opt = Optimisation(tiny_cfg("generate.method=sds"), "a red square", 2, FakePrior())
+    st = dataclasses.replace(opt.fresh_state(), gen_noise=torch.zeros(16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="not those of cpu generators.*checkpoints/ folder aside"):
+        opt.restore(st)

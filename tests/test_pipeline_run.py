@@ -78,7 +78,7 @@ def _write(tmp_path, lines, name="prompts.txt"):
 
 
 def test_local_run_rejects_bad_rows_and_skips_on_rerun(tmp_path, cfg, monkeypatch):
-    bad = [b"", b"   ", b"x" * 10_000, b"tab\there", b"\xff\xfe broken", b"a red cube"]
+    bad = [b"", b"   ", b"x" * 10_000, b"bell\x07here", b"\xff\xfe broken", b"a red cube"]
     prompts = _write(tmp_path, PROMPTS[:3] + bad + [b"../../etc/passwd", b"/abs/path"])
     out = str(tmp_path / "out")
     fake = FakeGenerate(tmp_path / "calls", fail={"a green cone"})

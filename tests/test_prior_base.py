@@ -19,7 +19,7 @@ from stages.priors.guidance import (
 )
 from stages.priors.protocol import EmbeddingCache
 from stages.priors.registry import load_prior
-from stages.priors.views import view_direction, view_suffix
+from stages.view_words import view_direction, view_suffix
 
 
 class FakePrior:

@@ -12,7 +12,8 @@ import torch
 from pipeline.cli import main
 from common.config import PriorConfig, load_config
 from stages.priors import device as devmod
-from stages.priors.device import DeviceError, require_device
+from stages.priors.device import DeviceError
+from stages.priors.registry import require_device
 
 
 @pytest.fixture

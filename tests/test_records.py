@@ -84,7 +84,7 @@ def test_a_generator_must_return_a_generate_result(tmp_path, monkeypatch):
 
 
 def test_token_limit_comes_from_the_prior_tokenizer_alone(tiny_sd_dir, tmp_path):
-    from stages.priors.tokens import token_limit
+    from stages.priors.registry import token_limit
 
     cfg = load_config("toy.yaml", ["prior.name=stable_diffusion", f"prior.model={tiny_sd_dir}"])
     count, limit = token_limit(cfg.prior)

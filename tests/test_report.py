@@ -144,24 +144,47 @@ def test_metric_missing_in_run_is_flagged(tmp_path):
     assert s["metrics"]["toy_rprec"]["status"] == "missing" and code == 1
 
 
-def test_run_level_fid_lower_is_better(tmp_path):
+def _set_level(root, **rec):
+    os.makedirs(os.path.join(root, "metrics"), exist_ok=True)
+    with open(os.path.join(root, "metrics", "fid.json"), "w") as fh:
+        json.dump(rec, fh)
+
+
+def test_fid_point_estimate_is_shown_with_n_and_never_gates(tmp_path):
+    """Issue 24.1: a clean other-seed night's FID 277.76 -> 289.03 (60 vs 60 images) alarmed on a point
+    estimate. FID is now shown with its image counts and never decides; KID with its SE decides."""
     base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
     run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False)
-    for root, fid in ((base, 20.0), (run, 30.0)):
-        os.makedirs(os.path.join(root, "metrics"), exist_ok=True)
-        with open(os.path.join(root, "metrics", "fid.json"), "w") as fh:
-            json.dump({"fid": fid}, fh)
-    code, s, _ = _report(tmp_path, run, baseline=base)
-    assert code == 1 and s["metrics"]["fid"]["regressed"] and s["metrics"]["fid"]["mean_diff"] == 10.0
-    with open(os.path.join(run, "metrics", "fid.json"), "w") as fh:
-        json.dump({"fid": 15.0}, fh)
-    code, s, _ = _report(tmp_path, run, baseline=base)
-    assert code == 0 and s["metrics"]["fid"]["status"] == "improved"
+    _set_level(base, fid=277.76, n_generated=60, n_reference=60)
+    _set_level(run, fid=289.03, n_generated=60, n_reference=60)
+    code, s, page = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"fid": 2.0, "toy_psnr": 0.5}))
+    f = s["metrics"]["fid"]
+    assert code == 0 and not f["regressed"] and f["status"] == "worse" and "n = 60 vs 60" in f["note"]
+    assert "report.thresholds.fid is ignored" in f["note"]
+    assert "(n=60 vs 60 ref.)" in page and s["run"]["fid_n_generated"] == 60
 
 
-# ---------------------------------------------------------------------------------------------
-# history, summary.json, HTML
-# ---------------------------------------------------------------------------------------------
+def test_kid_decides_on_its_standard_error(tmp_path):
+    base = make_run(str(tmp_path / "base"), noise_seed=1, images=False)
+    run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, images=False)
+    n = dict(kid_n_images=288, kid_n_assets=6)
+    _set_level(base, fid=50.0, kid=0.020, kid_se=0.002, **n)
+    # worse by 0.010 with SEs 0.002 each: CI [0.0045, 0.0155] lies beyond a threshold of 0.004
+    _set_level(run, fid=52.0, kid=0.030, kid_se=0.002, **n)
+    code, s, page = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    k = s["metrics"]["kid"]
+    assert code == 1 and k["regressed"] and abs(k["mean_diff"] - 0.01) < 1e-12
+    assert k["ci"][0] > 0.004 and "288" in k["note"] and "6 assets" in k["note"]
+    # the same difference with large SEs (noisy small nights) is not an alarm
+    _set_level(run, fid=52.0, kid=0.030, kid_se=0.008, **n)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    assert code == 0 and s["metrics"]["kid"]["status"] == "ok"
+    # no SE (one asset): never gated
+    _set_level(run, kid=0.5, kid_n_images=48, kid_n_assets=1)
+    code, s, _ = _report(tmp_path, run, baseline=base, cfg=_cfg(thresholds={"kid": 0.004}))
+    assert code == 0 and s["metrics"]["kid"]["status"] == "insufficient"
+
+
 def test_history_draws_a_trend_and_uses_the_newest_earlier_run_as_baseline(tmp_path):
     hist = tmp_path / "runs"
     # names sort differently from run times: ordering must follow run time
@@ -203,8 +226,11 @@ def test_page_is_self_contained_with_thumbnails(tmp_path):
     base = make_run(str(tmp_path / "base"), noise_seed=1)
     run = make_run(str(tmp_path / "run"), noise_seed=2, day=1, shift={"clip_l": -2.0})
     _, _, page = _report(tmp_path, run, baseline=base, cfg=_cfg(top_movers=3))
-    assert "<script" not in page.lower()
-    assert not re.search(r'(src|href)\s*=\s*"(?!data:)', page), "every resource must be inline"
+    # every resource is inline or a file of the report folder (no scheme, no absolute path, no '..')
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    local = [r for r in refs if not r.startswith("data:")]
+    assert local and all(re.fullmatch(r"[A-Za-z0-9_]+(/[A-Za-z0-9_.-]+)*\.[a-z]+", r) for r in local), local
+    assert all((tmp_path / "out" / r).is_file() for r in local), local
     thumbs = re.findall(r'class="thumb" id="thumb-(?:run|base)-\d+"[^>]*src="(data:[^"]+)"', page)
     assert len(thumbs) == 6 and all(_png_std(t) > 10 for t in thumbs)
     assert 'id="regression-table"' in page and 'id="method-table"' in page and 'id="prompt-table"' in page
@@ -277,10 +303,108 @@ def test_read_manifest_keeps_done_over_later_failed(tmp_path):
 
     parts = tmp_path / "manifest" / "parts"
     parts.mkdir(parents=True)
-    base = {"asset_id": "a1", "prompt": "a red cube", "seed": 0, "method": "sds"}
+    base = {"asset_id": "a1", "prompt": "a red cube", "seed": 0, "method": "sds", "schema_version": 2}
     pq.write_table(pa.Table.from_pylist([{**base, "status": "done", "toy_psnr": 20.0,
                                           "finished_at": "2026-11-25T10:00:00+00:00"}]), parts / "a.parquet")
     pq.write_table(pa.Table.from_pylist([{**base, "status": "failed", "toy_psnr": None,
                                           "finished_at": "2026-11-25T11:00:00+00:00"}]), parts / "b.parquet")
     _, df = read_manifest(str(tmp_path))
     assert len(df) == 1 and df.loc[0, "status"] == "done" and df.loc[0, "toy_psnr"] == 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 24.2: other seeds pair by prompt; 24.5: the index page; 26.12: generation hashes; 26.13: size
+# ----------------------------------------------------------------------------------------------
+def test_other_seed_night_is_compared_by_prompt_and_faults_still_flag(tmp_path):
+    """No shared assets (other seed): per-prompt means are compared, and the page says so. A clean
+    night does not alarm; a toy-PSNR drop and half the assets failing still do."""
+    base = make_run(str(tmp_path / "base"), seeds=(0,), noise_seed=1, images=False)
+    clean = make_run(str(tmp_path / "clean"), seeds=(1,), noise_seed=2, day=1, images=False)
+    code, s, page = _report(tmp_path, clean, baseline=base)
+    assert code == 0 and s["pairing"]["rule"] == "prompt" and s["n_paired"] == 24
+    assert s["metrics"]["toy_psnr"]["method"] == "paired_bootstrap_by_prompt" and s["metrics"]["toy_psnr"]["n"] == 24
+    assert "paired by prompt" in page and "no shared assets" in page
+    bad = make_run(str(tmp_path / "bad"), seeds=(1,), noise_seed=3, day=1, images=False, shift={"toy_psnr": -2.0})
+    code, s, _ = _report(tmp_path, bad, baseline=base)
+    assert code == 1 and s["regressed_metrics"] == ["toy_psnr"]
+    half = make_run(str(tmp_path / "half"), seeds=(1,), noise_seed=4, day=1, images=False, fail=set(range(12)))
+    code, s, _ = _report(tmp_path, half, baseline=base)
+    assert code == 1 and "done_rate" in s["regressed_metrics"]
+    # the same seeds pair by asset, as before
+    same = make_run(str(tmp_path / "same"), seeds=(0,), noise_seed=5, day=1, images=False)
+    _, s, _ = _report(tmp_path, same, baseline=base)
+    assert s["pairing"]["rule"] == "asset" and s["metrics"]["toy_psnr"]["method"] == "paired_bootstrap"
+
+
+def test_index_page_lists_every_night_and_links_their_reports(tmp_path):
+    hist = tmp_path / "runs"
+    nights = []
+    for day in range(3):
+        r = make_run(str(hist / f"2026-11-0{day + 1}"), n_prompts=6, day=day, noise_seed=day, images=False,
+                     shift={"toy_psnr": -3.0} if day == 2 else None)
+        out = os.path.join(r, "report", "report.html")
+        code = build_report(r, out, history=str(hist), cfg=_cfg(n_boot=200))
+        nights.append((r, out, code))
+    assert [c for _, _, c in nights] == [0, 0, 1]
+    index = (hist / "index.html").read_text(encoding="utf-8")
+    rows = re.findall(r"<tr class=\"([a-z]*)\"><td class=\"l\">(.*?)</td><td class=\"l\"><b>(.*?)</b>", index)
+    assert [r[2] for r in rows] == ["REGRESSION: toy_psnr", "ok", "no baseline"]     # newest first
+    hrefs = re.findall(r'<a href="([^"]+)">', index)
+    assert hrefs == [f"2026-11-0{d}/report/report.html" for d in (3, 2, 1)]
+    assert all((hist / h).is_file() for h in hrefs)
+    assert 'id="index-link"' in open(nights[-1][1], encoding="utf-8").read()
+    assert "nightly report" in open(nights[-1][1], encoding="utf-8").read()
+    # a report without --history is not called nightly
+    _, _, page = _report(tmp_path, nights[0][0])
+    assert "<h1>sctd3d report</h1>" in page and "nightly" not in page.split("<body>")[1][:200]
+
+
+def test_nights_made_with_other_generation_settings_are_not_baselines(tmp_path, capsys):
+    hist = tmp_path / "runs"
+    make_run(str(hist / "n1"), n_prompts=8, day=0, noise_seed=1, images=False, gen_hash="aaaa")
+    make_run(str(hist / "n2"), n_prompts=8, day=1, noise_seed=2, images=False, gen_hash="bbbb")
+    run = make_run(str(hist / "n3"), n_prompts=8, day=2, noise_seed=3, images=False, gen_hash="aaaa",
+                   shift={"toy_psnr": -3.0})
+    code, s, page = _report(tmp_path, run, history=str(hist))
+    assert s["baseline"]["uri"].endswith("n1") and code == 1     # n2 (other settings) skipped
+    assert s["config_notes"] and "other generation settings" in s["config_notes"][0]
+    assert "other generation settings" in page and "other generation settings" in capsys.readouterr().err
+    # only nights with other settings: no baseline, said loudly, exit 0
+    run4 = make_run(str(tmp_path / "solo" / "n4"), n_prompts=8, day=3, noise_seed=4, images=False, gen_hash="cccc")
+    code, s, _ = _report(tmp_path, run4, history=str(hist))
+    assert code == 0 and s["baseline"] is None and "no baseline" in s["config_notes"][0]
+    # an explicit --baseline made with other settings is refused (exit 2), unless allowed
+    with pytest.raises(ReportError, match="--allow-config-change"):
+        _report(tmp_path, run, baseline=str(hist / "n2"))
+    assert main([run, "--baseline", str(hist / "n2"), "--out", str(tmp_path / "x" / "r.html")]) == 2
+    code, s, page = _report(tmp_path, run, baseline=str(hist / "n2"), allow_config_change=True)
+    assert s["baseline"]["uri"].endswith("n2") and "--allow-config-change" in page
+    code, s, _ = _report(tmp_path, run, history=str(hist), allow_config_change=True)
+    assert s["baseline"]["uri"].endswith("n2")
+
+
+def test_failure_tables_are_capped_and_the_rest_is_in_a_csv(tmp_path):
+    import pandas as pd
+
+    run = make_run(str(tmp_path / "run"), n_prompts=300, images=False, compact=True, fail=set(range(260)))
+    code, s, page = _report(tmp_path, run, cfg=_cfg(max_failure_rows=25, table_max_rows=40))
+    failures = re.search(r'<table id="failures">(.*?)</table>', page, re.S).group(1)
+    assert failures.count("<tr>") == 1 + 25 and 'id="failures-more"' in page
+    csv = pd.read_csv(tmp_path / "out" / "failures.csv")
+    assert len(csv) == 260 and set(csv["status"]) == {"failed"}
+    assets = pd.read_csv(tmp_path / "out" / "assets.csv")
+    assert len(assets) == 300 and assets["status"].iloc[0] == "failed"          # worst first
+    rows_js = (tmp_path / "out" / "data" / "rows.js").read_text()
+    data = json.loads(rows_js[rows_js.index("=") + 1:].rstrip().rstrip(";"))
+    assert len(data["rows"]) == 40 and data["omitted"] == 260 and data["total"] == 300
+
+
+@pytest.mark.parametrize("el,radius", [(15.0, 3.5), (-30.0, 2.0), (60.0, 7.25)])
+def test_viewer_camera_is_the_render_stage_frame_0(el, radius):
+    """The page's frame-0 camera (numpy, so the report needs no torch) equals the render stage's."""
+    from kernels.cameras import orbit_cameras
+    from stages.export.views import c2w_opengl
+    from stages.report.assets import orbit_frame0_c2w
+
+    cams = orbit_cameras(n=4, elevation_deg=el, radius=radius, fovy=0.6, width=16, height=16)
+    assert np.allclose(orbit_frame0_c2w(el, radius), c2w_opengl(cams.viewmats)[0], atol=1e-6)

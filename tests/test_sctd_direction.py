@@ -33,7 +33,7 @@ from kernels.cameras import sample_training_cameras  # noqa: E402
 from kernels.distill import cds_grad, get_method, make_eps_star, sctd_grad  # noqa: E402
 from kernels.render import render  # noqa: E402
 from common.config import load_config  # noqa: E402
-from stages.kernel_params import camera_params, distill_params, schedule  # noqa: E402
+from stages.kernel_params import camera_params, consistency_params, schedule  # noqa: E402
 from stages.init import init_gaussians  # noqa: E402
 from stages.priors.guidance import make_guided_eps_from_config  # noqa: E402
 from stages.priors.registry import load_prior  # noqa: E402
@@ -60,7 +60,7 @@ def setup(request):
 
 def cosines(cfg, prior, cross_term: str) -> dict[str, tuple[float, float]]:
     """prompt -> (mean cos of the SCTD gradient, mean cos of its self term) with render - gt."""
-    p = replace(distill_params(cfg), cross_term=cross_term)
+    p = replace(consistency_params(cfg), cross_term=cross_term)
     alphas = prior.alphas_cumprod.float()
     sched, cam_p, method = schedule(cfg), camera_params(cfg), get_method("sctd")
     out = {}

@@ -100,7 +100,10 @@ def write_single_file(diffusers_dir: Path, out: Path) -> Path:
     te = CLIPTextModel.from_pretrained(diffusers_dir, subfolder="text_encoder")
     sd = unet_to_ldm(unet.state_dict(), unet.config.layers_per_block)
     sd |= vae_to_ldm(vae.state_dict(), len(vae.config.up_block_types))
-    sd |= {"cond_stage_model.transformer." + k: v for k, v in te.state_dict().items()}
+    # the original files hold transformers 4's CLIPTextModel keys (`text_model.` first); transformers
+    # 5 names the same tensors without that prefix
+    sd |= {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+           for k, v in te.state_dict().items()}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
     return out
 

@@ -1,7 +1,7 @@
 """Method, prior and init names: the registries are the one list the config is checked against.
 
 The config layer (`common.config`) no longer carries its own copy of the names; `pipeline.validate
-.check_names` checks them against `kernels.distill.METHODS`, `stages.priors.registry.PRIORS` and
+.check_names` checks them against `stages.methods.METHODS`, `stages.priors.registry.PRIORS` and
 `stages.init.INIT_METHODS` wherever the orchestrator loads a config for use."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-import kernels.distill as distill
+import stages.methods as methods
 import stages.init as init_mod
 import stages.priors.registry as registry
 from common.config import ConfigError, PriorConfig, load_config
@@ -21,7 +21,7 @@ from cli_capture import run_cli as cli
 
 
 @pytest.mark.parametrize("key,bad,near,registered", [
-    ("generate.method", "sdss", "sds", distill.METHODS),
+    ("generate.method", "sdss", "sds", methods.METHODS),
     ("prior.name", "toy_sdd", "toy_sd", registry.PRIORS),
     ("init.method", "bal", "ball", init_mod.INIT_METHODS),
 ])
@@ -54,7 +54,7 @@ def test_the_config_layer_itself_has_no_list_of_names():
 
 
 def test_a_name_added_to_a_registry_is_valid_without_touching_the_config(monkeypatch):
-    monkeypatch.setitem(distill.METHODS, "my_method", distill.METHODS["sds"])
+    monkeypatch.setitem(methods.METHODS, "my_method", methods.METHODS["sds"])
     code, out, err = cli("config", "--config", "toy.yaml", "--set", "generate.method=my_method")
     assert code == 0 and "method: my_method" in out, err
 
@@ -72,7 +72,7 @@ def test_a_name_added_to_a_registry_is_valid_without_touching_the_config(monkeyp
         seen.update(name=pc.name, device=device, toy=toy)
         return sentinel
 
-    monkeypatch.setitem(registry.PRIORS, "my_prior", loader)
+    monkeypatch.setitem(registry.PRIORS, "my_prior", registry.PriorSpec("my_prior", loader))
     cfg = check_names(load_config("toy.yaml", ["prior.name=my_prior", "prior.device=cpu"]))
     assert "my_prior" in REGISTERED["prior.name"][1]()
     assert registry.load_prior(cfg.prior, toy=cfg.toy) is sentinel

@@ -45,7 +45,7 @@ import ray
 import ray.exceptions as rex
 
 from common import deadline
-from pipeline.executors import ExecutorError, Outcome, WorkerStartupError, format_error
+from pipeline.executors import ExecutorError, Outcome, RetryPolicy, WorkerStartupError, format_error
 from pipeline.executors.ray_autoscaler import ScalingView, read_scaling
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class RayExecutor:
                  num_cpus: Optional[int] = None, ray_init_kwargs: Optional[dict] = None,
                  startup: Optional[Callable[[], Any]] = None, worker_start_timeout_s: float = 600.0,
                  connect_timeout_s: float = 30.0, max_workers: int = 64):
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts!r}: must be >= 1")
+        self.retry = RetryPolicy(max_attempts, backoff_s, retry_exceptions)  # the shared retry rules
         if worker_start_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError(f"worker_start_timeout_s={worker_start_timeout_s!r}, connect_timeout_s="
                              f"{connect_timeout_s!r}: must be > 0")
@@ -212,6 +211,11 @@ class RayExecutor:
         self.restarts = 0    # actors replaced after a death or timeout (for tests / logs)
 
     # ------------------------------------------------------------------ cluster
+    def start(self) -> None:
+        """Connect to (or start) the Ray cluster; `map` starts the worker actors and their `startup`
+        check. ray.init sets its own SIGTERM handler: a caller with its own reinstalls it after this."""
+        self._ensure_ray()
+
     def _ensure_ray(self) -> None:
         if ray.is_initialized():
             return
@@ -472,7 +476,7 @@ class RayExecutor:
                 log.error("worker failed to start: %s", format_error(cause))
                 self._replace(i)
                 return None
-            if self.retry_exceptions and task.attempts < self.max_attempts:
+            if self.retry.retries(task.attempts, cause):
                 self._requeue(task, format_error(cause), queue)
                 return None
             return Outcome(item=task.item, ok=False, error=format_error(cause), attempts=task.attempts,
@@ -483,7 +487,7 @@ class RayExecutor:
             self._replace(i)
             if task is None:
                 return None
-            if task.attempts < self.max_attempts:
+            if self.retry.retries(task.attempts, died=True):
                 self._requeue(task, reason, queue)
                 return None
             task.errors.append(reason)
@@ -499,7 +503,7 @@ class RayExecutor:
 
     def _requeue(self, task: _Task, reason: str, queue: deque) -> None:
         task.errors.append(reason)
-        delay = self.backoff_s * 2 ** (task.attempts - 1)
+        delay = self.retry.delay(task.attempts)
         task.not_before = time.monotonic() + delay
         log.warning("retrying asset #%d in %.1f s (attempt %d of %d failed: %s)", task.index, delay,
                     task.attempts, self.max_attempts, reason)

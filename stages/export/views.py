@@ -9,8 +9,24 @@ nerfstudio assumes.
 
 Images are RGBA PNGs with straight (not premultiplied) colour: rendered over black, divided by the
 accumulated opacity, which is the alpha channel. Depth is the renderer's expected camera-z depth
-(along the optical axis, not along the ray), 0 where nothing was hit, stored as 16-bit PNGs with
-`depth = value * depth_scale` (one scale per asset, in transforms.json).
+(along the optical axis, not along the ray), 0 where nothing was hit, stored as 16-bit PNGs in
+millimetres of world units (`depth = value * 0.001`): the unit nerfstudio's dataparser assumes by
+default (`depth_unit_scale_factor` 1e-3, a parser option, not a transforms.json key) and what
+instant-ngp reads with the top-level `integer_depth_scale` 0.001. A depth past 65.535 world units
+does not fit 16 bits and is stored as 0 (= no depth, what depth losses skip), never clipped to a
+wrong value; sctd3d's objects sit ~3.5 units from the camera.
+
+Files for each loader (one view list, one split rule):
+- `transforms.json` (nerfstudio, instant-ngp): every view; intrinsics at the top level when all
+  views share them, else per frame only (nerfstudio ignores per-frame intrinsics once `fl_x` is
+  at the top level); per frame `depth_file_path` (nerfstudio) and `depth_path` (instant-ngp);
+  `train_filenames` / `val_filenames` / `test_filenames` (nerfstudio's split lists).
+- `transforms_train.json` / `transforms_test.json` (Blender-style loaders: gsplat's examples,
+  nerfstudio's blender parser): the orbit views only (these loaders take one field of view,
+  `camera_angle_x`), `file_path` without the `.png` they append.
+- Split rule (SPLIT_EVERY): orbit view i is a test view when i % 8 == 0 (one in 8, nerfstudio's
+  `eval_interval` and the LLFF / mip-NeRF 360 hold-out); every other view, random views included,
+  is a training view; an asset with one view has no test view.
 """
 
 from __future__ import annotations
@@ -26,10 +42,13 @@ from PIL import Image
 
 from kernels.cameras import CameraSamplerParams, Cameras, orbit_cameras, sample_training_cameras
 from kernels.gaussians import Gaussians
-from kernels.render import render
+from stages.render import render_batches
 
 CAMERA_CONVENTION = "opengl"
-PIXELS_PER_BATCH = 4 * 512 * 512  # bounds renderer memory per call
+DEPTH_UNIT = 1e-3  # world units per 16-bit depth step (millimetres: nerfstudio's default)
+SPLIT_EVERY = 8  # orbit view i is a test view when i % SPLIT_EVERY == 0
+WORLD_NOTE = ("world is y-up and right-handed (RUB: +x right, +y up, +z towards the azimuth-0 "
+              "camera), object at the origin: the OpenGL / three.js convention")
 DEPTH_MAX_VALUE = 65535
 # OpenCV camera axes -> OpenGL camera axes (negate y and z)
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -66,15 +85,10 @@ def c2w_opengl(viewmats: torch.Tensor | np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def render_rgba_depth(g: Gaussians, cams: Cameras, backend: str = "auto",
                       device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(rgba uint8 (V,H,W,4) straight alpha, depth float32 (V,H,W), 0 where alpha = 0)."""
-    dev = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    if backend == "gsplat" and dev.type != "cuda":
-        backend = "torch"
-    g = g.to(dev)
-    batch = max(1, PIXELS_PER_BATCH // (cams.width * cams.height))
+    """(rgba uint8 (V,H,W,4) straight alpha, depth float32 (V,H,W), 0 where alpha = 0), rendered
+    by the project's batched renderer (stages.render.render_batches)."""
     rgba, depth = [], []
-    for i in range(0, len(cams), batch):
-        out = render(g, cams[i:i + batch].to(dev), background=None, backend=backend)
+    for out in render_batches(g, cams, backend, None, 0, device):
         a = out.alpha.clamp(0, 1).float().cpu()
         rgb = (out.rgb.float().cpu() / a.clamp_min(1e-6)).clamp(0, 1)  # straight colour
         rgb = torch.where(a > 0, rgb, torch.zeros_like(rgb))
@@ -85,18 +99,14 @@ def render_rgba_depth(g: Gaussians, cams: Cameras, backend: str = "auto",
     return np.concatenate(rgba), np.concatenate(depth)
 
 
-def depth_scale_for(depth: np.ndarray) -> float:
-    """Units per 16-bit step so the farthest depth of the asset fits (1e-6 for an empty asset)."""
-    far = float(depth.max()) if depth.size else 0.0
-    return max(far, 1e-6 * DEPTH_MAX_VALUE) / DEPTH_MAX_VALUE
-
-
-def depth_png(depth: np.ndarray, scale: float) -> bytes:
-    """One (H,W) depth map as a 16-bit grayscale PNG of round(depth / scale)."""
-    q = np.clip(np.rint(depth / scale), 0, DEPTH_MAX_VALUE).astype(np.uint16)
+def depth_png(depth: np.ndarray, unit: float = DEPTH_UNIT) -> tuple[bytes, int]:
+    """(16-bit grayscale PNG of round(depth / unit), pixels too far for 16 bits, stored as 0)."""
+    q = np.rint(depth / unit)
+    far = q > DEPTH_MAX_VALUE
+    q = np.where(far, 0, np.clip(q, 0, DEPTH_MAX_VALUE)).astype(np.uint16)
     buf = io.BytesIO()
     Image.fromarray(q).save(buf, format="PNG")
-    return buf.getvalue()
+    return buf.getvalue(), int(far.sum())
 
 
 def rgba_png(img: np.ndarray) -> bytes:
@@ -111,34 +121,69 @@ def _intrinsics(cams: Cameras, i: int) -> dict[str, float]:
             "cy": float(K[1, 2])}
 
 
-def transforms(cams: Cameras, splits: list[str], image_paths: list[str], depth_paths: list[str],
-               depth_scale: float) -> dict[str, Any]:
-    """The nerfstudio/Blender `transforms.json` of these views (intrinsics per frame too, since
-    random training views have their own field of view)."""
+def split_of(view_sets: list[str]) -> list[str]:
+    """"train" / "test" per view by the split rule (module docstring)."""
+    n_orbit = view_sets.count("orbit")
+    out, k = [], 0
+    for vs in view_sets:
+        test = vs == "orbit" and n_orbit > 1 and k % SPLIT_EVERY == 0
+        k += vs == "orbit"
+        out.append("test" if test else "train")
+    return out
+
+
+def transforms(cams: Cameras, view_sets: list[str], image_paths: list[str],
+               depth_paths: list[str]) -> dict[str, Any]:
+    """The nerfstudio / instant-ngp `transforms.json` of these views (module docstring)."""
     c2w = c2w_opengl(cams.viewmats)
-    top = _intrinsics(cams, 0)
+    intr = [_intrinsics(cams, i) for i in range(len(cams))]
+    shared = all(k == intr[0] for k in intr)
     w, h = int(cams.width), int(cams.height)
+    splits = split_of(view_sets)
     frames = []
     for i in range(len(cams)):
         fr: dict[str, Any] = {"file_path": image_paths[i], "depth_file_path": depth_paths[i],
-                              "transform_matrix": c2w[i].tolist(), "split": splits[i],
-                              **_intrinsics(cams, i),
+                              "depth_path": depth_paths[i], "transform_matrix": c2w[i].tolist(),
+                              "view_set": view_sets[i], "split": splits[i],
+                              **({} if shared else intr[i]),
                               "azimuth_deg": float(cams.azimuth_deg[i]),
                               "elevation_deg": float(cams.elevation_deg[i])}
         frames.append(fr)
+    train = [image_paths[i] for i in range(len(cams)) if splits[i] == "train"]
+    test = [image_paths[i] for i in range(len(cams)) if splits[i] == "test"]
     return {
         "camera_convention": CAMERA_CONVENTION,
         "camera_convention_note": (
             "transform_matrix is camera-to-world with OpenGL camera axes (x right, y up, looking "
-            "down -z), as in nerfstudio and the Blender datasets; world is y-up with the object at "
-            "the origin; intrinsics in pixels, pixel centres at (i+0.5, j+0.5)"),
+            f"down -z), as in nerfstudio and the Blender datasets; {WORLD_NOTE}; intrinsics in "
+            "pixels, pixel centres at (i+0.5, j+0.5)"),
+        "world_axes": "RUB (y-up)",
         "camera_model": "PINHOLE",
-        **top, "w": w, "h": h,
-        "camera_angle_x": float(2.0 * np.arctan(0.5 * w / top["fl_x"])),
+        **(intr[0] if shared else {}), "w": w, "h": h,
+        **({"camera_angle_x": float(2.0 * np.arctan(0.5 * w / intr[0]["fl_x"]))} if shared else {}),
         "image_format": "RGBA PNG, straight alpha = accumulated opacity",
-        "depth_scale": depth_scale,
-        "depth_unit_scale_factor": depth_scale,
-        "depth_note": ("16-bit PNG; depth = value * depth_scale is the camera-z (optical-axis) "
-                       "depth in world units; 0 = no surface"),
+        "integer_depth_scale": DEPTH_UNIT,
+        "depth_scale": DEPTH_UNIT,
+        "depth_note": ("16-bit PNG in millimetres: depth = value * 0.001 is the camera-z "
+                       "(optical-axis) depth in world units (nerfstudio's default "
+                       "depth_unit_scale_factor; instant-ngp's integer_depth_scale); 0 = no "
+                       "surface or farther than 65.535"),
+        "split_rule": (f"orbit view i is a test view when i % {SPLIT_EVERY} == 0; all other views "
+                       "(random views too) train"),
+        "train_filenames": train, "val_filenames": test, "test_filenames": test,
         "frames": frames,
     }
+
+
+def blender_transforms(tf: dict[str, Any], split: str) -> dict[str, Any]:
+    """`transforms_{split}.json` for Blender-style loaders: the orbit views of that split, one
+    field of view (`camera_angle_x`), `file_path` without the `.png` those loaders append."""
+    orbit = [f for f in tf["frames"] if f["view_set"] == "orbit"]
+    fl = orbit[0].get("fl_x", tf.get("fl_x")) if orbit else tf.get("fl_x")
+    out: dict[str, Any] = {
+        "camera_angle_x": float(2.0 * np.arctan(0.5 * tf["w"] / fl)) if fl else None,
+        "camera_convention": tf["camera_convention"], "split_rule": tf["split_rule"],
+        "frames": [{"file_path": f["file_path"].removesuffix(".png"),
+                    "transform_matrix": f["transform_matrix"], "depth_path": f["depth_path"]}
+                   for f in orbit if f["split"] == split]}
+    return out

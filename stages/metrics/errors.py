@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from common.errors import UserError
 import torch
 
 
-class MetricWeightsError(RuntimeError):
+class MetricWeightsError(UserError, RuntimeError):
     """A metric's model weights cannot be loaded; the message names the metric, the checkpoint,
     the config key for a local path and how to skip the metric instead."""
 

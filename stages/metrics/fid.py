@@ -17,6 +17,10 @@
   FID is skipped with the reason in metrics/fid.json.
 - FID is biased upward for small sets (the covariance of n < 2048 samples is rank-deficient and
   the bias shrinks like 1/n): compare FIDs only between runs with the same image counts.
+- KID (kernel inception distance: unbiased MMD^2 with the cubic polynomial kernel on the same
+  features) is unbiased at any n, and comes with a standard error from a bootstrap over *assets*
+  (an asset's frames move together: resampling single frames would understate the night-to-night
+  spread). The report decides on KID +- its standard error, never on FID's point estimate.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ MODE = "clean"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SMALL_SET_NOTE = ("FID is biased upward for small sets (rank-deficient covariance below 2048 "
                   "images, bias ~ 1/n); compare runs only at equal image counts")
+
+
+# KID: at most KID_MAX_IMAGES images per side enter the kernel matrices (frames spread evenly over
+# the assets, whole assets sampled when there are more assets than that), KID_BOOT bootstrap
+# resamples of the generated assets give its standard error; seeded, so reruns agree.
+KID_MAX_IMAGES = 2000
+KID_BOOT = 200
+KID_SEED = 0
 
 
 class InceptionFeatures(torch.nn.Module):
@@ -150,6 +162,69 @@ def frechet_distance_to_stats(feats: np.ndarray, mu2: np.ndarray, s2: np.ndarray
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - np.asarray(mu2, np.float64)
     return float(diff @ diff + (a * a).sum() + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018; clean-fid, torch-fidelity)."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _cap_groups(groups: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most `cap` images: every asset's frames thinned evenly to cap / n_assets each
+    (at least 1), or `cap` whole assets drawn at random when there are more assets than that."""
+    ids = np.unique(groups)
+    if groups.size <= cap:
+        return np.arange(groups.size)
+    if ids.size > cap:
+        ids = np.sort(rng.choice(ids, size=cap, replace=False))
+    per = max(1, cap // ids.size)
+    keep = []
+    for g in ids:
+        idx = np.flatnonzero(groups == g)
+        keep.append(idx[np.linspace(0, idx.size - 1, min(per, idx.size)).round().astype(int)])
+    return np.unique(np.concatenate(keep))
+
+
+def kid_with_se(f_gen: np.ndarray, groups: Sequence[int], f_ref: np.ndarray, *,
+                max_images: int = KID_MAX_IMAGES, n_boot: int = KID_BOOT, seed: int = KID_SEED) -> dict:
+    """Unbiased KID of generated features (n x d, `groups[i]` = the asset of image i) against a
+    reference (m x d), and its standard error by a bootstrap over the generated assets.
+
+    Returns {"kid", "kid_se", "kid_n_images", "kid_n_assets", "kid_n_reference", "kid_boot"};
+    kid_se is None with a single asset (no spread to measure). The reference is held fixed: two runs
+    scored against the same reference share its sampling error, which cancels in their difference."""
+    f_gen, f_ref = np.asarray(f_gen, np.float64), np.asarray(f_ref, np.float64)
+    groups = np.asarray(groups)
+    if f_gen.shape[0] != groups.size:
+        raise ValueError(f"kid: {f_gen.shape[0]} features but {groups.size} group labels")
+    if f_gen.shape[0] < 2 or f_ref.shape[0] < 2:
+        raise ValueError(f"kid: need at least 2 images per set, got {f_gen.shape[0]} and {f_ref.shape[0]}")
+    rng = np.random.default_rng(seed)
+    gi = _cap_groups(groups, max_images, rng)
+    ri = np.arange(f_ref.shape[0]) if f_ref.shape[0] <= max_images else np.sort(
+        rng.choice(f_ref.shape[0], size=max_images, replace=False))
+    x, y, grp = f_gen[gi], f_ref[ri], groups[gi]
+    kxx, kyy = _poly_kernel(x, x), _poly_kernel(y, y)
+    kxy_mean = _poly_kernel(x, y).mean(axis=1)  # (n,) mean kernel of each generated image to the reference
+    m = y.shape[0]
+    yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+
+    def mmd(w: np.ndarray) -> np.ndarray:
+        """KID of the weighted multiset (rows of w: copies of each image), unbiased (no self-pairs)."""
+        nw = w.sum(axis=1)
+        xx = (np.einsum("bi,bi->b", w @ kxx, w) - w @ np.diag(kxx)) / (nw * (nw - 1))
+        return xx + yy - 2.0 * (w @ kxy_mean) / nw
+
+    kid = float(mmd(np.ones((1, x.shape[0])))[0])
+    ids, inv = np.unique(grp, return_inverse=True)
+    se = None
+    if ids.size > 1 and n_boot > 1:
+        counts = rng.multinomial(ids.size, np.full(ids.size, 1.0 / ids.size), size=n_boot)  # (B, assets)
+        w = counts[:, inv].astype(np.float64)
+        w = w[w.sum(axis=1) >= 2]
+        se = float(np.std(mmd(w), ddof=1)) if w.shape[0] > 1 else None
+    return {"kid": kid, "kid_se": se, "kid_n_images": int(x.shape[0]), "kid_n_assets": int(ids.size),
+            "kid_n_reference": int(m), "kid_boot": int(n_boot)}
 
 
 def _files_hash(files: Sequence[str], extra: str) -> str:
@@ -351,8 +426,11 @@ def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out:
     model = load_inception(mc.fid_inception, dev)
     with tempfile.TemporaryDirectory(prefix="sctd3d-fid-") as tmp:
         gen: list[str] = []
+        groups: list[int] = []  # the asset of each generated image (KID's bootstrap resamples assets)
         for k, d in enumerate(asset_dirs):
-            gen += list_images(d.rstrip("/") + "/frames", os.path.join(tmp, f"gen{k}"))
+            imgs = list_images(d.rstrip("/") + "/frames", os.path.join(tmp, f"gen{k}"))
+            gen += imgs
+            groups += [k] * len(imgs)
         rec["n_generated"] = len(gen)
         if len(gen) < 2:
             return _skip(st, rec, f"need >= 2 generated images, got {len(gen)}")
@@ -390,8 +468,12 @@ def run_fid(cfg: Config, asset_dirs: Sequence[str], prompts: Sequence[str], out:
                 raise ReferenceStatsError(f"fid: metrics.fid_reference_stats has {stats[0].shape[0]}-d "
                                  f"statistics, the extractor gives {f_gen.shape[1]}-d features")
             rec["fid"] = frechet_distance_to_stats(f_gen, *stats)
+            rec["kid"] = None
+            rec["kid_reason"] = "metrics.fid_reference_stats holds mu/sigma only: KID needs reference features"
         else:
             rec["fid"] = frechet_distance_features(f_gen, f_ref)
+            rec.update(kid_with_se(f_gen, groups, f_ref))
     st.write_text("metrics/fid.json", json.dumps(rec, indent=2))
-    log.info("fid: %s (generated %d, reference %s)", rec["fid"], rec["n_generated"], rec["n_reference"])
+    log.info("fid: %s, kid: %s +- %s (generated %d, reference %s)", rec["fid"], rec.get("kid"),
+             rec.get("kid_se"), rec["n_generated"], rec["n_reference"])
     return rec

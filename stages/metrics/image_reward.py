@@ -1,21 +1,19 @@
 """ImageReward (THUDM, v1.0) of an asset's evaluation views: per-view reward, mean over views.
 
-Which implementation, and why (for the README): the network is built from the image-reward 1.5
-package's own modules (BLIP's `VisionTransformer` from ImageReward.models.BLIP.vit, its
-cross-attention `BertModel` from ImageReward.models.BLIP.med, the reward `MLP` and the image
-preprocessing `_transform` from ImageReward.ImageReward), so the numbers are the package's. We do not
-call `ImageReward.load()` / the `ImageReward` class itself because (1) it loads the checkpoint with
-strict=False, so a truncated or foreign checkpoint silently scores with random weights; here every
-parameter of the model must be in the checkpoint (missing keys are an error); (2) it hard-codes
-the tokenizer as the hub name 'bert-base-uncased' and ViT-L, so it cannot run offline nor be
-tested with a small random-init model; (3) it scores one image per forward; here views are batched.
-The module tree and parameter names are the same as the package's (`blip.visual_encoder`,
-`blip.text_encoder`, `mlp.layers`), so the official ImageReward.pt loads as is, and the package's
-own `ImageReward.inference_rank` runs on this model (the test checks both give the same numbers).
-
-Install notes: image-reward 1.5 pins timm==0.6.13 (conflicts with open-clip-torch), so it is
-installed with --no-deps; it needs transformers < 4.56 (pinned 4.55.4), `clip` (openai-clip) and,
-through its package __init__ (ReFL training code), `datasets` (pinned 5.0.1).
+Which implementation, and why (for the README): the network is our port of the image-reward 1.5
+package's BLIP model (stages/metrics/blip.py: BLIP's ViT image encoder and its BERT text encoder
+with cross-attention), with the package's reward `MLP`, image preprocessing and normalisation
+constants copied here. The package itself cannot be installed next to transformers 5 (its med.py
+imports helpers removed in transformers 4.56). The port keeps the package's module tree and
+parameter names (`blip.visual_encoder`, `blip.text_encoder`, `mlp.layers`), so the official
+ImageReward.pt loads as is; tests/test_metric_image_reward.py checks the state-dict layout and
+the scores against numbers the package computed on a random-init model in the checkpoint's format
+(tests/data/image_reward_reference.json, made by tests/make_image_reward_reference.py).
+We also differ from `ImageReward.load()` on purpose: (1) it loads the checkpoint with strict=False,
+so a truncated or foreign checkpoint silently scores with random weights; here every parameter of
+the model must be in the checkpoint (missing keys are an error); (2) it hard-codes the tokenizer as
+the hub name 'bert-base-uncased' and ViT-L, so it cannot run offline nor be tested with a small
+random-init model; (3) it scores one image per forward; here views are batched.
 
 Offline: `metrics.image_reward_checkpoint` (local ImageReward.pt), `metrics.image_reward_med_config`
 (local med_config.json) and `metrics.image_reward_tokenizer` (local bert-base-uncased tokenizer dir).
@@ -25,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -32,6 +31,7 @@ from PIL import Image
 from torch import nn
 
 from common.config import MetricsConfig
+from stages.metrics.blip import BertModel, MedConfig, VisionTransformer
 from stages.metrics.errors import MetricWeightsError, metric_device
 
 log = logging.getLogger(__name__)
@@ -44,20 +44,38 @@ REWARD_STD = 1.0333394966054072
 _CACHE: dict[tuple, "ImageRewardModel"] = {}
 
 
-def _pkg():
-    """The image-reward package modules (imported lazily: the package import pulls heavy deps)."""
-    from ImageReward.ImageReward import MLP, _transform
-    from ImageReward.models.BLIP.med import BertConfig, BertModel
-    from ImageReward.models.BLIP.vit import VisionTransformer
+class MLP(nn.Module):
+    """The package's reward head (linear layers; its ReLUs are commented out upstream)."""
 
-    return MLP, _transform, BertConfig, BertModel, VisionTransformer
+    def __init__(self, input_size: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
+                                    nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
+                                    nn.Linear(16, 1))
+        for name, param in self.layers.named_parameters():
+            if "weight" in name:
+                nn.init.normal_(param, mean=0.0, std=1.0 / (input_size + 1))
+            else:
+                nn.init.zeros_(param)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def image_transform(n_px: int):
+    """The package's `_transform` (CLIP's): bicubic resize, centre crop, RGB, CLIP mean/std."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([Resize(n_px, interpolation=InterpolationMode.BICUBIC), CenterCrop(n_px),
+                    lambda im: im.convert("RGB"), ToTensor(),
+                    Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
 
 
 def prepare_tokenizer(tok):
-    """What the package's BLIP `init_tokenizer` does to bert-base-uncased (adds [DEC] and [ENC])."""
+    """What the package's BLIP `init_tokenizer` does to bert-base-uncased: adds [DEC] (as BOS) and
+    [ENC] (ids 30522 and 30523 there, hence the checkpoint's vocab_size 30524)."""
     tok.add_special_tokens({"bos_token": "[DEC]"})
-    tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-    tok.enc_token_id = tok.additional_special_tokens_ids[0]
+    tok.add_tokens(["[ENC]"], special_tokens=True)
     return tok
 
 
@@ -82,15 +100,24 @@ class ImageRewardModel(nn.Module):
                  vit_depth: int = 24, vit_heads: int = 16, patch_size: int = 16,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
-        MLP, _transform, BertConfig, BertModel, VisionTransformer = _pkg()
         visual = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=vit_width,
-                                   depth=vit_depth, num_heads=vit_heads, drop_path_rate=0.1)
-        cfg = med_config if isinstance(med_config, BertConfig) else BertConfig.from_json_file(med_config)
-        cfg.encoder_width = vit_width
-        text = BertModel(config=cfg, add_pooling_layer=False)
+                                   depth=vit_depth, num_heads=vit_heads)
+        if isinstance(med_config, MedConfig):
+            cfg = replace(med_config)
+        elif isinstance(med_config, dict):
+            cfg = MedConfig.from_dict(med_config)
+        else:
+            cfg = MedConfig.from_json_file(med_config)
+        cfg.encoder_width = vit_width  # as BLIP_Pretrain does
+        if len(tokenizer) > cfg.vocab_size:
+            raise MetricWeightsError(f"image_reward: the tokenizer has {len(tokenizer)} tokens but the "
+                                     f"med_config's vocab_size is {cfg.vocab_size}; use the bert-base-uncased "
+                                     f"tokenizer and med_config.json that go with the checkpoint "
+                                     f"(metrics.image_reward_tokenizer, metrics.image_reward_med_config)")
+        text = BertModel(cfg)
         self.blip = _Blip(visual, text, tokenizer)
         self.mlp = MLP(cfg.hidden_size)
-        self.preprocess = _transform(image_size)
+        self.preprocess = image_transform(image_size)
         self.mean, self.std = REWARD_MEAN, REWARD_STD
         self.device = torch.device(device)
 
@@ -128,11 +155,9 @@ class ImageRewardModel(nn.Module):
         for i in range(0, len(images), batch_size):
             x = torch.stack([self.preprocess(im) for im in images[i:i + batch_size]]).to(self.device)
             emb = self.blip.visual_encoder(x)
-            atts = torch.ones(emb.shape[:-1], dtype=torch.long, device=self.device)
             n = x.shape[0]
-            h = self.blip.text_encoder(text.input_ids.expand(n, -1), attention_mask=text.attention_mask.expand(n, -1),
-                                       encoder_hidden_states=emb, encoder_attention_mask=atts,
-                                       return_dict=True).last_hidden_state[:, 0, :].float()
+            h = self.blip.text_encoder(text["input_ids"].expand(n, -1), text["attention_mask"].expand(n, -1),
+                                       emb)[:, 0, :].float()
             out.append(((self.mlp(h) - self.mean) / self.std)[:, 0].cpu())
         return torch.cat(out)
 
@@ -177,9 +202,15 @@ def load_image_reward(mc: MetricsConfig, arch: dict | None = None) -> ImageRewar
                                  f"metrics.image_reward_med_config) does not exist")
     med = med or _hub_file("med_config.json", "metrics.image_reward_med_config",
                            f"download med_config.json and set metrics.image_reward_med_config {skip}")
+    try:
+        med_cfg = MedConfig.from_json_file(med)
+    except (OSError, ValueError, TypeError) as exc:  # unreadable, not JSON, unsupported values
+        raise MetricWeightsError(f"image_reward: med_config {med!r} cannot be used ({type(exc).__name__}: "
+                                 f"{exc}); give the official med_config.json (config key "
+                                 f"metrics.image_reward_med_config)") from exc
     tok = load_tokenizer(mc.image_reward_tokenizer)
     dev = metric_device(mc.device)
-    model = ImageRewardModel(med, tok, device=dev, **arch)
+    model = ImageRewardModel(med_cfg, tok, device=dev, **arch)
     try:
         sd = torch.load(ck_path, map_location="cpu", weights_only=True)
     except Exception as exc:

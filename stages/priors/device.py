@@ -3,8 +3,8 @@
 Why: `prior.device: auto` used to fall back to the CPU with an INFO line. With the pinned torch (a
 CUDA 13 build) on a GPU node whose NVIDIA driver is too old for it, CUDA is unusable and every asset
 would then run Stable Diffusion at 512 px on the CPU until its timeout. So a real prior
-(`stable_diffusion`) needs CUDA unless the config says otherwise: `prior.allow_cpu: true`, or
-`prior.device: cpu`. The toy priors (`toy_sd`, `toy_exact`) run anywhere.
+(its spec says `needs_gpu`: `stable_diffusion`) needs CUDA unless the config says otherwise:
+`prior.allow_cpu: true`, or `prior.device: cpu`. The toy priors (`toy_sd`, `toy_exact`) run anywhere.
 
 With the Ray executor this check runs in each GPU actor when it starts, never on the driver: a
 cluster's head node has no GPU by design and must still be able to drive a GPU run.
@@ -12,6 +12,7 @@ cluster's head node has no GPU by design and must still be able to drive a GPU r
 
 from __future__ import annotations
 
+from common.errors import UserError
 import logging
 import shutil
 import socket
@@ -25,10 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-REAL_PRIORS = ("stable_diffusion",)   # priors too slow on a CPU to fall back to it silently
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """The configured prior cannot get the device it needs here (one line: build, driver, key)."""
 
 
@@ -60,17 +60,19 @@ def cuda_status() -> str:
     return f"torch {torch.__version__} built for {cuda_build()}, {driver_version()} on {socket.gethostname()}"
 
 
-def require_device(cfg: "PriorConfig", device: str | torch.device | None = None) -> torch.device:
+def resolve_device(cfg: "PriorConfig", device: str | torch.device | None = None,
+                   needs_gpu: bool = False) -> torch.device:
     """The device the prior described by `cfg` runs on; raises DeviceError instead of falling back.
 
     `device` overrides `cfg.device` (e.g. an explicit "cpu" from a benchmark). 'auto' = CUDA when
-    usable; else the CPU for the toy priors or with `prior.allow_cpu: true`, an error otherwise.
+    usable; else the CPU, unless `needs_gpu` (the prior's spec: stages.priors.registry.require_device)
+    and not `prior.allow_cpu: true`: then an error.
     """
     want = str(device) if device is not None else (cfg.device or "auto")
     if want == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if cfg.name in REAL_PRIORS and not getattr(cfg, "allow_cpu", False):
+        if needs_gpu and not getattr(cfg, "allow_cpu", False):
             raise DeviceError(
                 f"prior {cfg.name!r} needs a CUDA GPU and none is usable here ({cuda_status()}); "
                 f"prior.device=auto does not fall back to the CPU for a real prior: run on a node "

@@ -2,7 +2,8 @@
 
 Why: `prior.model: toy` (or a local directory) is a name; retraining the weights behind it must
 give new asset ids, or a run silently mixes assets from two priors. So an asset id hashes the
-generation settings (`common.config.generation_hash`) together with `generation_inputs(cfg)`:
+generation settings (`stages.generation_id.generation_hash`) together with the content identity
+of what it reads (`stages.generation_id.generation_inputs`, asking each prior's spec):
 
 - a local diffusers directory (the shipped toy SD dirs, `prior.model=/path/dir`): the sha256 of
   every non-hidden file under it (relative path + bytes): weights, configs, tokenizer;
@@ -111,32 +112,18 @@ def _path_identity(model: str, revision: str = "") -> dict[str, Any]:
     return {"kind": "hub", "id": model, "revision": revision or None, "commit": commit}
 
 
-def _catalogue_digest(catalogue: str) -> str:
+def catalogue_digest(catalogue: str) -> str:
+    """sha256 of the toy catalogue file (empty = the shipped one), or 'missing:<path>'."""
     from stages.toyworld.catalogue import SHIPPED_CATALOGUE
 
     p = Path(catalogue).expanduser() if catalogue else SHIPPED_CATALOGUE
     return file_digest(p) if p.is_file() else f"missing:{p}"
 
 
-def prior_identity(cfg: "Config") -> dict[str, Any]:
-    """The content identity of the prior `cfg.prior` names (see the module docstring)."""
-    pc = cfg.prior
-    if pc.name == "toy_exact":
-        return {"kind": "toy_exact", "catalogue_sha256": _catalogue_digest(cfg.toy.catalogue)}
-    if pc.name == "toy_sd":
-        from stages.priors.stable_diffusion import toy_sd_model
-
-        return _path_identity(toy_sd_model(pc.model))
-    ident = _path_identity(pc.model, getattr(pc, "revision", ""))
-    if ident["kind"] == "file" and pc.single_file_config:
-        ident["single_file_config"] = _path_identity(pc.single_file_config)
+def model_identity(model: str, revision: str = "", single_file_config: str = "") -> dict[str, Any]:
+    """Identity of a model reference (a local directory, a local file, or a hub id at `revision`);
+    a single file's `single_file_config` counts too. What the Stable Diffusion priors use."""
+    ident = _path_identity(model, revision)
+    if ident["kind"] == "file" and single_file_config:
+        ident["single_file_config"] = _path_identity(single_file_config)
     return ident
-
-
-def generation_inputs(cfg: "Config") -> dict[str, Any]:
-    """Content identity of everything a generation reads besides its settings: the prior, and the
-    toy catalogue when `init.method=toy_shape` draws the initial shape from it."""
-    out: dict[str, Any] = {"prior": prior_identity(cfg)}
-    if cfg.init.method == "toy_shape":
-        out["toy_shape_catalogue_sha256"] = _catalogue_digest(cfg.toy.catalogue)
-    return out

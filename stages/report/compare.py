@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any, Iterable
 
 import numpy as np
@@ -50,9 +51,119 @@ def paired_frame(run: RunData, base: RunData) -> pd.DataFrame:
     return pd.merge(r, b, how="inner", left_index=True, right_index=True, suffixes=("_run", "_base"))
 
 
+# How two nights were paired (summary.json "pairing", shown on the page)
+PAIRING = {
+    "asset": "paired by asset (prompt, seed, method): bootstrap over shared assets of the per-asset difference",
+    "prompt": "no shared assets (other seeds): paired by prompt, bootstrap over shared (prompt, method) "
+              "of the difference of per-prompt means over seeds",
+}
+
+
+def _both_done(pairs: pd.DataFrame) -> pd.Series:
+    return (pairs["status_run"].astype(str) == "done") & (pairs["status_base"].astype(str) == "done")
+
+
+def prompt_frame(run: RunData, base: RunData) -> pd.DataFrame:
+    """(prompt, method) shared by both runs: per-prompt means over seeds of each metric (done assets)
+    and the done fraction, columns suffixed _run / _base; status_* is 'done' where any asset is."""
+    def means(r: RunData) -> pd.DataFrame:
+        df = r.df.copy()
+        df["_done"] = (df["status"].astype(str) == "done").astype(float)
+        key = [df["prompt"].astype(str).rename("prompt"), df["method"].astype(str).rename("method")]
+        out = df.groupby(key)[["_done"]].mean().rename(columns={"_done": "done_rate"})
+        done = df[df["_done"] > 0]
+        ms = [m for m in r.metrics() if m in done]
+        if ms:
+            vals = done[ms].apply(pd.to_numeric, errors="coerce")
+            out = out.join(vals.groupby([done["prompt"].astype(str).rename("prompt"),
+                                         done["method"].astype(str).rename("method")]).mean(), how="left")
+        out["status"] = np.where(out["done_rate"] > 0, "done", "failed")
+        out["n_assets"] = df.groupby(key).size()
+        # the first done asset of each prompt stands for it on the contact sheet
+        cols = [c for c in ("asset_id", "seed", "asset_uri", "frames_uri", "video_uri", "sheet_uri") if c in done]
+        if cols:
+            out = out.join(done.groupby([done["prompt"].astype(str).rename("prompt"),
+                                         done["method"].astype(str).rename("method")])[cols].first(), how="left")
+        return out
+    return pd.merge(means(run), means(base), how="inner", left_index=True, right_index=True,
+                    suffixes=("_run", "_base"))
+
+
+def pairing_rule(pairs: pd.DataFrame, rcfg) -> str:
+    """'asset' when enough assets are shared (done in both), else 'prompt'."""
+    return "asset" if int(_both_done(pairs).sum()) >= rcfg.min_pairs else "prompt"
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def decide_with_se(metric: str, run_v: float | None, run_se: float | None, base_v: float | None,
+                   base_se: float | None, *, threshold: float | None, confidence: float, rule: str,
+                   n_note: str) -> regression.MetricDecision:
+    """A set-level metric with a measured standard error per night (KID): the difference and its
+    normal CI (SEs of independent nights add in quadrature), decided by the same rules as
+    regression.decide. Without an SE on either side: insufficient, never gated."""
+    sgn = regression.direction(metric) if metric != "kid" else -1
+    dname = "higher" if sgn > 0 else "lower"
+    if run_v is None or base_v is None:
+        return regression.MetricDecision(metric, dname, 0, run_v, base_v, None, None, None, threshold,
+                                         "insufficient", False, method="se",
+                                         note=f"{metric} missing in run or baseline ({n_note})")
+    diff = float(run_v - base_v)
+    if run_se is None or base_se is None:
+        return regression.MetricDecision(metric, dname, 0, run_v, base_v, diff, None, None, threshold,
+                                         "insufficient", False, method="se",
+                                         note=f"no standard error (one asset?): not gated ({n_note})")
+    se = math.hypot(run_se, base_se)
+    lo, hi = diff - _z(confidence) * se, diff + _z(confidence) * se
+    c_mean = sgn * diff
+    c_lo, c_hi = (lo, hi) if sgn > 0 else (-hi, -lo)
+    t = 0.0 if threshold is None else float(threshold)
+    if rule == "ci_beyond_threshold":
+        worse, better = c_hi < -t, c_lo > t
+    else:
+        worse, better = c_hi < 0 and c_mean < -t, c_lo > 0 and c_mean > t
+    gated = threshold is not None
+    status = ("regressed" if gated else "worse") if worse else ("improved" if better else "ok")
+    return regression.MetricDecision(metric, dname, 0, run_v, base_v, diff, lo, hi, threshold, status,
+                                     bool(worse and gated), method="se",
+                                     note=f"± SE {se:.3g} (bootstrap over assets); {n_note}"
+                                          + ("" if gated else "; no threshold: not gated"))
+
+
+def _set_level(run: RunData, base: RunData, rcfg, thresholds: dict) -> list[regression.MetricDecision]:
+    """KID decides (with its SE); FID is shown with its image counts, never gated (a point estimate)."""
+    out = []
+    ri, bi = run.fid_info, base.fid_info
+    n_note = (f"n = {_n(ri.get('kid_n_images'))} images / {_n(ri.get('kid_n_assets'))} assets vs "
+              f"{_n(bi.get('kid_n_images'))} / {_n(bi.get('kid_n_assets'))}")
+    if ri.get("kid") is not None or bi.get("kid") is not None:
+        out.append(decide_with_se("kid", ri.get("kid"), ri.get("kid_se"), bi.get("kid"), bi.get("kid_se"),
+                                  threshold=thresholds.get("kid"), confidence=rcfg.confidence,
+                                  rule=rcfg.rule, n_note=n_note))
+    if run.fid is not None or base.fid is not None:
+        d = regression.decide_point("fid", run.fid, base.fid, threshold=None)
+        d.note = (f"point estimate from n = {_n(ri.get('n_generated'))} vs {_n(bi.get('n_generated'))} "
+                  f"generated images (reference {_n(ri.get('n_reference'))}): biased upward at small n, "
+                  f"no uncertainty, shown and never gated (KID decides)"
+                  + ("; report.thresholds.fid is ignored" if "fid" in thresholds else ""))
+        out.append(d)
+    return out
+
+
+def _n(v: Any) -> str:
+    return "?" if v is None else str(int(v))
+
+
 def compare(run: RunData, base: RunData, rcfg) -> tuple[list[regression.MetricDecision], pd.DataFrame]:
+    """Per-metric decisions and the frame they were made on (its attrs["pairing"]: 'asset' or 'prompt')."""
     thresholds = _check_thresholds(rcfg)
     pairs = paired_frame(run, base)
+    pairing = pairing_rule(pairs, rcfg)
+    if pairing == "prompt":
+        pairs = prompt_frame(run, base)
+    pairs.attrs["pairing"] = pairing
     kw = dict(n_boot=rcfg.n_boot, confidence=rcfg.confidence, rule=rcfg.rule, min_pairs=rcfg.min_pairs)
     decisions = []
     base_metrics, run_metrics = set(base.metrics()), set(run.metrics())
@@ -68,18 +179,26 @@ def compare(run: RunData, base: RunData, rcfg) -> tuple[list[regression.MetricDe
                 m, "higher", 0, None, None, None, None, None, thr, "insufficient", False,
                 note="metric absent in baseline"))
             continue
-        ok = (pairs["status_run"].astype(str) == "done") & (pairs["status_base"].astype(str) == "done")
-        sub = pairs[ok]
+        sub = pairs[_both_done(pairs)]
         rv = pd.to_numeric(sub[f"{m}_run"], errors="coerce").to_numpy(dtype=float)
         bv = pd.to_numeric(sub[f"{m}_base"], errors="coerce").to_numpy(dtype=float)
-        decisions.append(regression.decide(m, rv, bv, threshold=thr, seed=rcfg.seed + i, **kw))
+        d = regression.decide(m, rv, bv, threshold=thr, seed=rcfg.seed + i, **kw)
+        if pairing == "prompt":
+            d.method, d.note = "paired_bootstrap_by_prompt", ("; ".join(
+                x for x in (f"{d.n} prompts, per-prompt means over seeds", d.note) if x))
+        decisions.append(d)
     if len(pairs):
-        rd = (pairs["status_run"].astype(str) == "done").to_numpy(dtype=float)
-        bd = (pairs["status_base"].astype(str) == "done").to_numpy(dtype=float)
-        decisions.append(regression.decide("done_rate", rd, bd, threshold=thresholds.get("done_rate"),
-                                           seed=rcfg.seed + 100, **kw))
-    if run.fid is not None or base.fid is not None:
-        decisions.append(regression.decide_point("fid", run.fid, base.fid, threshold=thresholds.get("fid")))
+        if pairing == "asset":
+            rd = (pairs["status_run"].astype(str) == "done").to_numpy(dtype=float)
+            bd = (pairs["status_base"].astype(str) == "done").to_numpy(dtype=float)
+        else:
+            rd, bd = pairs["done_rate_run"].to_numpy(float), pairs["done_rate_base"].to_numpy(float)
+        d = regression.decide("done_rate", rd, bd, threshold=thresholds.get("done_rate"),
+                              seed=rcfg.seed + 100, **kw)
+        if pairing == "prompt":
+            d.method = "paired_bootstrap_by_prompt"
+        decisions.append(d)
+    decisions += _set_level(run, base, rcfg, thresholds)
     return decisions, pairs
 
 

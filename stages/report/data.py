@@ -5,6 +5,7 @@ A report input is a run directory, its `manifest/` directory, or a `.parquet` fi
 
 from __future__ import annotations
 
+from common.errors import UserError
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ KEY = ("prompt", "seed", "method")
 STATUSES = ("done", "failed", "rejected")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Bad report input (missing manifest, unreadable file, bad option); the message says which."""
 
 
@@ -150,6 +151,7 @@ class RunData:
     time: pd.Timestamp | None = None
     fid: float | None = None
     extra: dict = field(default_factory=dict)
+    fid_info: dict = field(default_factory=dict)  # metrics/fid.json: image counts, KID and its SE
 
     def counts(self) -> dict[str, int]:
         vc = self.df["status"].astype(str).value_counts()
@@ -192,7 +194,10 @@ class RunData:
                 "renderers": ({str(k): int(v) for k, v in df["renderer"].dropna().astype(str)
                                .value_counts().items()} if "renderer" in df.columns else {}),
                 "code_versions": uniq("code_version"), "config_hashes": uniq("config_hash"),
-                "fid": self.fid, "stopped": self.extra.get("stopped") or None}
+                "generation_hashes": uniq("generation_hash"),
+                "fid": self.fid, **{f"fid_{k}" if not k.startswith("kid") else k: v
+                                    for k, v in self.fid_info.items()},
+                "stopped": self.extra.get("stopped") or None}
 
 
 def _read_json(uri: str) -> Any | None:
@@ -207,15 +212,28 @@ def _read_json(uri: str) -> Any | None:
         return None
 
 
-def _run_fid(root: str) -> float | None:
-    """Run-level FID from metrics/fid.json ({"fid": x} or a bare number); None when absent."""
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+# what the report reads from metrics/fid.json besides the FID itself (set-level metrics and their n)
+FID_INFO_KEYS = ("n_generated", "n_reference", "kid", "kid_se", "kid_n_images", "kid_n_assets",
+                 "kid_n_reference", "kid_boot")
+
+
+def _run_fid(root: str) -> tuple[float | None, dict]:
+    """(FID, {n_generated, n_reference, kid, kid_se, ...}) from metrics/fid.json ({"fid": x, ...}
+    or a bare number); (None, {}) when absent. Non-numeric values are dropped."""
     data = _read_json(join_uri(root, "metrics", "fid.json"))
     val = data.get("fid") if isinstance(data, dict) else data
-    if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
-        return float(val)
-    if data is not None:
+    info = {k: _num(data.get(k)) for k in FID_INFO_KEYS} if isinstance(data, dict) else {}
+    info = {k: (int(v) if k.startswith(("n_", "kid_n_", "kid_boot")) else v)
+            for k, v in info.items() if v is not None}
+    if _num(val) is not None:
+        return float(val), info
+    if data is not None and info.get("kid") is None:
         log.warning("metrics/fid.json under %s has no numeric 'fid'; FID not compared", root)
-    return None
+    return None, info
 
 
 def load_run(uri: str) -> RunData:
@@ -236,8 +254,11 @@ def load_run(uri: str) -> RunData:
     stopped = ({k: run_json.get(k) for k in ("status", "error")}
                if isinstance(run_json, dict) and run_json.get("status") in ("failed", "interrupted")
                else {})
-    return RunData(uri=uri, root=root, df=df, label=label, time=t, fid=_run_fid(root),
-                   extra={"stopped": stopped} if stopped else {})
+    fid, fid_info = _run_fid(root)
+    extra = {"stopped": stopped} if stopped else {}
+    if isinstance(run_json, dict):
+        extra["run_json"] = run_json
+    return RunData(uri=uri, root=root, df=df, label=label, time=t, fid=fid, extra=extra, fid_info=fid_info)
 
 
 def _same(a: str, b: str) -> bool:

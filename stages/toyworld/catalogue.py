@@ -7,6 +7,7 @@ primitives sampled uniformly on their surfaces; the generator is seeded from the
 
 from __future__ import annotations
 
+from common.errors import UserError
 import hashlib
 import json
 import math
@@ -34,7 +35,13 @@ _VIEW_SUFFIX = re.compile(r",\s*(front|side|back|overhead|bottom) view\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
-class CatalogueError(ValueError):
+def prompt_key(name_or_prompt: str) -> str:
+    """What a prompt is looked up by: lowercased, trimmed, a trailing ', front view' etc. removed
+    (toy_exact's "tokenizer": stages.priors.tokens asks it whether case matters)."""
+    return _VIEW_SUFFIX.sub("", str(name_or_prompt).strip().lower()).strip()
+
+
+class CatalogueError(UserError, ValueError):
     """A malformed catalogue file or an unknown object; the message names the value and a fix."""
 
 
@@ -84,7 +91,7 @@ class Catalogue:
 
     def get(self, name_or_prompt: str) -> ObjectSpec:
         """Look up by name or prompt (case-insensitive; a trailing ', front view' etc. is ignored)."""
-        key = _VIEW_SUFFIX.sub("", str(name_or_prompt).strip().lower()).strip()
+        key = prompt_key(name_or_prompt)
         if key in self.by_key:
             return self.by_key[key]
         import difflib

@@ -104,7 +104,7 @@ def write_tokenizer(out_dir: Path, prompts: list[str], max_tokens: int) -> None:
 
 
 def training_prompt(prompt: str, azimuth_deg: float, u: float, p: TrainParams) -> str:
-    from stages.priors.views import view_suffix
+    from stages.view_words import view_suffix
 
     if u < p.p_empty:
         return ""

@@ -59,7 +59,7 @@ def latent_unet_params() -> TrainParams:
 
 def default_out_dir() -> Path:
     """The shipped toy SD directory: what `sctd3d toy train-prior` writes is what the package ships."""
-    from stages.priors.stable_diffusion import TOY_SD_DIR
+    from stages.toyworld import TOY_SD_DIR
 
     return TOY_SD_DIR
 

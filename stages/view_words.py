@@ -1,7 +1,9 @@
 """View-dependent prompt words: which of front / side / back a camera azimuth sees.
 
-Why its own module: the view words are shared by the guidance (CFG suffixes, Perp-Neg's
-interpolation) and by the toy SD's training captions, which must use the same words.
+Why its own module, beside the stages sub-packages: the view words are shared by the guidance
+(stages/priors: CFG suffixes, Perp-Neg's interpolation) and by the toy SD's training captions
+(stages/toyworld/prior_training), which must use the same words; the toy world sits below the
+priors (toy_exact is built from it), so it may not import stages.priors.
 """
 
 from __future__ import annotations
