@@ -27,10 +27,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 # Point-E at a pinned commit, without its dependencies: the ones its used modules import are the
-# project's own, and its `clip @ git+https://github.com/openai/CLIP.git` would overwrite the `clip`
-# module of `openai-clip` (pyproject), which ImageReward imports; Point-E calls the same API
-# (`clip.load(name, device, download_root=...)`, `clip.tokenize`) of that one `clip`.
-POINT_E_INSTALL = ('pip install --no-deps "point-e @ git+https://github.com/openai/point-e.git'
+# project's own, except `clip`, which comes pinned from PyPI (openai-clip 1.0.1: OpenAI's CLIP code,
+# the `clip.load(name, device, download_root=...)` / `clip.tokenize` API Point-E calls) instead of
+# Point-E's unpinned `clip @ git+https://github.com/openai/CLIP.git`, which would install a second
+# distribution over the same `clip` module.
+POINT_E_INSTALL = ('pip install --no-deps openai-clip==1.0.1 "point-e @ git+https://github.com/openai/point-e.git'
                    f'@{POINT_E_COMMIT}"')
 
 
