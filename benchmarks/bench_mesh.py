@@ -7,7 +7,8 @@ MeshConfig defaults (128^3 grid, 1e5 faces, 1024^2 texture, baked from 3 x 24 vi
 timed end to end (grid, marching cubes, decimation, xatlas, bake, GLB bytes), then fidelity on the
 export orbit (8 views, elevation 15, radius 3.5, fovy 0.6): mask IoU and PSNR (over white) of the
 mesh vs the splat renders. Splats are the truth here, so "PSNR within 2 dB of splat-vs-truth"
-reads as mesh-vs-splat PSNR. Peak memory = the process's peak RSS (ru_maxrss) after each object.
+reads as mesh-vs-splat PSNR. CPU s = process CPU time (all threads): on a shared machine the
+wall time depends on the load; on a quiet machine wall ~ CPU s / threads. Peak memory = the process's peak RSS (ru_maxrss) after each object.
 Prints a markdown table for benchmarks/RESULTS.md ("Meshes").
 """
 
@@ -36,18 +37,18 @@ def main() -> None:
     cfg = mesh_config(opts)
     print(f"MeshConfig {cfg}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"{dt.date.today()}")
-    print("| object | Gaussians | s/asset | peak RSS GB | faces | vertices | watertight | "
+    print("| object | Gaussians | s/asset (wall) | CPU s/asset | peak RSS GB | faces | vertices | watertight | "
           "GLB MB | mask IoU | PSNR dB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.objects.split(","):
         g = build_object(name)
         asset = SplatAsset(asset_id=name, ply=b"", gaussians=g, prompt=name,
                            options={"mesh": opts, "orbit": {}})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         data, st = glb_bytes(asset)
-        s = time.perf_counter() - t0
+        s, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-        print(f"| {name} | {g.num():,} | {s:.1f} | {rss:.2f} | {st['mesh_faces']:,} | "
+        print(f"| {name} | {g.num():,} | {s:.1f} | {cpu:.1f} | {rss:.2f} | {st['mesh_faces']:,} | "
               f"{st['mesh_vertices']:,} | {st['mesh_watertight']} | {len(data) / 1e6:.2f} | "
               f"{st['mesh_mask_iou']:.3f} | {st['mesh_psnr']:.1f} |", flush=True)
 

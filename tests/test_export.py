@@ -308,10 +308,10 @@ def test_interrupted_export_resumes_and_keeps_finished_assets(tmp_path, monkeypa
     real = asset_mod.build_asset
     victim = asset_id(1)
 
-    def crash_on_victim(aid, ply, spec):
+    def crash_on_victim(aid, ply, spec, *rest):
         if aid == victim:
             raise KeyboardInterrupt("worker killed")  # an interruption, not a bad asset
-        return real(aid, ply, spec)
+        return real(aid, ply, spec, *rest)
 
     monkeypatch.setattr(export_mod, "build_asset", crash_on_victim)
     with pytest.raises(KeyboardInterrupt):
