@@ -14,7 +14,7 @@ import pytest
 from common.config import load_config
 from pipeline.run import run_batch
 from stages import faults
-from stages.report import build_report, read_manifest
+from stages.report import ReportError, build_report, read_manifest
 
 PROMPTS = ["a red cube", "a green sphere", "a blue cone"]
 CI = ["generate.iterations=80", "generate.save_ply_at=[80]", "generate.checkpoint_every=0",
@@ -30,9 +30,10 @@ def _run(tmp_path, name: str, overrides: list[str] = ()) -> str:
     return out
 
 
-def _report(tmp_path, run: str, base: str) -> int:
+def _report(tmp_path, run: str, base: str, allow_config_change: bool = False) -> int:
     cfg = load_config("nightly_toy.yaml")
-    return build_report(run, str(tmp_path / "rep" / f"{run.rsplit('/', 1)[-1]}.html"), baseline=base, cfg=cfg)
+    return build_report(run, str(tmp_path / "rep" / f"{run.rsplit('/', 1)[-1]}.html"), baseline=base, cfg=cfg,
+                        allow_config_change=allow_config_change)
 
 
 def _metrics(run: str) -> pd.DataFrame:
@@ -65,7 +66,10 @@ def test_clean_rerun_is_identical_and_not_flagged(runs):
 @pytest.mark.parametrize("fault", ["distill_sign", "iters_half"])
 def test_injected_regression_is_flagged(runs, fault):
     tmp, r = runs
-    assert _report(tmp, r[fault], r["clean"]) == 1
+    if fault == "iters_half":  # a config change: never a silent comparison (issue 26.12), compared when asked
+        with pytest.raises(ReportError, match="allow-config-change"):
+            _report(tmp, r[fault], r["clean"])
+    assert _report(tmp, r[fault], r["clean"], allow_config_change=fault == "iters_half") == 1
     d = _metrics(r[fault])["toy_psnr"].mean() - _metrics(r["clean"])["toy_psnr"].mean()
     assert d < -load_config("nightly_toy.yaml").report.thresholds["toy_psnr"]
 
