@@ -75,7 +75,7 @@ def count_flops(fn) -> int:
 
 def record(component: str, a, ms: float, flops: int | None, **extra) -> dict:
     rec = {"component": component, "device": device_name(a.device), **extra, "ms": round(ms, 3),
-           "gflop": round(flops / 1e9, 3) if flops is not None else "n/a",
+           "flops": flops if flops is not None else "n/a",
            "tflops_achieved": float(f"{flops / (ms / 1e3) / 1e12:.4g}") if flops and ms > 0 else "n/a"}
     print(json.dumps(rec), flush=True)
     return rec

@@ -36,9 +36,9 @@ def test_cpu_smoke_runs_the_benchmark_and_two_prompts(tiny_sd_dir, tmp_path):
     comps = {x["component"]: x for x in lines if "component" in x}
     assert sorted(comps) == ["host_syncs_per_iteration", "unet_forward", "vae_encode_fwd_bwd"], comps
     for k in ("unet_forward", "vae_encode_fwd_bwd"):
-        assert comps[k]["ms"] > 0 and comps[k]["gflop"] > 0
-        assert comps[k]["tflops_achieved"] == float(f"{comps[k]['gflop'] * 1e9 / (comps[k]['ms'] / 1e3) / 1e12:.4g}") or \
-            abs(comps[k]["tflops_achieved"] / (comps[k]["gflop"] / comps[k]["ms"]) - 1) < 0.01
+        c = comps[k]
+        assert c["ms"] > 0 and c["flops"] > 1e6  # the tiny SD's UNet: ~4e7 FLOPs per forward
+        assert c["tflops_achieved"] == pytest.approx(c["flops"] / (c["ms"] / 1e3) / 1e12, rel=1e-3)
     assert comps["unet_forward"]["latent"] == [4, 8, 8]
     assert comps["host_syncs_per_iteration"]["median"] == "n/a" and "ran 2 iterations" in comps["host_syncs_per_iteration"]["reason"]
     assert "# gsplat_fwd_bwd skipped: gsplat's rasteriser needs CUDA" in r.stdout
