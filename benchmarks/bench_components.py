@@ -162,12 +162,15 @@ def bench_syncs(a) -> dict:
     sites: list[collections.Counter] = [collections.Counter()]
     root = str(ROOT)
 
+    show = warnings.showwarning
+
     def on_warning(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
-            return
+            return show(message, category, filename, lineno, file, line)
         per_it[-1] += 1
         where = [f"{Path(f.filename).relative_to(root)}:{f.lineno}" for f in traceback.extract_stack()
-                 if f.filename.startswith(root) and "/benchmarks/" not in f.filename]
+                 if f.filename.startswith(root + "/")
+                 and "/benchmarks/" not in f.filename and "-packages/" not in f.filename]
         sites[-1][where[-1] if where else f"{filename}:{lineno}"] += 1
 
     real_check = deadline.check
