@@ -14,13 +14,18 @@
 #   4. the gsplat-vs-torch backend test (tests/test_render.py, cuda-marked);
 #   5. two prompts through `sctd3d generate` on the GPU (5.1, 5.2) (generation only: `sctd3d run` needs
 #      pyarrow for its manifest, which is not carried).
+#   6. benchmarks/bench_components.py: one UNet forward at batch 4 and 8, the VAE encoder forward +
+#      backward at 4 x 512 px (ms, FLOPs from FlopCounterMode, achieved TFLOP/s), gsplat forward +
+#      backward at 81,920 and 327,680 Gaussians (ms);
+#   7. host syncs per generate iteration (SCTD, 10 iterations) under torch.cuda.set_sync_debug_mode;
+#   8. eager vs prior.compile UNet time (benchmarks/bench_compile.py; last, optional).
 # Every step runs under what is left of the budget (GPU_CHECK_BUDGET_S, default 480 s on the GPU,
 # 3600 s for the CPU smoke run); a step cut
 # short fails with exit 124. Exit 0 when every step passed; the summary names each step's status.
 #
 #   bash scripts/gpu_check_wheels.sh                # here, once: fetch the wheels (gpu_check_wheels/)
 #   bash benchmarks/gpu_check.sh                    # on the GPU machine (from the repository root)
-#   bash benchmarks/gpu_check.sh --cpu-smoke DIR    # CPU smoke run of steps 0, 3 and 5 on the
+#   bash benchmarks/gpu_check.sh --cpu-smoke DIR    # CPU smoke run of steps 0, 3, 5-7 on the
 #                                                   # diffusers SD in DIR at toy size (what CI tests)
 # Env: PY (default .venv/bin/python when present, else python3), GPU_CHECK_WHEELS (default
 #      gpu_check_wheels), GPU_CHECK_OUT (work folder, default a new temp dir), GPU_CHECK_BUDGET_S,
@@ -119,6 +124,25 @@ for PROMPT in "a red cube" "a blue sphere"; do  # Point-E weights need the netwo
         --quiet --config sd21.yaml --set "prior.model=$MODEL" --set init.method=ball \
         --set "generate.iterations=$RUN_ITERS" --set generate.save_ply_at=[] "${RUN_SETS[@]}"
 done
+
+# 6-8 (issue 21): component timings + achieved TFLOP/s, host syncs per iteration, eager vs compiled UNet
+if [[ $MODE == gpu ]]; then
+    COMP_ARGS=(--unet-batches 4,8 --vae-batch 4 --gaussians 81920,327680 --views 4 --reps 10 --warm 3)
+    SYNC_ARGS=(--syncs 10 --gaussians 81920 --views 4)
+else
+    COMP_ARGS=(--unet-batches 1 --vae-batch 1 --reps 1 --warm 0)
+    SYNC_ARGS=(--syncs 2 --gaussians 256 --views 1)
+fi
+step "6 component timings (UNet, VAE, gsplat)" "$PY" benchmarks/bench_components.py --model "$MODEL" \
+    --device "$DEVICE" --size "$SIZE" "${COMP_ARGS[@]}"
+step "7 host syncs per iteration (sync debug)" "$PY" benchmarks/bench_components.py --model "$MODEL" \
+    --device "$DEVICE" --size "$SIZE" "${SYNC_ARGS[@]}"
+if [[ $MODE == gpu ]]; then  # last: optional, compile time is the longest part (cut by the budget)
+    step "8 eager vs prior.compile UNet" "$PY" benchmarks/bench_compile.py --model "$MODEL" \
+        --modes none,default,reduce-overhead --calls 10
+else
+    skip "8 eager vs prior.compile UNet" "needs CUDA"
+fi
 
 echo; echo "=== summary ($MODE, work folder $OUT)"
 printf '%s\n' "${SUMMARY[@]}" | sort -s -n -k1,1

@@ -29,8 +29,19 @@ def _check(model: str, out: Path, py: str = sys.executable, **env_extra) -> subp
 def test_cpu_smoke_runs_the_benchmark_and_two_prompts(tiny_sd_dir, tmp_path):
     r = _check(str(tiny_sd_dir), tmp_path / "check")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    recs = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    recs = [x for x in lines if "config" in x]
     assert [x["config"] for x in recs] == ["sd21/sds", "sd21/sctd"]
+    # steps 6-7 (bench_components.py, CPU mode): FLOPs counted, not hard-coded; no gsplat, no CUDA syncs
+    comps = {x["component"]: x for x in lines if "component" in x}
+    assert sorted(comps) == ["host_syncs_per_iteration", "unet_forward", "vae_encode_fwd_bwd"], comps
+    for k in ("unet_forward", "vae_encode_fwd_bwd"):
+        c = comps[k]
+        assert c["ms"] > 0 and c["flops"] > 1e6  # the tiny SD's UNet: ~4e7 FLOPs per forward
+        assert c["tflops_achieved"] == pytest.approx(c["flops"] / (c["ms"] / 1e3) / 1e12, rel=1e-3)
+    assert comps["unet_forward"]["latent"] == [4, 8, 8]
+    assert comps["host_syncs_per_iteration"]["median"] == "n/a" and "ran 2 iterations" in comps["host_syncs_per_iteration"]["reason"]
+    assert "# gsplat_fwd_bwd skipped: gsplat's rasteriser needs CUDA" in r.stdout
     for x in recs:
         assert {"s_per_it", "peak_memory_mb", "projected_min_per_5000_it", "meets_6_min_goal"} <= set(x)
         assert x["projected_min_per_5000_it"] == round(x["s_per_it"] * 5000 / 60, 2)
@@ -40,6 +51,8 @@ def test_cpu_smoke_runs_the_benchmark_and_two_prompts(tiny_sd_dir, tmp_path):
     assert "3 bench_generate sd21 (sds, sctd)            ok" in summary
     assert '5.1 sctd3d generate "a red cube"             ok' in summary
     assert '5.2 sctd3d generate "a blue sphere"          ok' in summary
+    assert "6 component timings (UNet, VAE, gsplat)      ok" in summary
+    assert "7 host syncs per iteration (sync debug)      ok" in summary
     assert "skipped (needs CUDA)" in summary
     assert "installed from wheels: nothing (all present)" in r.stderr
     import transformers
@@ -66,7 +79,7 @@ def test_a_failing_step_fails_the_check(tmp_path):
     r = _check(str(tmp_path / "model"), tmp_path / "check", py=_fake_python(tmp_path, "exit 3"))
     assert r.returncode == 1
     summary = r.stdout[r.stdout.index("=== summary"):]
-    assert summary.count("FAILED (exit 3)") == 3 and summary.count("skipped") == 3
+    assert summary.count("FAILED (exit 3)") == 5 and summary.count("skipped") == 4
     assert "0 environment: machine packages + wheels     ok" in summary
 
 
@@ -85,7 +98,7 @@ def test_the_budget_cuts_a_step_short(tmp_path):
                GPU_CHECK_BUDGET_S="5")
     assert r.returncode == 1
     summary = r.stdout[r.stdout.index("=== summary"):]
-    assert summary.count("FAILED (exit 124)") == 3, summary
+    assert summary.count("FAILED (exit 124)") == 5, summary
 
 
 # ---- step 0: scripts/gpu_check_env.py --------------------------------------------------------
