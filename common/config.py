@@ -259,7 +259,7 @@ class PipelineConfig:
     connect_timeout_s: float = _f(30.0, lo=1.0, doc="ray: give up connecting to --address after this long")
 
 
-KID_THRESHOLD = 0.01  # measured: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
+KID_THRESHOLD = 0.01  # 0/206 false alarms on clean nights: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
 
 
 @dataclass
