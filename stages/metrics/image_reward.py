@@ -227,6 +227,8 @@ def load_image_reward(mc: MetricsConfig, arch: dict | None = None) -> ImageRewar
 
 def load_tokenizer(name_or_dir: str):
     from transformers import BertTokenizer
+    from stages.priors.hf_quiet import quiet
+    quiet()  # no library progress bars / advisories on stderr (stages/priors/hf_quiet.py)
 
     try:
         tok = BertTokenizer.from_pretrained(name_or_dir)

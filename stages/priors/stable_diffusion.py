@@ -315,6 +315,8 @@ def _read_json(path: Path) -> dict:
 def _load_diffusers_dir(path: Path, model_id: str, torch_dtype: torch.dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+    from stages.priors.hf_quiet import quiet
+    quiet()  # no library progress bars / advisories on stderr (stages/priors/hf_quiet.py)
     for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise PriorLoadError(f"{model_id}: {path} has no {sub}/ folder; a diffusers SD checkpoint needs "
@@ -336,6 +338,8 @@ def _load_diffusers_dir(path: Path, model_id: str, torch_dtype: torch.dtype):
 def _load_single_file(path: Path, config: str, torch_dtype: torch.dtype):
     """One original-format .safetensors checkpoint (e.g. an SD 1.5 fine-tune) via diffusers' converter."""
     from diffusers import StableDiffusionPipeline
+    from stages.priors.hf_quiet import quiet
+    quiet()  # no library progress bars / advisories on stderr (stages/priors/hf_quiet.py)
     offline = not hub_reachable()
     try:
         pipe = StableDiffusionPipeline.from_single_file(

@@ -56,6 +56,8 @@ def _lowercased(model: str, revision: str, must_exist: bool) -> bool:
             return False
         folder = str(Path(hit).parent.parent)
     from transformers import CLIPTokenizer
+    from stages.priors.hf_quiet import quiet
+    quiet()  # no library progress bars / advisories on stderr (stages/priors/hf_quiet.py)
 
     try:
         tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
@@ -89,6 +91,8 @@ def clip_token_limit(model: str, revision: str = "", must_exist: bool = False
         log.warning("token-limit check skipped: %s has no tokenizer/ folder", model)
         return None, None
     from transformers import CLIPTokenizer
+    from stages.priors.hf_quiet import quiet
+    quiet()  # no library progress bars / advisories on stderr (stages/priors/hf_quiet.py)
 
     try:
         tok = CLIPTokenizer.from_pretrained(str(local) if local.is_dir() else model,
