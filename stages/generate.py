@@ -13,6 +13,7 @@ Outputs in `asset_dir`: asset.ply, asset_it{N}.ply, checkpoints/, meta.json.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class _Loop:
     ident: dict
     elapsed0: float
     t_start: float = field(default_factory=time.perf_counter)
+    points: list = field(default_factory=list)  # the training curve: one dict per logging iteration
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.t_start
@@ -148,6 +150,7 @@ class _Loop:
                             "retry %d/%d with noise seed %d", self.out, it, e, last_good.iteration, attempt,
                             g.nan_retries, opt.noise_seed)
                 it = last_good.iteration
+                self.points = [p for p in self.points if p["it"] <= it]  # the rolled-back stretch
                 if bar is not None:
                     bar.n = it
                     bar.refresh()
@@ -166,11 +169,22 @@ class _Loop:
     def _log(self, it: int, terms: dict, bar) -> None:
         read_terms(self.opt.history)                    # the one device read of logging iterations
         n = self.opt.gaussians.num()
+        self.points.append({"it": it, "gaussians": n,
+                            **{k: float(v) for k, v in terms.items() if isinstance(v, (int, float))}})
         if bar is not None:
             bar.set_postfix({"N": n, "grad": f"{terms['grad_norm']:.3g}",
                              **{k: f"{v:.3g}" for k, v in terms.items() if k.endswith("_norm") and k != "grad_norm"}})
         log.info("generate %s", json.dumps({"asset": str(self.out), "it": it, "of": self.gcfg.iterations,
                                             "gaussians": n, **{k: round(v, 6) for k, v in terms.items()}}))
+
+
+def curve_of(points: list[dict]) -> dict[str, list]:
+    """The logged points as columns {"it": [...], "gaussians": [...], "<term>": [...]} (None where a
+    term was not logged), for meta.json's `curve`: what the report draws. Only the iterations logged
+    in this process (a resumed asset's curve starts at its checkpoint)."""
+    keys = ["it", "gaussians"] + sorted({k for p in points for k in p} - {"it", "gaussians"})
+    return {k: [p.get(k) if p.get(k) is None or math.isfinite(p[k]) else None for p in points]
+            for k in keys}
 
 
 def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True, *,
@@ -236,6 +250,7 @@ def generate(cfg, prompt: str, seed: int, asset_dir: str, progress: bool = True,
         "retries": opt.attempt, "noise_seed": opt.noise_seed, "resumed_from": resumed_from,
         "device": str(opt.device), "renderer": resolve_backend(gcfg.render_backend, opt.device),
         "terms": summarise_terms(opt.history),
+        "curve": curve_of(loop.points),
         "deviations": list(getattr(cfg, "deviations", [])),
         "status": "done" if error is None else "failed", "error": error,
     }

@@ -320,6 +320,19 @@ def test_logged_terms_are_every_iterations_values(tmp_path):
     assert t["min"] <= t["first10pct"] <= t["max"] and t["min"] < t["max"]   # 12 distinct values
 
 
+def test_meta_records_the_training_curve_at_each_logging_iteration(tmp_path):
+    """meta.json's `curve` (what the report draws): one point per logging iteration with the Gaussian
+    count and the terms logged there, equal to the log's values."""
+    cfg = tiny_cfg("generate.method=sds", "generate.log_every=5", "generate.checkpoint_every=0")
+    res = generate(cfg, "a red square", 3, str(tmp_path), progress=False, prior=FakePrior())
+    c = json.loads((tmp_path / "meta.json").read_text())["curve"]
+    assert c["it"] == [5, 10, 12]                      # every 5th iteration and the last
+    assert c["gaussians"][-1] == res.num_gaussians
+    assert len(c["sds_norm"]) == 3 and all(math.isfinite(v) and v > 0 for v in c["sds_norm"])
+    t = res.meta["terms"]["sds_norm"]
+    assert all(t["min"] <= v <= t["max"] for v in c["sds_norm"])
+
+
 class CountingTokensPrior(FakePrior):
     def __init__(self):
         super().__init__()
