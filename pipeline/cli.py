@@ -69,15 +69,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if getattr(res, "ok", True) else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run import run_batch
-
+def _executor_overrides(args: argparse.Namespace) -> list[str]:
+    """--executor / --num-workers as config overrides (run and evaluate take them alike)."""
     extra = []
     if args.executor is not None:
         extra.append(f"pipeline.executor={args.executor}")
     if args.num_workers is not None:
         extra.append(f"pipeline.num_workers={args.num_workers}")
-    cfg = _cfg(args, extra)
+    return extra
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_batch
+
+    cfg = _cfg(args, _executor_overrides(args))
     summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
                         address=args.address, num_workers=cfg.pipeline.num_workers or None,
                         storage_options=_storage_options(args), redo=args.redo)
@@ -151,12 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import EvaluateError, evaluate, evaluate_run, resolve_target
 
-    extra = []
-    if args.executor is not None:
-        extra.append(f"pipeline.executor={args.executor}")
-    if args.num_workers is not None:
-        extra.append(f"pipeline.num_workers={args.num_workers}")
-    cfg = _cfg(args, extra)
+    cfg = _cfg(args, _executor_overrides(args))
     try:
         kind, where = resolve_target(args.target)
         if kind == "asset":
