@@ -32,6 +32,15 @@ def on_a_gpu_node(x):
 def cold_cluster(request):
     if ray.is_initialized():  # pragma: no cover - another module left Ray up in this process
         ray.shutdown()
+    # the fake cluster runs without token authentication (tests/fake_autoscaler.py); a local
+    # `ray.init()` of an earlier test leaves RAY_AUTH_MODE=token in this process's environment, and a
+    # driver in token mode connects but its actors never start on the launched node (seen in CI)
+    # (Ray caches the mode at import: its own test helper re-reads it)
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    reset_auth_token_state()
     ray.cloudpickle.register_pickle_by_value(request.module)
     cluster = FakeAutoscalingCluster({"gpu_node": GPU_NODE}).start()
     try:
@@ -40,6 +49,11 @@ def cold_cluster(request):
         if ray.is_initialized():
             ray.shutdown()
         cluster.stop()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+        reset_auth_token_state()
 
 
 def _executor(cluster, **kw):
@@ -79,3 +93,19 @@ def test_request_no_node_type_can_hold_stops_at_once_naming_it(cold_cluster):
     assert "\n" not in msg and "infeasible" in msg and '{"CPU": 1.0, "GPU": 2.0}' in msg
     assert "available_node_types" in msg
     assert time.monotonic() - t0 < 120  # said on the autoscaler's report, before the start deadline
+
+
+def test_start_timeout_names_a_worker_that_cannot_start_on_a_node_that_fits():
+    """A pending worker with a node up that could hold it is not an autoscaler problem: the message
+    points at the node's worker process (what a driver/cluster RAY_AUTH_MODE mismatch looked like)."""
+    from pipeline.executors.ray import RayExecutor
+    from pipeline.executors.ray_autoscaler import ScalingView
+
+    ex = RayExecutor(address="127.0.0.1:1", gpus_per_worker=1, cpus_per_worker=1, worker_start_timeout_s=5)
+    fits = str(ex._start_timeout_error(ScalingView(autoscaler="v2", nodes={"gpu_node": 1},
+                                                   node_totals=[{"CPU": 1.0, "GPU": 1.0}])))
+    assert "\n" not in fits and "a node that can hold one is up (nodes now: 1 x gpu_node)" in fits
+    assert "RAY_AUTH_MODE" in fits and "autoscaler launched nothing" not in fits
+    small = str(ex._start_timeout_error(ScalingView(autoscaler="v2", nodes={"cpu_node": 1},
+                                                    node_totals=[{"CPU": 8.0}])))
+    assert "the autoscaler launched nothing for it" in small and "can hold one is up" not in small

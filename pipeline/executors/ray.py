@@ -304,11 +304,22 @@ class RayExecutor:
         pending = sum(1 for s in self._slots if s.starting)
         view = view or ScalingView()
         failed = f"; failed launches: {'; '.join(view.failed)}" if view.failed else ""
+        want = self._request()
+        if any(all(total.get(k, 0.0) >= v for k, v in want.items()) for total in view.node_totals):
+            # a node that can hold a worker is up, yet none started there: the worker process fails
+            # to start on it (runtime environment, authentication mode, a node that cannot import us)
+            return ExecutorError(
+                f"no Ray worker started within {self.worker_start_timeout_s:.0f} s "
+                f"(pipeline.worker_start_timeout_s): {pending} actor(s) requesting {json.dumps(want)} each "
+                f"are still pending although a node that can hold one is up (nodes now: {view.nodes_text()}); "
+                f"the worker process does not start there: read that node's raylet and worker logs "
+                f"(/tmp/ray/session_latest/logs), check the driver and cluster use the same RAY_AUTH_MODE and "
+                f"that the node can import sctd3d")
         scaler = "the autoscaler launched nothing for it" if view.autoscaler else "no autoscaler answers"
         return ExecutorError(
             f"no Ray worker started within {self.worker_start_timeout_s:.0f} s "
             f"(pipeline.worker_start_timeout_s) without progress: {pending} actor(s) requesting "
-            f"{json.dumps(self._request())} each are still pending, {scaler}{failed}; the cluster has "
+            f"{json.dumps(want)} each are still pending, {scaler}{failed}; the cluster has "
             f"{json.dumps(self._cluster_res())} now. No node can take the request (no GPU node type, quota "
             f"or driver trouble, an autoscaler that cannot launch); fix the cluster (ray status) or lower "
             f"pipeline.gpus_per_worker / cpus_per_worker")
