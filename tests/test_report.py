@@ -408,3 +408,40 @@ def test_viewer_camera_is_the_render_stage_frame_0(el, radius):
 
     cams = orbit_cameras(n=4, elevation_deg=el, radius=radius, fovy=0.6, width=16, height=16)
     assert np.allclose(orbit_frame0_c2w(el, radius), c2w_opengl(cams.viewmats)[0], atol=1e-6)
+
+
+def test_report_joins_refuse_what_storage_refuses(tmp_path):
+    """The report joins paths with common.storage.join_uri (one home): a part with '..', an
+    absolute path, a scheme, NUL or a backslash is refused, and a loose manifest whose asset URIs
+    climb out of its folder ('../run/assets/...') gets placeholders, not the files out there."""
+    import pyarrow.parquet as pq
+
+    from common import manifest
+    from common.storage import StorageError, join_uri as storage_join
+    from stages.report import assets as rassets, build as rbuild, data as rdata, index as rindex
+
+    for mod in (rdata, rassets, rindex, rbuild):
+        assert mod.join_uri("/r", "a", "b/c") == storage_join("/r", "a", "b/c") == "/r/a/b/c"
+        for bad in ["..", "../x", "a/../../etc/passwd", "/etc/passwd", "C:/x", "a\\b", "s3://o/x", "a\x00b"]:
+            with pytest.raises(StorageError):
+                storage_join("/r", bad)
+            with pytest.raises(StorageError):
+                mod.join_uri("/r", bad)
+    assert rdata.resolve_ref("../run/assets/x/asset.ply", str(tmp_path / "loose")) is None
+    assert rdata.resolve_ref("assets/x/asset.ply", "s3://b/run") == "s3://b/run/assets/x/asset.ply"
+
+    run = make_run(str(tmp_path / "run"), n_prompts=2, noise_seed=2)
+    rows = manifest.read(run).to_pylist()
+    prefix = run.rstrip("/") + "/"
+    inside, outside = [dict(r) for r in rows], [dict(r) for r in rows]
+    for a, b in zip(inside, outside):
+        for c in ("asset_uri", "frames_uri"):
+            a[c] = a[c][len(prefix):]                     # relative, under the loose file's folder
+            b[c] = "../run/" + a[c]                       # relative, climbing out of it
+    pq.write_table(manifest.to_table(inside), str(tmp_path / "run" / "rows.parquet"))
+    (tmp_path / "loose").mkdir()
+    pq.write_table(manifest.to_table(outside), str(tmp_path / "loose" / "rows.parquet"))
+    _, _, page = _report(tmp_path, str(tmp_path / "run" / "rows.parquet"), cfg=_cfg(top_movers=2))
+    assert len(re.findall(r'class="thumb"', page)) == 2   # the control: refs inside are followed
+    _, _, page = _report(tmp_path, str(tmp_path / "loose" / "rows.parquet"), cfg=_cfg(top_movers=2))
+    assert 'class="thumb"' not in page and page.count('class="placeholder"') == 2

@@ -30,7 +30,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from stages.report.data import KEY, RunData, _read_json, join_uri, resolve_ref
+from common.storage import join_uri
+from stages.report.data import KEY, RunData, _read_json, resolve_ref
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from stages.report import html as report_html
 from stages.report import index as report_index
 from stages.report.compare import (PAIRING, _check_thresholds, _report_cfg, compare, lowest_scoring, spreads,
                                    top_movers, trend_table)
-from stages.report.data import (KEY, ReportError, RunData, _fs, _protocol, _read_json, join_uri, load_history,
+from stages.report.data import (KEY, ReportError, RunData, _fs, _protocol, _read_json, load_history,
                                 load_run)
-from common.storage import atomic_path
+from common.storage import atomic_path, join_uri
 
 log = logging.getLogger(__name__)
 

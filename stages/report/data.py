@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from common import manifest
 from common.manifest import METRIC_COLUMNS
-from common.storage import open_storage
+from common.storage import StorageError, join_uri, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,23 @@ def _uri(fs: Any, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def join_uri(base: str, *parts: str) -> str:
-    if "://" in base:
-        return posixpath.join(base.rstrip("/"), *parts)
-    return os.path.join(base, *parts)
+# joins under a run root: common.storage.join_uri, the one join (refuses '..', absolute parts)
 
 
 def resolve_ref(ref: str | None, root: str) -> str | None:
-    """An asset/frames URI from the manifest: absolute as is, relative to the run root otherwise."""
+    """An asset/frames URI from the manifest: absolute as is, relative to the run root otherwise.
+    A relative one that would leave the root ('..', a backslash) is not followed: None, with a
+    warning naming it (the row shows no asset; the rest of the report is built)."""
     if ref is None or (isinstance(ref, float) and math.isnan(ref)) or str(ref).strip() == "":
         return None
     ref = str(ref)
     if "://" in ref or os.path.isabs(ref):
         return ref
-    return join_uri(root, ref)
+    try:
+        return join_uri(root, ref)
+    except StorageError as e:
+        log.warning("report: manifest reference not followed: %s", e)
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import posixpath
 import pandas as pd
 
 from stages.report.assets import link
-from stages.report.data import RunData, _read_json, join_uri
+from common.storage import join_uri
+from stages.report.data import RunData, _read_json
 from stages.report.html import CSS, esc, fmt
 
 REPORT_DIR = "report"
