@@ -99,12 +99,21 @@ def safe_relpath(*parts: str) -> str:
     return "/".join(pieces)
 
 
-def asset_dir(out: str, asset_id: str) -> str:
-    """`<out>/assets/<id[:2]>/<id>`: sharded so no folder holds millions of entries; ids are hex."""
+ASSETS_DIR = "assets"  # the folder of a run's (or an exported dataset's) asset folders
+
+
+def asset_relpath(asset_id: str) -> str:
+    """`assets/<id[:2]>/<id>`, an asset's folder relative to a run or dataset root: the one home
+    of the layout (sharded so no folder holds millions of entries; ids are hex, never prompts)."""
     if not isinstance(asset_id, str) or not _ASSET_ID_RE.match(asset_id):
         raise StorageError(f"asset_id {asset_id!r} is not a lowercase hex id (8-64 chars); ids come "
                            f"from pipeline.inputs.asset_id_for, never from prompts")
-    return join_uri(out, "assets", asset_id[:2], asset_id)
+    return safe_relpath(ASSETS_DIR, asset_id[:2], asset_id)
+
+
+def asset_dir(out: str, asset_id: str) -> str:
+    """`<out>/assets/<id[:2]>/<id>` (asset_relpath under the root URI `out`)."""
+    return join_uri(out, asset_relpath(asset_id))
 
 
 @dataclass

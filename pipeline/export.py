@@ -31,7 +31,7 @@ import fsspec
 from common import manifest
 from pipeline.executors import executor_names, executor_options, make_executor
 from common.lock import RunLock
-from common.storage import (Storage, StorageError, asset_dir, is_local, open_storage,
+from common.storage import (Storage, StorageError, asset_relpath, is_local, open_storage,
                               safe_relpath)
 from common import plugins
 from common.config import ConfigError, mesh_config
@@ -226,7 +226,7 @@ def default_views(executor: str, info: dict) -> tuple[int, int]:
 def _ply_uri(run: Storage, row: dict) -> str:
     """The run's .ply of an asset, found under the run root (so a moved run still exports)."""
     name = os.path.basename(str(row.get("asset_uri") or PLY_FILE)) or PLY_FILE
-    return run.uri("assets", row["asset_id"][:2], row["asset_id"], name)
+    return run.uri(asset_relpath(row["asset_id"]), name)
 
 
 def _write_if_changed(st: Storage, rel: str, data: bytes) -> bool:
@@ -347,11 +347,11 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                             "reason": f"status {r['status']!r}: the run has no finished asset"})
             continue
         try:
-            asset_dir(st.root, aid)  # ids become paths and tar member names: hex only
+            rel = asset_relpath(aid)  # ids become paths and tar member names: hex only
         except StorageError as e:
             skipped.append({"asset_id": aid, "prompt": r["prompt"], "reason": str(e)})
             continue
-        tasks.append({"asset_id": aid, "rel": safe_relpath("assets", aid[:2], aid),
+        tasks.append({"asset_id": aid, "rel": rel,
                       "ply_uri": _ply_uri(run, r), "out": st.root, "prompt": r["prompt"],
                       "spec": dataclasses.asdict(spec), "plugins": plugins.plugin_specs()})
     results: dict[str, dict] = {}
@@ -396,7 +396,7 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
                                                                       name), default=str),
                     results[a]["files"]) for a in ids]
         _write_shard(st, name, samples,
-                     lambda a, rel: st.read_bytes("assets", a[:2], a, rel),
+                     lambda a, rel: st.read_bytes(asset_relpath(a), rel),
                      fmt_registry.member_keys(spec.formats),
                      lambda a: sorted(f for f in results[a]["files"] if f.startswith("depth/")),
                      float(results[ids[0]].get("depth_scale") or 1e-3))
@@ -429,7 +429,7 @@ def _export_locked(run: Storage, info: dict, st: Storage, chosen, table, expr: s
 
 
 def _index_row(r: dict, res: dict, spec: ExportSpec, shard: str) -> dict:
-    rel = safe_relpath("assets", r["asset_id"][:2], r["asset_id"])
+    rel = asset_relpath(r["asset_id"])
     files = set(res["files"])
     return {**{k: r.get(k) for k in ("asset_id", "prompt", "seed", "method", "prior",
                                      "config_hash", "code_version", "status", *index.METRICS)},

@@ -116,14 +116,31 @@ def _finite(x: Any) -> Any:
 def commit(st: "Storage", rec: dict[str, Any]) -> None:
     """Commit one record (one atomic part file, written after the asset's files), with one clear
     line when the store refuses the write (full disk, read-only): no later record could be written
-    either, so the caller stops; records committed before are kept."""
+    either, so the caller stops; records committed before are kept. The one writer of asset
+    records: `run` (done and failed assets) and `evaluate` (re-scored ones) commit through here."""
     from common import manifest
-    from common.storage import StorageError
 
     try:
         manifest.commit(st, rec)
     except OSError as e:
-        raise StorageError(f"cannot commit the manifest record of asset {rec['asset_id']} under "
-                           f"{st.root}: {e.strerror or e}; free space or fix permissions, then re-run "
-                           f"the same command (committed records are kept, this asset is redone)"
-                           ) from e
+        raise _refused(st, f"the manifest record of asset {rec['asset_id']}", e,
+                       "this asset is redone") from e
+
+
+def commit_many(st: "Storage", recs: list[dict[str, Any]], name: str) -> None:
+    """Commit several records as one atomic part `name` (a run's rejected input rows), with the
+    same one-line error as `commit` when the store refuses the write."""
+    from common import manifest
+
+    try:
+        manifest.commit_many(st, recs, name)
+    except OSError as e:
+        raise _refused(st, f"{len(recs)} manifest record(s) ({name})", e, "these are rewritten") from e
+
+
+def _refused(st: "Storage", what: str, e: OSError, redo: str) -> Exception:
+    from common.storage import StorageError
+
+    return StorageError(f"cannot commit {what} under {st.root}: {e.strerror or e}; free space or "
+                        f"fix permissions, then re-run the same command (committed records are "
+                        f"kept, {redo})")

@@ -13,6 +13,7 @@ import os
 
 from common import manifest
 from pipeline.inputs import AssetRequest
+from pipeline.records import commit_many
 from common.storage import Storage, is_local
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def commit_rejects(st: Storage, prompts_uri: str, records: list[dict],
     for r in records:  # the same bad row in two prompt files: two records, one per file
         r["asset_id"] = "r" + hashlib.sha256(f"{key}\0{r['asset_id']}".encode()).hexdigest()[:19]
     if records:
-        manifest.commit_many(st, records, name)
+        commit_many(st, records, name)  # pipeline.records: the one writer of records
     else:
         st.rm(f"{manifest.PARTS_DIR}/{name}.parquet")
     current = {r["asset_id"] for r in records}

@@ -31,6 +31,7 @@ from common.config import Config, apply_overrides, config_hash, eval_hash, load_
 from pipeline.executors import executor_options as build_executor_options, make_executor
 from pipeline.inputs import PromptBatch, asset_generation_hash, read_prompts, request_config
 from common.lock import LOST_LOCK, LockHeld, RunLock
+from pipeline import records
 from pipeline.records import committed, failed_record, now, rejected_record
 from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
 from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
@@ -113,17 +114,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _commit(st: Storage, rec: dict) -> None:
-    """manifest.commit with a clear error when the store refuses the write (full disk, read-only):
-    the run stops (no later record could be written either); committed records are kept."""
-    try:
-        manifest.commit(st, rec)
-    except OSError as e:
-        raise StorageError(f"cannot commit the manifest record of asset {rec['asset_id']} under "
-                           f"{st.root}: {e.strerror or e}; free space or fix permissions, then re-run "
-                           f"the same command (committed assets are kept, this one is redone)") from e
 
 
 def _write_run_json(st: Storage, data: dict) -> None:
@@ -327,13 +317,13 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
                                    f"re-run the same command (committed assets are kept)")
             if o.ok:
                 rec = committed(o.value, req, attempts, version)
-                _commit(st, rec)
+                records.commit(st, rec)
                 n_done += 1
                 log.info("done   %s %-40.40s %6.1f s attempts=%d %s", req.asset_id, req.prompt,
                          rec.get("wall_s") or o.wall_s, attempts, o.worker)
             else:
-                _commit(st, failed_record(req, request_config(cfg, req), o.error or "unknown error",
-                                          attempts, o.wall_s, o.worker, version))
+                records.commit(st, failed_record(req, request_config(cfg, req), o.error or "unknown error",
+                                                 attempts, o.wall_s, o.worker, version))
                 n_failed += 1
                 log.error("failed %s %-40.40s attempts=%d: %s", req.asset_id, req.prompt, attempts,
                           o.error)

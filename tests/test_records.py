@@ -3,7 +3,11 @@ one list of per-asset metric names (common.manifest.METRIC_COLUMNS) every reader
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +98,53 @@ def test_token_limit_comes_from_the_prior_tokenizer_alone(tiny_sd_dir, tmp_path)
     bare.mkdir()
     cfg = load_config("toy.yaml", ["prior.name=stable_diffusion", f"prior.model={bare}"])
     assert token_limit(cfg.prior) == (None, None)  # logged; prompts still get the character cap
+
+
+@contextlib.contextmanager
+def _read_only(where: Path):
+    """`where` as a read-only folder: a read-only tmpfs (root), else permissions."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+        where.chmod(0o555)
+    try:
+        yield
+    finally:
+        if r.returncode == 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+        else:
+            where.chmod(0o755)
+
+
+def test_a_refused_record_commit_is_one_clear_line(tmp_path, monkeypatch):
+    """Every record a run commits goes through pipeline.records (the one writer): when the store
+    refuses it (the manifest's parts folder read-only), the run stops with one StorageError line
+    naming the record, the root, the OS reason and what to do; the asset's files are kept. Both
+    kinds of record: a rejected input row (records.commit_many) and a generated asset (commit)."""
+    from common.storage import StorageError
+    from pipeline.run import run_batch
+
+    def gen(cfg, prompt, seed, asset_dir, progress=False):
+        Path(asset_dir).mkdir(parents=True, exist_ok=True)
+        (Path(asset_dir) / "asset.ply").write_bytes(b"ply\n")
+        return fakes.result(asset_dir)
+
+    fakes.use_generate(monkeypatch, gen)
+    cfg = load_config("toy.yaml", ["pipeline.render=false", "pipeline.score=false",
+                                   "pipeline.report=false", "metrics.fid=false"])
+    for name, lines, what in [("rejected", "a red cube\n\n", r"1 manifest record\(s\) \(rejected-[0-9a-f]+\)"),
+                              ("asset", "a red cube\n", r"the manifest record of asset [0-9a-f]+")]:
+        p, out = tmp_path / f"{name}.txt", tmp_path / name
+        p.write_text(lines)
+        with _read_only(out / manifest.PARTS_DIR):
+            with pytest.raises(StorageError) as e:
+                run_batch(str(p), cfg, str(out), progress=False)
+        msg = str(e.value)
+        assert "\n" not in msg and re.match(
+            rf"cannot commit {what} under {re.escape(str(out))}: (Read-only file system|Permission "
+            rf"denied); free space or fix permissions, then re-run the same command", msg), msg
+        assert not list((out / manifest.PARTS_DIR).iterdir())  # nothing half-written
+    assert list((tmp_path / "asset" / "assets").glob("*/*/asset.ply"))  # the asset's files are kept

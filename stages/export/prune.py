@@ -17,11 +17,10 @@ import shutil
 import uuid
 from typing import Iterable
 
-from common.storage import Storage, StorageError, asset_dir, safe_relpath
+from common.storage import ASSETS_DIR, Storage, StorageError, asset_relpath
 
 log = logging.getLogger(__name__)
 
-ASSETS_DIR = "assets"
 MARKER = "export.json"
 
 
@@ -31,11 +30,11 @@ def unlisted(st: Storage, keep: Iterable[str]) -> list[str]:
     out = []
     for shard in st.ls(ASSETS_DIR):
         for aid in st.ls(ASSETS_DIR, shard):
-            try:
-                asset_dir(st.root, aid)  # only folders an export made: hex ids under their prefix
+            try:  # only folders an export made: hex ids under their own prefix
+                made = asset_relpath(aid) == f"{ASSETS_DIR}/{shard}/{aid}"
             except StorageError:
                 continue
-            if aid[:2] == shard and aid not in keep:
+            if made and aid not in keep:
                 out.append(aid)
     return sorted(out)
 
@@ -44,7 +43,7 @@ def remove(st: Storage, asset_ids: Iterable[str]) -> list[str]:
     """Remove the folders of `asset_ids`; returns the ids removed."""
     done = []
     for aid in asset_ids:
-        rel = safe_relpath(ASSETS_DIR, aid[:2], aid)
+        rel = asset_relpath(aid)
         if st.local:
             final = st.path(rel)
             if os.path.islink(final):  # never follow a link out of the dataset: drop the link only
