@@ -11,7 +11,6 @@ Usage: .venv/bin/python benchmarks/bench_pipeline.py [--n 16] [--work-s 1.0]
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -55,22 +54,20 @@ def calibrate(work_s: float) -> int:
 
 
 def install_generate(gen) -> None:
-    """Make `gen` the run's generator (pipeline.asset.generate) in this process; on Ray, each
-    worker runs this as it starts (the executor's `startup`)."""
-    import pipeline.asset
+    """Make `gen` the run's generator: the generation seam pipeline.workers.GENERATOR, which a run
+    hands to every worker (in-process or Ray) as it starts."""
+    import pipeline.workers
 
-    pipeline.asset.generate = gen
+    pipeline.workers.GENERATOR = gen
 
 
 def run(prompts: str, cfg, executor: str, workers: int, gen) -> float:
     from pipeline.run import run_batch
 
     install_generate(gen)
-    opts = {"startup": functools.partial(install_generate, gen)} if executor == "ray" else None
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        s = run_batch(prompts, cfg, out, executor=executor, num_workers=workers, progress=False,
-                      executor_options=opts)
+        s = run_batch(prompts, cfg, out, executor=executor, num_workers=workers, progress=False)
         wall = time.perf_counter() - t
         assert s.done == s.total, s.line()
     return wall

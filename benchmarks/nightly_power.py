@@ -126,38 +126,35 @@ def rescore(work: str, src: str, dst: str, faults: list[str], overrides: list[st
     settings (64 px renders): the assets are the same files, only the scores change. In process,
     with the run's private ground-truth cache (clean renders from the clean runs)."""
     import pandas as pd
-    from stages.faults import fails_under_fail_half
+    from stages.faults import fails_under_fail_half, injected
     from stages.metrics.toy import ToyWorld, toy_metrics
     from stages.render import load_asset
 
     if os.path.exists(os.path.join(dst, "run.json")):
         log.info("reuse %s", dst)
         return
-    saved = {k: os.environ.get(k) for k in ("SCTD3D_FAULT", "SCTD3D_CACHE")}
+    saved = {k: os.environ.get(k) for k in ("SCTD3D_CACHE",)}
     os.environ["SCTD3D_CACHE"] = os.path.join(work, "cache")
-    if faults:
-        os.environ["SCTD3D_FAULT"] = ",".join(faults)
-    else:
-        os.environ.pop("SCTD3D_FAULT", None)
     try:
-        cfg = load_config(CONFIG, overrides)
-        world = ToyWorld.from_config(cfg)
-        root, df = rpt.read_manifest(src)
-        df = df.copy()
-        for col in ("asset_uri", "frames_uri", "video_uri", "sheet_uri"):  # the files stay in src
-            if col in df.columns:
-                df[col] = [None if v is None or (isinstance(v, float) and v != v) else os.path.join(root, str(v))
-                           for v in df[col]]
-        for i, row in df.iterrows():
-            if str(row["status"]) != "done":
-                continue
-            if "fail_half" in faults and fails_under_fail_half(str(row["prompt"])):
-                df.loc[i, ["status", "error"]] = ["failed", "InjectedFault: fail_half (emulated)"]
-                df.loc[i, ["toy_psnr", "toy_rprec"]] = [float("nan"), float("nan")]
-                continue
-            m = toy_metrics(cfg, load_asset(os.path.dirname(str(row["asset_uri"]))), str(row["prompt"]),
-                            world=world)
-            df.loc[i, "toy_psnr"], df.loc[i, "toy_rprec"] = m["toy_psnr"], m["toy_rprec"]
+        with injected(*faults):  # in this process: the fault seam (stages.faults), not the env
+            cfg = load_config(CONFIG, overrides)
+            world = ToyWorld.from_config(cfg)
+            root, df = rpt.read_manifest(src)
+            df = df.copy()
+            for col in ("asset_uri", "frames_uri", "video_uri", "sheet_uri"):  # the files stay in src
+                if col in df.columns:
+                    df[col] = [None if v is None or (isinstance(v, float) and v != v) else os.path.join(root, str(v))
+                               for v in df[col]]
+            for i, row in df.iterrows():
+                if str(row["status"]) != "done":
+                    continue
+                if "fail_half" in faults and fails_under_fail_half(str(row["prompt"])):
+                    df.loc[i, ["status", "error"]] = ["failed", "InjectedFault: fail_half (emulated)"]
+                    df.loc[i, ["toy_psnr", "toy_rprec"]] = [float("nan"), float("nan")]
+                    continue
+                m = toy_metrics(cfg, load_asset(os.path.dirname(str(row["asset_uri"]))), str(row["prompt"]),
+                                world=world)
+                df.loc[i, "toy_psnr"], df.loc[i, "toy_rprec"] = m["toy_psnr"], m["toy_rprec"]
     finally:
         for k, v in saved.items():
             if v is None:

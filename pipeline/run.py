@@ -31,13 +31,14 @@ from common.config import Config, apply_overrides, config_hash, eval_hash, load_
 from pipeline.executors import executor_options as build_executor_options, make_executor
 from pipeline.inputs import PromptBatch, asset_generation_hash, read_prompts, request_config
 from common.lock import LOST_LOCK, LockHeld, RunLock
-from pipeline import records
+from pipeline import records, workers
 from pipeline.records import committed, failed_record, now, rejected_record
 from pipeline.resume import REDO_CHOICES, commit_rejects, input_key, select_todo
 from common.storage import Storage, StorageError, asset_dir, open_storage, set_storage_options
 from pipeline.validate import check_names
 from stages.metrics.fid import run_fid
-from stages.priors.registry import require_device, token_limit
+from stages.priors.registry import token_limit
+from stages import faults
 from stages.provenance import code_version  # one home: meta.json and run.json say the same
 from stages.report import build_report
 
@@ -163,6 +164,7 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: Optional[
         set_storage_options(out, storage_options)
     check_prompts_file(prompts_uri)  # missing, a directory or a non-Parquet .parquet: before the lock
     check_cache_dir(cfg)  # an unwritable $SCTD3D_CACHE would fail only after generation
+    faults.active()  # a benchmark's fault names (stages.faults: read once), a typo one line here
     from pipeline.preflight import check_store
 
     try:
@@ -287,7 +289,7 @@ def _run_locked(prompts_uri: str, cfg: Config, st: Storage, executor: str, addre
 
     # the prior's device check runs where the workers are as each starts (this process for `local`;
     # never on a cluster's driver: its head node has no GPU by design)
-    given = {"address": address, "num_workers": num_workers, "startup": _device_check(cfg),
+    given = {"address": address, "num_workers": num_workers, "startup": _worker_start(cfg),
              "timeout_s": asset_timeout_s(cfg), **executor_options}
     opts = build_executor_options(executor, cfg.pipeline, **given)
     run_info["asset_timeout_s"] = opts.get("timeout_s")
@@ -415,9 +417,10 @@ def _read_run_json(st: Storage) -> dict:
     return prev if isinstance(prev, dict) else {}
 
 
-def _device_check(cfg: Config) -> Callable[[], Any]:
-    """The prior's device requirement (stages.priors.device) as a picklable no-argument call."""
-    return functools.partial(require_device, cfg.prior)
+def _worker_start(cfg: Config) -> Callable[[], Any]:
+    """A worker's start-up (pipeline.workers.start_worker: the prior's device requirement, the
+    driver's generation seam) as a picklable no-argument call."""
+    return functools.partial(workers.start_worker, cfg.prior, workers.GENERATOR)
 
 
 def _on_worker(ex: Any, fn: Callable[[Any], Any], item: Any) -> Any:

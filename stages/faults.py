@@ -6,9 +6,15 @@ sign, a renderer bug, crashing assets) are switched on here, by name, through th
 
     SCTD3D_FAULT=distill_sign sctd3d run ...       (comma-separated for several)
 
-Only benchmarks/nightly_power.py and tests/test_nightly_power.py set this variable; no shipped
-config or code path does, and with it unset every hook below is the identity. An unknown name is an
-error (a typo must not silently measure the clean pipeline).
+Only benchmarks/nightly_power.py and tests/test_nightly_power.py switch faults on; no shipped
+config or code path does, and with none on every hook below is the identity. An unknown name is an
+error (a typo must not silently measure the clean pipeline): one line, before any asset runs.
+
+The seam (docs/INTERFACES.md, "Test and benchmark seams"): the set of active faults is process
+state, read ONCE per process: from $SCTD3D_FAULT at the first `active()` (a `sctd3d run` checks it
+as it starts; each worker process reads its own copy, inherited from the driver), or set in this
+process by `injected(...)` (tests, the benchmark's in-process re-scoring). The hooks never read
+the environment: a hook inside a loop costs one set lookup.
 
 Registry (name -> what breaks, where the one-line hook sits):
 - distill_sign:      the classifier-free guidance term of the distillation target enters with the
@@ -25,8 +31,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from torch import Tensor
+
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +50,53 @@ FAULTS: dict[str, str] = {
 
 
 _WARNED: set[str] = set()
+_ACTIVE: frozenset[str] | None = None   # None: not read yet (the environment is read once)
+_LOCK = threading.Lock()
 
 
-class FaultError(ValueError):
-    """SCTD3D_FAULT names a fault that is not in the registry."""
+class FaultError(UserError, ValueError):
+    """SCTD3D_FAULT (or `injected`) names a fault that is not in the registry."""
 
 
 class InjectedFault(RuntimeError):
     """Raised by the `fail_half` fault (an asset failure the pipeline must record)."""
 
 
-def active() -> frozenset[str]:
-    """The faults named in $SCTD3D_FAULT (empty when unset: production)."""
-    raw = os.environ.get(ENV, "")
-    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+def _checked(names: Iterable[str], source: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in names if n.strip())
     unknown = sorted(names - FAULTS.keys())
     if unknown:
-        raise FaultError(f"{ENV}={raw!r}: unknown fault(s) {unknown}; known: {sorted(FAULTS)} "
+        raise FaultError(f"{source}: unknown fault(s) {unknown}; known: {sorted(FAULTS)} "
                          f"(unset {ENV} for the clean pipeline)")
     return names
+
+
+def active() -> frozenset[str]:
+    """The faults on in this process: $SCTD3D_FAULT read at the first call (empty when unset:
+    production), or the set of an enclosing `injected(...)`."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        with _LOCK:
+            if _ACTIVE is None:
+                raw = os.environ.get(ENV, "")
+                _ACTIVE = _checked(raw.split(","), f"{ENV}={raw!r}")
+    return _ACTIVE
+
+
+@contextmanager
+def injected(*names: str) -> Iterator[frozenset[str]]:
+    """Exactly the faults `names` are on in this process for the block (none: the clean pipeline,
+    whatever $SCTD3D_FAULT says); the previous set comes back after it. For in-process callers
+    (tests, benchmarks/nightly_power.py's re-scoring); a subprocess gets them through $SCTD3D_FAULT."""
+    global _ACTIVE
+    on = _checked(names, "stages.faults.injected")
+    with _LOCK:
+        before, _ACTIVE = _ACTIVE, on
+    try:
+        yield on
+    finally:
+        with _LOCK:
+            _ACTIVE = before
 
 
 def is_on(name: str) -> bool:
@@ -93,5 +132,5 @@ def fails_under_fail_half(prompt: str) -> bool:
     return hashlib.sha256(prompt.encode("utf-8")).digest()[-1] % 2 == 1
 
 
-__all__ = ["ENV", "FAULTS", "FaultError", "InjectedFault", "active", "is_on", "guidance_sign",
+__all__ = ["ENV", "FAULTS", "FaultError", "InjectedFault", "active", "injected", "is_on", "guidance_sign",
            "composite_background", "maybe_fail", "fails_under_fail_half"]

@@ -1,21 +1,21 @@
 """Test doubles for generation, entering through the run's own seams.
 
-A fake generator replaces `pipeline.asset.generate` (the module attribute every worker calls):
-`use_generate` patches it in this process (the local executor) and returns the executor options
-that install it in each Ray worker as it starts (Ray workers are other processes). Fakes return a
-real `stages.generate.GenerateResult` (`result`). `stop_after_commits` stands in for a Ctrl-C
-after N records (the run's real stop request).
+A fake generator enters through the generation seam, `pipeline.workers.GENERATOR` (docs/
+INTERFACES.md): `use_generate` sets it in this process; a run hands the driver's value to every
+worker as it starts (`pipeline.workers.start_worker`, the executors' start-up), so the same fake
+runs in-process and in Ray workers (other processes) with no executor option. Fakes return a real
+`stages.generate.GenerateResult` (`result`). `stop_after_commits` stands in for a Ctrl-C after N
+records (the run's real stop request).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import pipeline.asset
+import pipeline.workers
 from common import deadline, manifest
 from stages.generate import GenerateResult
 
@@ -30,21 +30,15 @@ def result(asset_dir: str | Path, num_gaussians: int = 1, resumed_from: int = 0,
                           meta={"device": device, **meta})
 
 
-def install_generate(fake: Callable[..., GenerateResult]) -> None:
-    """Runs in a worker process as it starts (the Ray executor's `startup`)."""
-    pipeline.asset.generate = fake
-
-
-def use_generate(monkeypatch: Any, fake: Callable[..., GenerateResult]) -> dict:
-    """Make `fake` the run's generator; returns executor_options for a Ray run."""
-    monkeypatch.setattr(pipeline.asset, "generate", fake)
+def use_generate(monkeypatch: Any, fake: Callable[..., GenerateResult]) -> None:
+    """Make `fake` the run's generator (here and, through the run's worker start-up, on Ray)."""
+    monkeypatch.setattr(pipeline.workers, "GENERATOR", fake)
     try:
         import ray
 
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # fakes' helpers travel
     except ImportError:  # no Ray: local runs only
         pass
-    return {"startup": functools.partial(install_generate, fake)}
 
 
 def stop_after_commits(monkeypatch: Any, n: int) -> None:
@@ -61,14 +55,13 @@ def stop_after_commits(monkeypatch: Any, n: int) -> None:
 
 
 @contextlib.contextmanager
-def generating(fake: Callable[..., GenerateResult]) -> Iterator[dict]:
-    """`use_generate` for a block (no monkeypatch fixture needed); yields the Ray options."""
-    old = pipeline.asset.generate
-    mp = _Patch()
+def generating(fake: Callable[..., GenerateResult]) -> Iterator[None]:
+    """`use_generate` for a block (no monkeypatch fixture needed)."""
+    old = pipeline.workers.GENERATOR
     try:
-        yield use_generate(mp, fake)
+        yield use_generate(_Patch(), fake)
     finally:
-        pipeline.asset.generate = old
+        pipeline.workers.GENERATOR = old
 
 
 class _Patch:
@@ -83,7 +76,5 @@ def run_batch(fake: Callable[..., GenerateResult], *args: Any, **kwargs: Any) ->
     """pipeline.run.run_batch with `fake` as the generator, here and in each Ray worker."""
     import pipeline.run
 
-    with generating(fake) as on_workers:
-        if kwargs.get("executor", args[3] if len(args) > 3 else "local") == "ray":
-            kwargs["executor_options"] = {**on_workers, **(kwargs.get("executor_options") or {})}
+    with generating(fake):
         return pipeline.run.run_batch(*args, **kwargs)

@@ -1,7 +1,7 @@
 """Exit codes and one-line errors a nightly job depends on (issue 14, items 8, 9, 11, 12):
 0 all done / no regression, 1 some failed or rejected (or a regression), 2 the command could not
 do its job (one line `<prog>: error: ...` on stderr, no traceback) — for `run`, `report`,
-`demo` and scripts/ray_entry.py alike. Generation is a test double patched in for pipeline.asset.generate."""
+`demo` and scripts/ray_entry.py alike. Generation is a test double in the generation seam pipeline.workers.GENERATOR."""
 
 from __future__ import annotations
 

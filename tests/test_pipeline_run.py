@@ -1,4 +1,4 @@
-"""pipeline.run end to end with a FakeGenerate test double in place of pipeline.asset.generate (the
+"""pipeline.run end to end with a FakeGenerate test double in the generation seam pipeline.workers.GENERATOR (the
 real stages are wired by default): local and Ray runs, skip-on-rerun, interruption + resume,
 rejected rows, the run lock."""
 
@@ -159,15 +159,13 @@ def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local, monkeypatc
     out = str(tmp_path / "out")
     calls_dir = tmp_path / "calls"
     fake = FakeGenerate(calls_dir, sleep_s=0.2, die_once={"a blue sphere"})
-    on_workers = fakes.use_generate(monkeypatch, fake)
+    fakes.use_generate(monkeypatch, fake)  # in each Ray worker too (the run's worker start-up)
     with monkeypatch.context() as m:
         fakes.stop_after_commits(m, 3)  # a Ctrl-C after the third record
-        s1 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
-                       executor_options=on_workers)
+        s1 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False)
     assert s1.done == 3 and s1.interrupted == "SIGINT"
     assert json.loads((Path(out) / "run.json").read_text())["status"] == "interrupted"
-    s2 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
-                   executor_options=on_workers)
+    s2 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False)
     assert (s2.skipped, s2.done, s2.failed, s2.rejected, s2.duplicates) == (3, 3, 0, 1, 1)
     table = manifest.read(out)
     assert manifest.counts(table) == {"done": 6, "failed": 0, "rejected": 1}
@@ -181,8 +179,7 @@ def test_ray_run_interrupt_resume_and_rerun(tmp_path, cfg, ray_local, monkeypatc
         assert r["worker"] and r["wall_s"] > 0
     n = calls(calls_dir)
     assert n <= 6 + 2 + 1  # each asset at most once more than needed (in-flight at the stop, death)
-    s3 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False,
-                   executor_options=on_workers)
+    s3 = run_batch(prompts, cfg, out, executor="ray", num_workers=2, progress=False)
     assert (s3.skipped, s3.done) == (6, 0) and calls(calls_dir) == n
     manifest.compact(out)
     assert pq.read_table(Path(out) / "manifest" / "manifest.parquet").num_rows == 7

@@ -2,8 +2,9 @@
 
 An exception from `fn` becomes a failed Outcome (the run goes on). Retries follow the shared
 `RetryPolicy` (application errors only with `retry_exceptions=True`). The per-asset timeout is
-`common.deadline.limit` (checked by the generation loop). The `startup` check runs in `start()`:
-this process is the worker.
+`common.deadline.limit` (checked by the generation loop). The `startup` call runs in `start()`:
+this process is the worker (a run passes `pipeline.workers.start_worker`: the prior's device check
+and the generation seam, docs/INTERFACES.md "Test and benchmark seams").
 """
 
 from __future__ import annotations
