@@ -192,6 +192,28 @@ def fake_generate(cfg, prompt, seed, asset_dir, progress=False):
     return fakes.result(asset_dir)
 
 
+def test_a_fake_generator_reaches_ray_workers_and_keeps_their_device_check(tmp_path, ray_local):
+    """The generation seam (pipeline.workers.GENERATOR) reaches each Ray worker through the run's
+    worker start-up (pipeline.workers.start_worker), which still checks the prior's device first:
+    a test double never replaces the check (it used to, as the executor's `startup` option)."""
+    import torch
+
+    from pipeline.executors import ExecutorError
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (prior.device=cuda must be refused)")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    s = fakes.run_batch(fake_generate, str(prompts), _run_cfg("pipeline.gpus_per_worker=0"),
+                        str(tmp_path / "ok"), executor="ray", num_workers=1, progress=False)
+    assert s.done == 1 and list((tmp_path / "ok").glob("assets/*/*/asset.ply"))
+    with pytest.raises(ExecutorError, match="prior.device"):
+        fakes.run_batch(fake_generate, str(prompts), _run_cfg("pipeline.gpus_per_worker=0", "prior.device=cuda",
+                                                              "pipeline.worker_start_timeout_s=60"),
+                        str(tmp_path / "cuda"), executor="ray", num_workers=1, progress=False)
+    assert not list((tmp_path / "cuda").glob("assets/*/*/asset.ply"))
+
+
 def test_run_with_no_feasible_worker_fails_and_says_so(tmp_path, ray_local):
     """run_batch on a cluster that cannot start a worker: stops after the deadline, run.json says
     failed (with the reason), the lock is released, and the fixed re-run goes through."""
