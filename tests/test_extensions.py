@@ -26,12 +26,14 @@ def registries(monkeypatch):
     from stages import methods
     from stages.priors import registry
 
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
-    monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
-    monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
+    regs = (methods.METHODS, executors.EXECUTORS, registry.PRIORS)   # each a common.plugins.Registry
+    snaps = [r.snapshot() for r in regs]
     monkeypatch.setattr(plugins, "_loaded", {})
     for name in [n for n in sys.modules if n.startswith("sctd3d_plugin_")]:
         monkeypatch.delitem(sys.modules, name)
+    yield
+    for r, snap in zip(regs, snaps):
+        r.restore(snap)
 
 
 def _plugin_module(stem: str):
