@@ -139,7 +139,8 @@ def _caller_module(skip: frozenset[str]) -> str:
     while f is not None:
         name = f.f_globals.get("__name__", "")
         if name != __name__ and (f.f_code.co_name == "<module>" or name not in skip):
-            return name
+            # a plugin file is named by its path (its module name is a mangled path)
+            return f.f_globals.get("__file__") or name if name.startswith("sctd3d_plugin_") else name
         f = f.f_back
     return "?"
 
