@@ -89,7 +89,8 @@ def probe_one(z, z_gt, ts, alphas, eps, eps_star, p) -> dict[str, float]:
 
 
 def run_probe(a) -> None:
-    from stages.kernel_params import camera_params, consistency_params, schedule
+    from stages.kernel_params import camera_params, schedule
+    from stages.methods.sctd import consistency_params
     from stages.init import init_gaussians
     from stages.priors.guidance import make_guided_eps_from_config
     from stages.priors.registry import load_prior

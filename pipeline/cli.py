@@ -40,7 +40,7 @@ def _cfg(args: argparse.Namespace, extra: list[str] | None = None):
 
     cfg = load_config(args.config, list(args.overrides) + list(extra or []))
     load_plugins()                       # $SCTD3D_PLUGINS and entry points, then the config's:
-    load_plugins(cfg.pipeline.plugins)   # before the names are checked (plugins register names)
+    load_plugins(cfg.pipeline.plugins, source="pipeline.plugins")   # before the names are checked (plugins register names)
     return check_names(cfg)
 
 

@@ -190,7 +190,7 @@ def _executor(cfg: Config, kind: str, address: Optional[str], num_workers: Optio
     from common.plugins import load_plugins
 
     load_plugins()
-    load_plugins(cfg.pipeline.plugins)
+    load_plugins(cfg.pipeline.plugins, source="pipeline.plugins")
     if kind not in executor_names():
         raise EvaluateError(f"--executor {kind!r} is not one of {executor_names()}")
     opts = executor_options(kind, cfg.pipeline, address=address, num_workers=num_workers, **options)

@@ -22,7 +22,7 @@ def uses_cache(cfg: Config) -> bool:
     toy_metrics = {"toy_psnr", "toy_rprec"} & set(cfg.metrics.metrics)
     from stages.priors.registry import PRIORS
 
-    prior = PRIORS.get(cfg.prior.name)
+    prior = PRIORS.get(cfg.prior.name, None)
     return (bool(prior and prior.uses_toy_cache) or cfg.init.method in ("point_e", "toy_shape")
             or bool(toy_metrics and cfg.pipeline.score) or cfg.metrics.fid_reference == "toy")
 

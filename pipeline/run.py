@@ -146,7 +146,7 @@ def run_batch(prompts_uri: str, cfg: Config | str, out: str, executor: Optional[
     from common.plugins import load_plugins, plugin_specs
 
     load_plugins()                      # $SCTD3D_PLUGINS and entry points, then the config's
-    load_plugins(cfg.pipeline.plugins)
+    load_plugins(cfg.pipeline.plugins, source="pipeline.plugins")
     if plugin_specs() != list(cfg.pipeline.plugins):  # workers import every plugin the driver did
         cfg = apply_overrides(cfg, {"pipeline.plugins": plugin_specs()}, "plugins")
     if executor is not None and executor != cfg.pipeline.executor:

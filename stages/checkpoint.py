@@ -60,17 +60,22 @@ class RunState:
     trainer: dict           # GaussianTrainer.state_dict()
     gen: Tensor             # state of the host generator of cameras, flags, timesteps
     gen_noise: Tensor       # state of the noise generator (VAE sampling, SDS noise)
-    eps_star: Tensor | None  # the fixed noise of the fixed-noise methods
+    method_state: dict[str, Tensor]  # the method's per-asset state (MethodState.state_dict: eps_star, buffers)
     attempt: int            # NaN retries so far
     noise_seed: int
     history: list[dict[str, float]]
     unet_calls: int
     elapsed_s: float
 
+    @property
+    def eps_star(self) -> Tensor | None:
+        """The fixed noise of the fixed-noise methods (in the method's state), or None."""
+        return self.method_state.get("eps_star")
+
     def tensors(self) -> dict[str, Tensor]:
         d = {"trainer": self.trainer, "gen": self.gen, "gen_noise": self.gen_noise}
-        if self.eps_star is not None:
-            d["eps_star"] = self.eps_star
+        if self.method_state:
+            d["method"] = dict(self.method_state)   # "method/<name>" in the file
         return _flatten(d)
 
     def info(self) -> dict:
@@ -119,8 +124,11 @@ def load_latest_checkpoint(ckdir: Path, ident: dict) -> RunState | None:
             log.warning("checkpoint %s belongs to another run (%s); starting fresh", js, mismatch)
             return None
         d = _unflatten(flat)
+        method = d.get("method", {})
+        if "eps_star" in d:   # written before methods owned their state: the fixed noise alone
+            method = {"eps_star": d["eps_star"], **method}
         return RunState(iteration=int(info["iteration"]), trainer=d["trainer"], gen=d["gen"],
-                        gen_noise=d["gen_noise"], eps_star=d.get("eps_star"), attempt=int(info["attempt"]),
+                        gen_noise=d["gen_noise"], method_state=method, attempt=int(info["attempt"]),
                         noise_seed=int(info["noise_seed"]), history=list(info["history"]),
                         unet_calls=int(info["unet_calls"]), elapsed_s=float(info["elapsed_s"]))
     return None

@@ -51,9 +51,9 @@ def generation_keys(cfg: "Config") -> set[str]:
     from stages.priors.registry import PRIORS
 
     patterns = list(LOOP_KEYS) + list(guidance_keys(cfg.prior))
-    method = METHODS.get(cfg.generate.method)
+    method = METHODS.get(cfg.generate.method, None)
     patterns += method.config_keys if method is not None else _WHOLE["method"]
-    prior = PRIORS.get(cfg.prior.name)
+    prior = PRIORS.get(cfg.prior.name, None)
     patterns += prior.keys(cfg.prior) if prior is not None else _WHOLE["prior"]
     patterns += INIT_KEYS.get(cfg.init.method, _WHOLE["init"])
     return expand_keys(cfg, patterns)

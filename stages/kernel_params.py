@@ -1,16 +1,17 @@
-"""Config -> the kernels' parameter dataclasses, in one place.
+"""Config -> the kernels' parameter dataclasses of the loop (trainer, cameras, timestep schedule).
 
 The kernels take plain dataclasses whose defaults are the method's values (docs/METHOD.md); this
-module is the only place that reads `cfg.generate` / `cfg.prior` into them, so a new kernel field
-needs one line here and a config field. `tests/test_kernel_params.py` checks that every field of
-every dataclass built here is fed from the config (nothing silently keeps a kernel default).
+module reads `cfg.generate` / `cfg.prior` into the loop's, so a new kernel field needs one line here
+and a config field. A method's own params are built in its module (stages/methods/<name>.py).
+`tests/test_kernel_params.py` checks that every field of every dataclass built here and by the
+registered methods is fed from the config (nothing silently keeps a kernel default).
 """
 
 from __future__ import annotations
 
 from kernels.cameras import CameraSamplerParams
 from kernels.ddim import TimestepParams
-from kernels.distill import ISMParams, SCTDParams, SDSParams, Schedule, make_schedule
+from kernels.distill import Schedule, make_schedule
 from kernels.trainer import TrainerParams
 
 # The generation keys the loop reads for every method (stages.generation_id hashes exactly these,
@@ -56,24 +57,6 @@ def camera_params(cfg) -> CameraSamplerParams:
         radius_scale=c.radius_scale, fovy_scale=tuple(c.fovy_scale),
         jitter_center=c.jitter_center, jitter_target=c.jitter_target, jitter_up=c.jitter_up,
     )
-
-
-def consistency_params(cfg) -> SCTDParams:
-    """Numbers of the consistency gradients (SCTD, CDS, GCS) of `generate.sctd`."""
-    s = cfg.generate.sctd
-    return SCTDParams(guidance_scale=cfg.prior.guidance_scale, weight_lambda=s.weight_lambda,
-                      consistency_approx=s.consistency_approx, cross_term=s.cross_term)
-
-
-def sds_params(cfg) -> SDSParams:
-    """SDS's weight of `generate.baselines`."""
-    return SDSParams(baseline_lambda=cfg.generate.baselines.weight_lambda)
-
-
-def ism_params(cfg) -> ISMParams:
-    """ISM's numbers of `generate.baselines`."""
-    b = cfg.generate.baselines
-    return ISMParams(baseline_lambda=b.weight_lambda, ism_delta_t=b.ism_delta_t, ism_delta_s=b.ism_delta_s)
 
 
 def timestep_params(cfg) -> TimestepParams:

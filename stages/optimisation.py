@@ -4,7 +4,8 @@
 An iteration (docs/METHOD.md "Training settings"): host-side draws (cameras, background, depth /
 flip flags, timesteps; drawn ahead for `PLAN_CHUNK` iterations and sent to the device in one copy,
 `IterationPlan`) -> render -> optional depth-as-input and horizontal flip -> encode ->
-distillation gradient (method from `stages.methods.METHODS`; never a branch on its name) -> extra
+distillation gradient (method from `stages.methods.METHODS`; never a branch on its name; its
+per-asset `MethodState` gives the noise and may update itself from the gradient) -> extra
 losses (`stages.losses`) -> backward -> `GaussianTrainer.step` (clip, Adam, LR schedules,
 densify / prune) -> one fused finiteness check. Nothing is read back from the device before that
 check; loss terms stay on the device until `read_terms` (logging and checkpoint iterations). Nothing
@@ -145,6 +146,11 @@ def check_finite(named: list[tuple[str, Tensor]]) -> None:
         raise FloatingPointError(f"{first} is not finite")
 
 
+def _host(state) -> dict[str, Tensor]:
+    """A method state's tensors as host copies (a snapshot must not change with the live state)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.state_dict().items()}
+
+
 def noise_seed(seed: int, attempt: int) -> int:
     """The noise generator's seed of retry `attempt` (0 = the first try)."""
     return (seed * 1_000_003 + 7_919 * attempt + 1) % (2**63 - 1)
@@ -162,9 +168,9 @@ class Optimisation:
     def __init__(self, cfg, prompt: str, seed: int, prior) -> None:
         g = cfg.generate
         self.cfg, self.prompt, self.seed, self.prior = cfg, prompt, seed, prior
-        from stages.methods import get_method
+        from stages.methods import MethodContext, get_method
 
-        self.method = get_method(g.method)      # its grad, sampler, params, schedule and noise state
+        self.method = get_method(g.method)      # its grad, sampler, params, schedule and state
         self.device = torch.device(prior.device)
         # alpha_bar as host floats (the float32 values): reading a_t never waits for the device
         self.alphas = tuple(prior.alphas_cumprod.detach().to("cpu", torch.float32).tolist())
@@ -173,7 +179,8 @@ class Optimisation:
         self.latent_shape = (self.batch, *prior.latent_shape)
         self.distill = self.method.params(cfg)
         self.schedule = self.method.schedule(cfg)
-        self.noise_state = self.method.noise(cfg)
+        self.method_ctx = MethodContext(self.latent_shape, self.device, prior)
+        self.state = self.method.new_state(cfg, self.method_ctx)   # the method's per-asset state
         self.cameras = camera_params(cfg)
         self.trainer_params = trainer_params(cfg, seed)
         self.augment = g.augment
@@ -183,7 +190,6 @@ class Optimisation:
         self.trainer: GaussianTrainer | None = None
         self.plan: IterationPlan | None = None
         self.gen = self.gen_noise = None
-        self.eps_star: Tensor | None = None
         self.history: list[dict] = []
         self.unet_calls = self.attempt = self.noise_seed = 0
 
@@ -198,8 +204,9 @@ class Optimisation:
         gen = torch.Generator().manual_seed(self.seed + 1)
         ns = noise_seed(self.seed, 0)
         gn = torch.Generator(device=self.device).manual_seed(ns)
-        es = self.noise_state.draw(self.latent_shape, gn, self.device)
-        return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), es, 0, ns, [], 0, 0.0)
+        state = self.method.new_state(self.cfg, self.method_ctx)
+        state.reseed(gn)
+        return RunState(0, tr.state_dict(), gen.get_state(), gn.get_state(), _host(state), 0, ns, [], 0, 0.0)
 
     def restore(self, st: RunState) -> None:
         g = Gaussians.from_state_dict(st.trainer["gaussians"]).to(self.device)
@@ -215,7 +222,7 @@ class Optimisation:
                              f"{self.device.type} generators ({e}); it was written on another device type or "
                              f"by a version that drew noise on the host. Move the asset's checkpoints/ folder "
                              f"aside to generate it again") from e
-        self.eps_star = st.eps_star.to(self.device) if st.eps_star is not None else None
+        self.state.load_state_dict({k: v.to(self.device, copy=True) for k, v in st.method_state.items()})
         self.history = list(st.history)
         self.unet_calls = st.unet_calls
         self.attempt, self.noise_seed = st.attempt, st.noise_seed
@@ -239,19 +246,24 @@ class Optimisation:
         self.restore(st)
         self.attempt, self.noise_seed = attempt, noise_seed(self.seed, attempt)
         self.gen_noise = torch.Generator(device=self.device).manual_seed(self.noise_seed)
-        self.eps_star = self.noise_state.draw(self.latent_shape, self.gen_noise, self.device)
+        self.state.reseed(self.gen_noise)
 
     def snapshot(self, iteration: int, elapsed_s: float) -> RunState:
         read_terms(self.history)
         gen = (self.plan.state_after(iteration) if self.plan is not None
                and self.plan.first - 1 <= iteration < self.plan.first + len(self.plan.draws) else self.gen.get_state())
         return RunState(iteration, self.trainer.state_dict(), gen, self.gen_noise.get_state(),
-                        self.eps_star.detach().cpu() if self.eps_star is not None else None, self.attempt,
-                        self.noise_seed, list(self.history), self.unet_calls, elapsed_s)
+                        _host(self.state), self.attempt, self.noise_seed, list(self.history),
+                        self.unet_calls, elapsed_s)
 
     @property
     def gaussians(self) -> Gaussians:
         return self.trainer.g
+
+    @property
+    def eps_star(self) -> Tensor | None:
+        """The fixed noise of a fixed-noise method (its state's), else None."""
+        return getattr(self.state, "eps_star", None)
 
     # one iteration -------------------------------------------------------------------------------
     def step(self, it: int) -> dict:
@@ -266,7 +278,7 @@ class Optimisation:
         if self.plan is None or not self.plan.covers(it):
             self._plan_from(it)
         d, cams, bg, view_w = self.plan.at(it)
-        noise = self.noise_state.noise(self.eps_star, self.latent_shape, self.gen_noise, self.device)
+        noise = self.state.noise(self.gen_noise)
         guided = make_guided_eps_from_config(prior, self.cfg.prior, self.prompt, d.azimuths,  # before device work
                                              weights=view_w, cameras=cams)
 
@@ -277,6 +289,8 @@ class Optimisation:
             img = img.flip(-1)
         z = prior.encode(img, generator=self.gen_noise)
         grad, terms = self.method.grad(z, d.ts, self.alphas, guided, noise.to(z.dtype), self.distill)
+        terms = dict(terms)
+        grad = self.state.update(it, z, d.ts, grad, terms)   # the method's state advances (may change grad)
         loss = latent_grad_loss(z, grad)
         extra = extra_losses(self.loss_weights, out, trainer.g)
         loss = add_weighted(loss, extra, self.loss_weights)
@@ -285,7 +299,6 @@ class Optimisation:
         check_finite([("render", out.rgb), ("distillation gradient", grad),
                       *((f"gradient norm of {n}", v) for n, v in grad_norms.items()),
                       *((f"parameter {n}", t) for n, t in trainer.g.params().items())])
-        terms = dict(terms)
         terms.update({k: v.detach() for k, v in extra.items()})
         terms["depth_input"] = float(d.use_depth)
         terms["gaussians"] = float(trainer.g.num())

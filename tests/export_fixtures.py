@@ -16,6 +16,11 @@ from common import manifest
 from common.config import load_config, resolve_config_path, to_dict
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> bytes): what "left as it was" is checked against."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
 def blob_scene(seed: int, n: int = 150, sh_degree: int = 0) -> Gaussians:
     """A small coloured blob of Gaussians around the origin (object scale, like toy assets)."""
     g = torch.Generator().manual_seed(seed)

@@ -19,6 +19,7 @@ import fakes
 from cli_capture import run_cli
 from common import manifest
 from common.config import eval_hash, load_config
+from export_fixtures import snapshot as _files
 from kernels.ply import save_ply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,10 +68,6 @@ def _records(out: Path) -> dict[str, dict]:
 
 def _adir(out: Path, aid: str) -> Path:
     return out / "assets" / aid[:2] / aid
-
-
-def _files(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def _cli_args(out: Path, extra: list[str]) -> list[str]:

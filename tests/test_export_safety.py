@@ -17,13 +17,9 @@ import pytest
 
 from cli_capture import run_cli
 from common.uri_overlap import overlap
-from export_fixtures import asset_id, make_run
+from export_fixtures import asset_id, make_run, snapshot as _snapshot
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture()

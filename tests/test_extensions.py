@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from common import manifest
 from common import plugins
@@ -26,12 +27,14 @@ def registries(monkeypatch):
     from stages import methods
     from stages.priors import registry
 
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
-    monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
-    monkeypatch.setattr(registry, "PRIORS", dict(registry.PRIORS))
+    regs = (methods.METHODS, executors.EXECUTORS, registry.PRIORS)   # each a common.plugins.Registry
+    snaps = [r.snapshot() for r in regs]
     monkeypatch.setattr(plugins, "_loaded", {})
     for name in [n for n in sys.modules if n.startswith("sctd3d_plugin_")]:
         monkeypatch.delitem(sys.modules, name)
+    yield
+    for r, snap in zip(regs, snaps):
+        r.restore(snap)
 
 
 def _plugin_module(stem: str):
@@ -137,3 +140,67 @@ def test_a_plugin_that_does_not_import_is_one_line(tmp_path, registries, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
     assert "broken_plugin.py" in err and "RuntimeError: half-written plugin" in err
+
+
+def test_a_stateful_method_from_a_plugin_file_keeps_its_state_across_a_resume(tmp_path, registries, capsys):
+    """A method that owns per-asset state (an EMA buffer of its gradient, tests/plugins/
+    ema_sds_method.py) runs through the CLI; its state is in the checkpoint, and a run that dies
+    mid-asset and is resumed from the checkpoint ends bit-identical to an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from common.plugins import load_plugins
+    from kernels.ply import load_ply
+
+    plugin = str(PLUGINS / "ema_sds_method.py")
+    load_plugins([plugin])
+    mod = _plugin_module("ema_sds_method")
+    sets = ["--set", f"pipeline.plugins=[{plugin}]", "--set", "generate.method=ema_sds",
+            "--set", "generate.iterations=8", "--set", "generate.checkpoint_every=2",
+            "--set", "pipeline.render=false", "--set", "pipeline.score=false"]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "resumed").mkdir()
+    code, whole = _run(tmp_path / "whole", *sets)
+    assert code == 0, capsys.readouterr().err
+
+    mod.CRASH_AT = 5                                    # dies in iteration 5: the last checkpoint is 4
+    try:
+        code, out = _run(tmp_path / "resumed", *sets)
+    finally:
+        mod.CRASH_AT = None
+    assert sorted(r["status"] for r in manifest.read(out).to_pylist()) == ["failed", "failed"]
+    aids = sorted(r["asset_id"] for r in manifest.read(out).to_pylist())
+    for aid in aids:
+        ck = load_file(str(Path(out, "assets", aid[:2], aid, "checkpoints", "ckpt_0000004.safetensors")))
+        assert ck["method/ema"].shape[0] == 4 and float(ck["method/ema"].norm()) > 0   # toy.yaml: 4 views
+
+    code, out = _run(tmp_path / "resumed", *sets)     # the same command again resumes both at 4
+    assert code == 0, capsys.readouterr().err
+    recs = {r["asset_id"]: r for r in manifest.read(out).to_pylist()}
+    assert sorted(recs) == aids and {r["status"] for r in recs.values()} == {"done"}
+    assert {r["resumed_from_iter"] for r in recs.values()} == {4}
+    for aid in aids:
+        a = load_ply(str(Path(whole, "assets", aid[:2], aid, "asset.ply")))
+        b = load_ply(str(Path(out, "assets", aid[:2], aid, "asset.ply")))
+        for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), (aid, name)
+
+
+@pytest.mark.parametrize("kind,module,registers", [
+    ("distillation method", "stages.methods",
+     "register_method(MethodSpec('sds', METHODS['sds'].kernel, (), METHODS['sds'].noise, METHODS['sds'].params))"),
+    ("prior", "stages.priors.registry", "register_prior(PriorSpec('toy_sd', lambda *a: None))"),
+    ("executor", "pipeline.executors", "register_executor(ExecutorSpec('local', lambda: None, lambda p: {}))"),
+])
+def test_a_plugin_that_takes_a_registered_name_is_one_line(tmp_path, registries, capsys, kind, module, registers):
+    """Every registry is common.plugins.Registry: a plugin whose component takes a shipped name is
+    refused in one line naming both modules (it used to replace the shipped one silently)."""
+    clash = tmp_path / "clash_plugin.py"
+    clash.write_text(f"from {module} import *\n{registers}\n")
+    name = registers.split("'")[1]
+    code, out = _run(tmp_path, "--set", f"pipeline.plugins=[{clash}]", "--set", "pipeline.render=false",
+                     "--set", "pipeline.score=false")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{kind} {name!r} from {clash}" in err and "pipeline.plugins" in err
+    assert "is already registered by " in err and "choose another name" in err
+    assert not Path(out).exists() or not manifest.read(out).to_pylist()

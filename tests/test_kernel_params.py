@@ -18,14 +18,15 @@ from kernels.distill import ISMParams, SCTDParams, SDSParams, Schedule
 from kernels.trainer import TrainerParams
 from common.config import load_config
 from stages import kernel_params as kp
+from stages.methods import get_method
 
 SEED = 3
 BUILDERS = {  # kernel dataclass -> how the loop builds it from (config, asset seed)
     TrainerParams: lambda cfg, seed: kp.trainer_params(cfg, seed),
     CameraSamplerParams: lambda cfg, seed: kp.camera_params(cfg),
-    SCTDParams: lambda cfg, seed: kp.consistency_params(cfg),
-    SDSParams: lambda cfg, seed: kp.sds_params(cfg),
-    ISMParams: lambda cfg, seed: kp.ism_params(cfg),
+    SCTDParams: lambda cfg, seed: get_method("sctd").params(cfg),   # the methods' own modules
+    SDSParams: lambda cfg, seed: get_method("sds").params(cfg),
+    ISMParams: lambda cfg, seed: get_method("ism").params(cfg),
     TimestepParams: lambda cfg, seed: kp.timestep_params(cfg),
     Schedule: lambda cfg, seed: kp.schedule(cfg),
 }

@@ -74,3 +74,62 @@ def test_a_state_from_another_generator_device_is_refused_in_one_line():
     st = dataclasses.replace(opt.fresh_state(), gen_noise=torch.zeros(16, dtype=torch.uint8))
     with pytest.raises(ValueError, match="not those of cpu generators.*checkpoints/ folder aside"):
         opt.restore(st)
+
+
+def _ema_sds(monkeypatch):
+    """Register tests/plugins/ema_sds_method.py (a method with per-asset state) for one test."""
+    import sys
+    from pathlib import Path
+
+    from common import plugins
+    from stages.methods import METHODS
+
+    snap = METHODS.snapshot()
+    monkeypatch.setattr(plugins, "_loaded", {})
+    for name in [n for n in sys.modules if n.startswith("sctd3d_plugin_")]:
+        monkeypatch.delitem(sys.modules, name)
+    plugins.load_plugins([str(Path(__file__).resolve().parent / "plugins" / "ema_sds_method.py")])
+    return snap
+
+
+def test_a_stateful_methods_snapshot_is_a_copy_that_restore_replays(monkeypatch):
+    # the NaN guard rolls back to an in-memory snapshot: a method state updated in place (the EMA
+    # buffer of tests/plugins/ema_sds_method.py) must not reach into it
+    from stages.methods import METHODS
+
+    snap_reg = _ema_sds(monkeypatch)
+    try:
+        opt = Optimisation(tiny_cfg("generate.method=ema_sds"), "a red square", 2, FakePrior())
+        opt.restore(opt.fresh_state())
+        assert float(opt.state.ema.abs().sum()) == 0          # created per asset, empty
+        params_after(opt, range(1, 4))
+        snap = opt.snapshot(3, elapsed_s=0.0)
+        ema3 = snap.method_state["ema"].clone()
+        assert float(ema3.abs().sum()) > 0 and torch.equal(ema3, opt.state.ema.cpu())
+        a = params_after(opt, range(4, 9))
+        assert torch.equal(snap.method_state["ema"], ema3)    # the live state moved on, the snapshot did not
+        opt.restore(snap)
+        b = params_after(opt, range(4, 9))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        METHODS.restore(snap_reg)
+
+
+def test_a_checkpoint_of_the_fixed_noise_alone_still_resumes(tmp_path):
+    # checkpoints written before methods owned their state hold a top-level `eps_star`
+    from safetensors.torch import load_file, save_file
+
+    from stages.checkpoint import load_latest_checkpoint, save_checkpoint
+
+    opt = Optimisation(tiny_cfg("generate.method=sctd"), "a red square", 2, FakePrior())
+    st = opt.fresh_state()
+    save_checkpoint(tmp_path, st, {"run": "x"})
+    path = tmp_path / "ckpt_0000000.safetensors"
+    flat = load_file(str(path))
+    assert torch.equal(flat["method/eps_star"], st.eps_star)
+    flat["eps_star"] = flat.pop("method/eps_star")          # the old layout
+    save_file(flat, str(path))
+    old = load_latest_checkpoint(tmp_path, {"run": "x"})
+    assert old.method_state.keys() == {"eps_star"} and torch.equal(old.eps_star, st.eps_star)
+    opt.restore(old)
+    assert torch.equal(opt.eps_star, st.eps_star)

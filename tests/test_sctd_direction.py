@@ -33,7 +33,8 @@ from kernels.cameras import sample_training_cameras  # noqa: E402
 from kernels.distill import cds_grad, get_method, make_eps_star, sctd_grad  # noqa: E402
 from kernels.render import render  # noqa: E402
 from common.config import load_config  # noqa: E402
-from stages.kernel_params import camera_params, consistency_params, schedule  # noqa: E402
+from stages.kernel_params import camera_params, schedule  # noqa: E402
+from stages.methods.sctd import consistency_params  # noqa: E402
 from stages.init import init_gaussians  # noqa: E402
 from stages.priors.guidance import make_guided_eps_from_config  # noqa: E402
 from stages.priors.registry import load_prior  # noqa: E402

@@ -7,7 +7,8 @@ strings and numbers) and returns a small dict; large data travels as URIs, never
 Why a registry: `pipeline.executor` (and `--executor`) names an entry of `EXECUTORS`; the entry
 builds its constructor's options from the config (`options_from(pipeline_cfg)`), so `run`,
 `export` and `evaluate` never know which executor they drive. A new executor is one module that
-calls `register_executor(ExecutorSpec(...))` (a plugin module: common/plugins.py).
+calls `register_executor(ExecutorSpec(...))` (a plugin module: common/plugins.py; `EXECUTORS` is a
+`common.plugins.Registry`, the one registry implementation).
 Every executor is started with `start()` (connect to a cluster, run the `startup` check where its
 workers are) before `map`, and retries by one `RetryPolicy`.
 """
@@ -15,6 +16,7 @@ workers are) before `map`, and retries by one `RetryPolicy`.
 from __future__ import annotations
 
 from common.errors import UserError
+from common.plugins import Registry
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
@@ -95,24 +97,22 @@ class ExecutorSpec:
     doc: str = ""
 
 
-EXECUTORS: dict[str, ExecutorSpec] = {}
+EXECUTORS: Registry[ExecutorSpec] = Registry(
+    "executor", "--executor", unknown=lambda kind, names: f"executor {kind!r} is not one of {sorted(names)}")
 
 
-def register_executor(spec: ExecutorSpec) -> ExecutorSpec:
-    """Add (or replace) `spec` under `spec.name`; returns it."""
-    EXECUTORS[spec.name] = spec
-    return spec
+def register_executor(spec: ExecutorSpec, *, replace: bool = False) -> ExecutorSpec:
+    """Add `spec` under `spec.name` (a name another module registered: one-line PluginError)."""
+    return EXECUTORS.register(spec, replace=replace)
 
 
 def executor_names() -> list[str]:
-    return sorted(EXECUTORS)
+    return sorted(EXECUTORS.names())
 
 
 def _spec(kind: str) -> ExecutorSpec:
-    spec = EXECUTORS.get(kind)
-    if spec is None:
-        raise ValueError(f"executor {kind!r} is not one of {executor_names()}")
-    return spec
+    """UnknownComponent (a ValueError, one line naming the choices) for an unregistered `kind`."""
+    return EXECUTORS.get(kind)
 
 
 def executor_options(kind: str, pipeline_cfg: "PipelineConfig", **given: Any) -> dict:

@@ -7,7 +7,8 @@ own options (`prior.options`). `load_prior` looks the name up; `tokens.py`, `dev
 `identity.py`, `pipeline/preflight.py` and `stages/generation_id.py` ask the spec. Each loader
 imports its implementation lazily, so listing the names loads no model code, and no implementation
 imports this module (no circle). A new prior: write its module against
-`stages.priors.protocol.Prior` and call `register_prior(PriorSpec(...))` (a plugin file:
+`stages.priors.protocol.Prior` and call `register_prior(PriorSpec(...))` (`PRIORS` is a
+`common.plugins.Registry`, the one registry implementation; a plugin file:
 common/plugins.py: `SCTD3D_PLUGINS` or `pipeline.plugins`; tests/plugins/camera_prior.py is one, conditioned on the cameras).
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 
+from common.plugins import Registry
 from stages.priors.device import resolve_device
 from stages.priors.protocol import Prior
 
@@ -61,25 +63,24 @@ class PriorSpec:
         return self.options(**raw)
 
 
-PRIORS: dict[str, PriorSpec] = {}
+PRIORS: Registry[PriorSpec] = Registry(
+    "prior", "prior.name",
+    unknown=lambda name, names: f"prior.name={name!r} is unknown; use one of {', '.join(sorted(names))}")
 
 
-def register_prior(spec: PriorSpec) -> PriorSpec:
-    """Add (or replace) `spec` under `spec.name`; returns it."""
-    PRIORS[spec.name] = spec
-    return spec
+def register_prior(spec: PriorSpec, *, replace: bool = False) -> PriorSpec:
+    """Add `spec` under `spec.name` (a name another module registered: one-line PluginError)."""
+    return PRIORS.register(spec, replace=replace)
 
 
 def prior_names() -> list[str]:
     """The registered prior names (sorted), for validation and error messages."""
-    return sorted(PRIORS)
+    return sorted(PRIORS.names())
 
 
 def prior_spec(name: str) -> PriorSpec:
-    spec = PRIORS.get(name)
-    if spec is None:
-        raise ValueError(f"prior.name={name!r} is unknown; use one of {', '.join(prior_names())}")
-    return spec
+    """UnknownComponent (a ValueError, one line naming the choices) for an unregistered `name`."""
+    return PRIORS.get(name)
 
 
 def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None,
@@ -95,7 +96,7 @@ def load_prior(cfg: "PriorConfig", device: str | torch.device | None = None,
 def require_device(cfg: "PriorConfig", device: str | torch.device | None = None) -> torch.device:
     """The device the prior `cfg` names runs on (stages.priors.device.resolve_device with its spec's
     `needs_gpu`); DeviceError instead of a silent CPU fallback. The run's start-up check."""
-    spec = PRIORS.get(cfg.name)
+    spec = PRIORS.get(cfg.name, None)
     return resolve_device(cfg, device, needs_gpu=bool(spec and spec.needs_gpu))
 
 
@@ -109,7 +110,7 @@ def token_limit(cfg: "PriorConfig") -> tuple[Optional[Callable[[str], int]], Opt
 def prompt_lowercased(cfg: "PriorConfig") -> bool:
     """Whether the prior `cfg` names sees a prompt and its lowercase as the same text (then they
     are one asset: pipeline.inputs); its spec's `lowercases`, False for a prior without one."""
-    spec = PRIORS.get(cfg.name)
+    spec = PRIORS.get(cfg.name, None)
     if spec is None or spec.lowercases is None:
         return False
     try:

@@ -74,7 +74,7 @@ def get(name: str) -> ExportFormat:
 
 
 def default_formats() -> tuple[str, ...]:
-    return tuple(f.name for f in FORMATS if f.default)
+    return tuple(f.name for f in FORMATS.values() if f.default)
 
 
 def parse_formats(spec: str | tuple | list) -> tuple[str, ...]:
