@@ -100,47 +100,42 @@ def _check_shape(con: Any, query: str) -> str:
 
 
 def _run_interruptible(con: Any, query: str) -> list:
-    """`query`'s rows, run on a helper thread so Ctrl-C (KeyboardInterrupt in this thread)
-    interrupts duckdb instead of waiting for the query to end."""
+    """`query`'s rows, run on a helper thread so Ctrl-C interrupts duckdb instead of waiting for the
+    query to end (then KeyboardInterrupt reaches the caller, once the query has stopped).
+
+    While the query runs, SIGINT calls a handler that only sets a flag: no KeyboardInterrupt is
+    raised inside the wait (one raised inside `Event.wait` can leave its lock held, and the wait
+    for the query then hangs: seen once under load). The waiting thread calls `con.interrupt()` until
+    the query ends (an interrupt sent before duckdb starts executing is lost, so it repeats).
+    Off the main thread (no signal handlers there) the query runs in place."""
+    if threading.current_thread() is not threading.main_thread():
+        return con.execute(query).fetchall()
     box: dict[str, Any] = {}
-    done, cancelled = threading.Event(), threading.Event()
+    done, stop = threading.Event(), threading.Event()
 
     def work() -> None:
         try:
-            if not cancelled.is_set():
+            if not stop.is_set():
                 box["rows"] = con.execute(query).fetchall()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = e
         finally:
             done.set()
 
-    worker = threading.Thread(target=work, name="sctd3d-where", daemon=True)
-    # SIGINT is held while the thread starts (a Ctrl-C inside Thread.start would leave a query
-    # running with nobody to interrupt it); it is delivered, if it came, once the wait begins
-    masked = hasattr(signal, "pthread_sigmask") and \
-        threading.current_thread() is threading.main_thread()
-    if masked:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    def on_sigint(signum, frame) -> None:
+        stop.set()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        try:
-            worker.start()
-        finally:
-            if masked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        # an Event, not Thread.join: a join interrupted by Ctrl-C can mark the thread finished
-        # (Python < 3.13), and the connection would be closed under the running query
-        while not done.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        cancelled.set()
-        while True:  # until the query ends (an interrupt sent before it starts is lost: repeat)
-            try:
-                while not done.wait(0.05):
-                    con.interrupt()
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: still wait, never close a busy connection
-                continue
-        raise
+        threading.Thread(target=work, name="sctd3d-where", daemon=True).start()
+        # an Event, not Thread.join: the connection must never be closed under a running query
+        while not done.wait(0.05):
+            if stop.is_set():
+                con.interrupt()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if stop.is_set():
+        raise KeyboardInterrupt
     if "error" in box:
         raise box["error"]
     return box["rows"]
