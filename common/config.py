@@ -289,6 +289,10 @@ class PipelineConfig:
     max_workers: int = _f(64, lo=1, doc="ray, num_workers 0 on an autoscaling cluster: request "
                           "min(assets, max_workers) workers; the autoscaler adds GPU nodes for them up to "
                           "its own max_workers (ray_cluster.yaml: nodes x GPUs per node)")
+    mesh: str = _f("", doc="mesh formats written into each asset's folder after its stages "
+                   "('glb', 'obj' or 'glb,obj'; '' = none): what `sctd3d export --formats glb` "
+                   "writes (stages/export/run_mesh.py); never changes an asset id")
+    mesh_options: dict = _f({}, doc="MeshConfig keys of the per-asset mesh (e.g. {resolution: 64})")
 
 
 KID_THRESHOLD = 0.01  # 0/206 false alarms on clean nights: benchmarks/nightly_power.py --kid (RESULTS.md "Set-level metric: false alarms")
