@@ -90,7 +90,7 @@ def test_bad_run_mesh_option_is_one_line(tmp_path, extra, named):
 
 
 def test_mesh_options_are_checked_by_the_config_layer():
-    with pytest.raises(ConfigError, match="pipeline.mesh"):
+    with pytest.raises(ConfigError, match="pipeline.mesh: .stl. is not a mesh format"):
         from pipeline.validate import check_names
 
         check_names(load_config("toy.yaml", ["pipeline.mesh=stl"]))
