@@ -79,6 +79,13 @@ def run_stages(cfg: Config, req: AssetRequest, adir: str) -> StageResults:
         raise RuntimeError(f"generation failed: {gen.error or 'no reason given'}")
     render = render_asset(cfg, adir, req.prompt) if cfg.pipeline.render else None
     scores = score_asset(cfg, adir, req.prompt) if cfg.pipeline.score else None
+    if cfg.pipeline.mesh and gen.asset_ply:  # before the record: the folder is complete when it is
+        from stages.export.run_mesh import write_asset_mesh
+
+        orbit = {"elevation_deg": cfg.render.elevation_deg, "radius": cfg.render.radius,
+                 "fovy": cfg.render.fovy}
+        write_asset_mesh(adir, gen.asset_ply, req.asset_id, req.prompt, cfg.pipeline.mesh,
+                         cfg.pipeline.mesh_options, orbit)
     return StageResults(gen, render, scores)
 
 

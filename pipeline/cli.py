@@ -82,7 +82,8 @@ def _executor_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_batch
 
-    cfg = _cfg(args, _executor_overrides(args))
+    mesh = [f"pipeline.mesh={args.mesh}"] if args.mesh is not None else []
+    cfg = _cfg(args, _executor_overrides(args) + mesh)
     summary = run_batch(args.prompts, cfg, args.out, executor=cfg.pipeline.executor,
                         address=args.address, num_workers=cfg.pipeline.num_workers or None,
                         storage_options=_storage_options(args), redo=args.redo)
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which committed assets run again: failed (default: failed ones and done ones "
                         "whose files are gone), missing (only done ones whose files are gone, not "
                         "failed ones), all (every asset; generation resumes from its checkpoints)")
+    p.add_argument("--mesh", default=None, metavar="FORMATS",
+                   help="also write each asset's mesh into its folder: glb, obj or glb,obj (same as "
+                        "--set pipeline.mesh=...; options: --set pipeline.mesh_options=...)")
     _add_storage_option_arg(p)
     _add_config_args(p)
     p.set_defaults(fn=cmd_run)

@@ -85,4 +85,11 @@ def check_names(cfg: Config, source: str | None = None) -> Config:
     except (TypeError, ValueError) as e:  # the options class's own checks say what is wrong
         raise ConfigError(f"{source if source is not None else _where(cfg, 'prior.options', cfg.prior.options)}: "
                           f"{e}") from None
+    from stages.export.run_mesh import check as check_mesh
+
+    try:
+        check_mesh(cfg.pipeline.mesh, cfg.pipeline.mesh_options)
+    except ConfigError as e:
+        raise ConfigError(f"{source if source is not None else _where(cfg, 'pipeline.mesh', cfg.pipeline.mesh)}: "
+                          f"{e}") from None
     return cfg

@@ -58,6 +58,10 @@ class ExportSpec:
         d.pop("backend")  # both backends render the same picture
         if not set(self.formats) & MESH_FORMATS:
             d.pop("mesh")  # read by the mesh formats only (older exports keep their key)
+        else:  # the resolved options: a changed MeshConfig default re-exports the mesh
+            from common.config import mesh_config
+
+            d["mesh"] = asdict(mesh_config(self.mesh))
         d["ply_sha256"] = ply_sha256
         d["layout"] = LAYOUT_VERSION
         return d

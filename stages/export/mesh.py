@@ -71,15 +71,39 @@ def _surface(g: Gaussians, cfg: MeshConfig) -> tuple[np.ndarray, np.ndarray, tor
     return np.asarray(tm.vertices, np.float32), np.asarray(tm.faces, np.int64), col, bound
 
 
+RENDER_BATCH = 8  # splat views per renderer call (bounds the renderer's memory: ~0.6 GB at 256 px)
+
+
+@dataclass
+class SplatViews:
+    """The splat renders of the bake orbit, made once per asset and shared by the texture bake and
+    the fidelity (whose export-orbit views are every k-th view of the bake's first ring)."""
+
+    cams: Cameras
+    rgb: torch.Tensor  # (V,H,W,3) un-premultiplied
+    alpha: torch.Tensor  # (V,H,W)
+    depth: torch.Tensor  # (V,H,W)
+    ring: int  # views per elevation ring (ring 0 = the export orbit's elevation)
+
+
 def _views(g: Gaussians, cams: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(un-premultiplied rgb (V,H,W,3), alpha (V,H,W), depth (V,H,W)) of the splats."""
     rgbs, alphas, depths = [], [], []
-    for out in render_batches(g, cams, "auto", torch.zeros(3), device=torch.device("cpu")):
+    for out in render_batches(g, cams, "auto", torch.zeros(3), batch=RENDER_BATCH,
+                              device=torch.device("cpu")):
         a = out.alpha[..., 0].clamp(0, 1).float().cpu()
         rgbs.append((out.rgb.float().cpu() / a[..., None].clamp_min(1e-6)).clamp(0, 1))
         alphas.append(a)
         depths.append(out.depth[..., 0].float().cpu())
+        del out
     return torch.cat(rgbs), torch.cat(alphas), torch.cat(depths)
+
+
+def splat_views(g: Gaussians, cfg: MeshConfig, orbit: dict[str, Any]) -> SplatViews:
+    """The bake orbit's splat renders (3 rings of `bake_views`, `bake_resolution` px)."""
+    cams = bake_orbit(cfg.bake_views, cfg.bake_resolution, orbit["elevation_deg"],
+                      orbit["radius"], orbit["fovy"])
+    return SplatViews(cams, *_views(g.to("cpu"), cams), ring=cfg.bake_views)
 
 
 def render_mesh(m: Mesh, cams: Cameras, background=WHITE) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -128,22 +152,21 @@ def bake_orbit(n: int, resolution: int, elevation_deg: float, radius: float, fov
                                                        "fovy")))
 
 
-def _bake(g: Gaussians, cfg: MeshConfig, orbit: dict) -> list:
+def _bake(sv: SplatViews) -> list:
     """The bake views: splat colours, visibility from the splats' depth where alpha > 0.5."""
-    cams = bake_orbit(cfg.bake_views, cfg.bake_resolution, orbit["elevation_deg"],
-                      orbit["radius"], orbit["fovy"])
-    rgb, alpha, depth = _views(g, cams)
-    zbuf = torch.where(alpha > 0.5, depth, torch.full_like(depth, float("inf")))
-    return [(cams.viewmats[i].float(), cams.Ks[i].float(), rgb[i], zbuf[i])
-            for i in range(len(cams))]
+    zbuf = torch.where(sv.alpha > 0.5, sv.depth, torch.full_like(sv.depth, float("inf")))
+    return [(sv.cams.viewmats[i].float(), sv.cams.Ks[i].float(), sv.rgb[i], zbuf[i])
+            for i in range(len(sv.cams))]
 
 
-def extract(g: Gaussians, cfg: MeshConfig, orbit: dict[str, Any]) -> Mesh:
-    """The mesh of `g`; `orbit` = {elevation_deg, radius, fovy} of the export's evaluation orbit."""
+def extract(g: Gaussians, cfg: MeshConfig, orbit: dict[str, Any],
+            sv: SplatViews | None = None) -> Mesh:
+    """The mesh of `g`; `orbit` = {elevation_deg, radius, fovy} of the export's evaluation orbit;
+    `sv` = its splat_views when the caller already has them (else rendered here)."""
     g = g.to("cpu")
     verts, faces, col_grid, bound = _surface(g, cfg)
     normals = _vertex_normals(verts, faces)
-    views = _bake(g, cfg, orbit)
+    views = _bake(sv if sv is not None else splat_views(g, cfg, orbit))
     tol = 4.0 * (2.0 * bound / (cfg.resolution - 1)) + 0.02 * orbit["radius"]
     vt = torch.from_numpy(verts)
     base = km.sample_grid(col_grid, vt, bound).clamp(0, 1)
@@ -158,12 +181,52 @@ def extract(g: Gaussians, cfg: MeshConfig, orbit: dict[str, Any]) -> Mesh:
     return m
 
 
+ATLAS_PIECE_FACES = 2_500  # faces per xatlas chart problem (100k faces in one: ~80 CPU s; in 2,500-face pieces: ~10 s)
+
+
+def _pieces(centres: np.ndarray, ids: np.ndarray, size: int) -> list[np.ndarray]:
+    """Face ids split at the median of the longest axis until each piece has <= size faces."""
+    if len(ids) <= size:
+        return [ids]
+    c = centres[ids]
+    ax = int(np.argmax(c.max(0) - c.min(0)))
+    order = ids[np.argsort(c[:, ax], kind="stable")]
+    half = len(order) // 2
+    return _pieces(centres, order[:half], size) + _pieces(centres, order[half:], size)
+
+
+def _atlas(verts: np.ndarray, faces: np.ndarray, texture: int) -> tuple:
+    """xatlas UVs (vmap, faces, uv) of the mesh, charted per spatial piece of <= ATLAS_PIECE_FACES
+    faces (one atlas packs all pieces' charts): a chart never crosses a piece's cut, which the
+    UV seams already allow, and the charting time drops ~2x at 1e5 faces."""
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    pieces = _pieces(verts[faces].mean(1), np.arange(len(faces)), ATLAS_PIECE_FACES)
+    used = []
+    for ids in pieces:
+        u, inv = np.unique(faces[ids], return_inverse=True)
+        atlas.add_mesh(verts[u], inv.reshape(-1, 3).astype(np.uint32))
+        used.append(u)
+    pack = xatlas.PackOptions()
+    pack.resolution = max(texture, 64)
+    pack.blockAlign = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmaps, idxs, uvs, off = [], [], [], 0
+    for i, u in enumerate(used):
+        vmap, idx, uv = atlas[i]
+        vmaps.append(u[vmap])
+        idxs.append(idx.astype(np.int64) + off)
+        uvs.append(uv)
+        off += len(vmap)
+    return np.concatenate(vmaps), np.concatenate(idxs), np.concatenate(uvs)
+
+
 def _texture(m: Mesh, g: Gaussians, cfg: MeshConfig, views: list, col_grid: torch.Tensor,
              bound: float, tol: float) -> None:
-    import xatlas
     from scipy import ndimage
 
-    vmap, idx, uv = xatlas.parametrize(m.vertices, m.faces.astype(np.uint32))
+    vmap, idx, uv = _atlas(m.vertices, m.faces, int(cfg.texture))
     verts = m.vertices[vmap]
     normals = _vertex_normals(m.vertices, m.faces)[vmap]
     faces = idx.astype(np.int64)
@@ -190,13 +253,20 @@ def _texture(m: Mesh, g: Gaussians, cfg: MeshConfig, views: list, col_grid: torc
     m.stats["texels_seen"] = float((w > 0).float().mean()) if len(w) else 0.0
 
 
-def fidelity(g: Gaussians, m: Mesh, cfg: MeshConfig, orbit: dict[str, Any]) -> dict[str, float]:
-    """PSNR (over white) and mask IoU of the mesh vs the splats on `fidelity_views` orbit views."""
+def fidelity(g: Gaussians, m: Mesh, cfg: MeshConfig, orbit: dict[str, Any],
+             sv: SplatViews | None = None) -> dict[str, float]:
+    """PSNR (over white) and mask IoU of the mesh vs the splats on `fidelity_views` orbit views
+    (taken from the bake renders `sv` when they hold them: every k-th view of ring 0)."""
     if not cfg.fidelity_views:
         return {}
     cams = orbit_cameras(cfg.fidelity_views, orbit["elevation_deg"], orbit["radius"],
                          orbit["fovy"], cfg.bake_resolution, cfg.bake_resolution)
-    rgb, alpha, _ = _views(g.to("cpu"), cams)
+    pick = (torch.arange(cfg.fidelity_views) * (sv.ring // cfg.fidelity_views)
+            if sv is not None and sv.ring % cfg.fidelity_views == 0 else None)
+    if pick is not None and torch.allclose(sv.cams.viewmats[pick], cams.viewmats, atol=1e-5):
+        rgb, alpha = sv.rgb[pick], sv.alpha[pick]
+    else:
+        rgb, alpha, _ = _views(g.to("cpu"), cams)
     splat = rgb * alpha[..., None] + (1 - alpha[..., None])
     mrgb, mmask = render_mesh(m, cams)[:2]
     smask = alpha > 0.5

@@ -29,8 +29,9 @@ def asset_mesh(asset: SplatAsset):
 
         cfg = mesh_config(asset.options.get("mesh") or {})
         orbit = {**ORBIT_DEFAULT, **(asset.options.get("orbit") or {})}
-        m = mesh_stage.extract(asset.gaussians, cfg, orbit)
-        asset.cache["mesh"] = (m, cfg, mesh_stage.fidelity(asset.gaussians, m, cfg, orbit))
+        sv = mesh_stage.splat_views(asset.gaussians, cfg, orbit)  # rendered once: bake + fidelity
+        m = mesh_stage.extract(asset.gaussians, cfg, orbit, sv)
+        asset.cache["mesh"] = (m, cfg, mesh_stage.fidelity(asset.gaussians, m, cfg, orbit, sv))
     return asset.cache["mesh"]
 
 
