@@ -24,7 +24,7 @@ demo: setup
 test: setup
 	bash scripts/install_test_deps.sh
 	bash scripts/install_splat_tools.sh  # npm pins of the export tests (idempotent)
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,8 +3,9 @@
 Why typed: the unit of work between the driver and the stages is an `AssetTask` in and typed
 results out (`stages.generate.GenerateResult`, `stages.render.RenderResult`,
 `stages.metrics.MetricScores`); `pipeline.records.record_from` turns them into the manifest record.
-The generation entry is this module's `generate` (the worker's cached-prior generate); tests
-replace it by monkeypatching `pipeline.asset.generate` (on Ray, in each worker at start-up).
+The generation entry is `pipeline.workers.generate` (the worker's cached-prior generate; a test
+or benchmark generator enters through the seam `pipeline.workers.GENERATOR`, installed in every
+worker by the run's start-up).
 
 Per asset: init + generate, then the evaluation render and per-asset metrics when
 `pipeline.render` / `pipeline.score` are on. On object stores an asset is produced in a local
@@ -27,7 +28,7 @@ from pipeline.checkpoint_sync import CheckpointSync, remove_temp_files
 from common.config import Config, eval_hash
 from pipeline.inputs import AssetRequest, request_config
 from pipeline.records import Timing, now, record_from
-from common.storage import is_temp_name, open_storage, safe_relpath, set_storage_options
+from common.storage import asset_relpath, is_temp_name, open_storage, set_storage_options
 from pipeline.workers import generate
 from stages.generate import GenerateResult
 from stages.metrics import MetricScores, score_asset
@@ -35,7 +36,7 @@ from stages.render import RenderResult, render_asset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AssetTask", "StageResults", "generate", "process_asset"]
+__all__ = ["AssetTask", "StageResults", "process_asset"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def process_asset(task: AssetTask) -> dict[str, Any]:
     if task.storage_options:  # a Ray worker is another process: apply the driver's options
         set_storage_options(task.out, task.storage_options)
     st = open_storage(task.out)
-    rel = safe_relpath("assets", req.asset_id[:2], req.asset_id)
+    rel = asset_relpath(req.asset_id)
 
     started = now()
     t0 = time.perf_counter()
