@@ -250,7 +250,21 @@ def _value_reason(table: pa.Table) -> Optional[str]:
         return f"status {bad[0]!r} is not one of {list(STATUSES)}"
     if sv.null_count or not 1 <= pc.min(sv).as_py() <= pc.max(sv).as_py() <= SCHEMA_VERSION:
         return f"schema_version is not 1 to {SCHEMA_VERSION} (a newer sctd3d, or not ours)"
+    for c in URI_COLUMNS:  # a relative URI is joined under the run (_resolve): never out of it
+        if c not in table.column_names:
+            continue
+        col = table.column(c).cast(pa.string())
+        if col.null_count == len(col):
+            continue
+        rel = pc.and_(pc.invert(pc.starts_with(col, "/")), pc.invert(pc.match_substring(col, "://")))
+        bad = pc.and_(rel, pc.match_substring_regex(col, _ESCAPE))
+        if pc.any(pc.fill_null(bad, False)).as_py():
+            v = pc.filter(col, pc.fill_null(bad, False))[0].as_py()
+            return f"{c} {v[:80]!r} leaves the run folder ('..', a backslash or NUL in a relative URI)"
     return None
+
+
+_ESCAPE = r"(^|/)\.\.(/|$)|\\|\x00"
 
 
 def foreign_reason(table: pa.Table) -> Optional[str]:

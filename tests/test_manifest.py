@@ -254,6 +254,9 @@ FOREIGN = {  # name -> (table or bytes, words of the reason)
                                     "schema_version": pa.array([2], pa.int32())}),
                           "column 'seed' is string, not int64"),
     "not-parquet.parquet": (b"PAR1 this is not parquet PAR1", "not a readable Parquet file"),
+    "climbs.parquet": (pa.table({"asset_id": ["ab09"], "status": ["done"], "asset_uri": ["assets/../../x/asset.ply"],
+                                 "schema_version": pa.array([2], pa.int32())}),
+                       "asset_uri 'assets/../../x/asset.ply' leaves the run folder"),
 }
 
 
