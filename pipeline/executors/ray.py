@@ -305,7 +305,7 @@ class RayExecutor:
         view = view or ScalingView()
         failed = f"; failed launches: {'; '.join(view.failed)}" if view.failed else ""
         want = self._request()
-        if any(all(total.get(k, 0.0) >= v for k, v in want.items()) for total in view.node_totals):
+        if view.fits_a_node_up(want):
             # a node that can hold a worker is up, yet none started there: the worker process fails
             # to start on it (runtime environment, authentication mode, a node that cannot import us)
             return ExecutorError(

@@ -50,11 +50,14 @@ class ScalingView:
         hold it (by its total resources: a busy node that could is capacity, not shape)."""
         want = {k: float(v) for k, v in request.items() if v}
         listed = any({k: float(v) for k, v in shape.items() if v} == want for shape in self.infeasible)
-        if not listed or self.launching:
-            return None
-        if any(all(total.get(k, 0.0) >= v for k, v in want.items()) for total in self.node_totals):
+        if not listed or self.launching or self.fits_a_node_up(want):
             return None
         return want
+
+    def fits_a_node_up(self, request: dict) -> bool:
+        """Some node up now could hold `request` by its total resources (busy or not)."""
+        want = {k: float(v) for k, v in request.items() if v}
+        return any(all(total.get(k, 0.0) >= v for k, v in want.items()) for total in self.node_totals)
 
     def launching_text(self) -> str:
         return ", ".join(f"{n} x {t}" for t, n in sorted(self.launching.items())) or "nothing"
